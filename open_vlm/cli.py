@@ -1,0 +1,132 @@
+"""The `open-vlm` command: train, eval, view, generate, export, config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+NOT_BUILT = {
+    "eval": "held-out loss/perplexity and classification metrics",
+    "export": "export to stock transformers folders",
+    "extract": "feature extraction to region_features shards",
+}
+
+
+def _train(argv: list[str]) -> int:
+    from open_vlm.train import main
+
+    return main(argv)
+
+
+def _view(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="open-vlm view", description="Show a shard, manifest, run folder or checkpoint."
+    )
+    parser.add_argument("path")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    from open_vlm.view import render, view
+
+    try:
+        info = view(args.path)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(info, indent=1) if args.json else render(info))
+    return 0
+
+
+def _generate(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="open-vlm generate", description="Answer a prompt about an image.")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint, checkpoint dir or run folder (local or s3://)")
+    parser.add_argument("--image", required=True, nargs="+", help="image file(s); several make a batch")
+    parser.add_argument("--prompt", default=None, help="default: the prompt the model was trained with")
+    parser.add_argument("--max-new-tokens", type=int, default=20)
+    parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    from open_vlm.inference.generate import Generator
+
+    try:
+        generator = Generator.from_checkpoint(args.checkpoint, device=args.device)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    answers = generator.generate(
+        args.image,
+        [args.prompt] * len(args.image) if args.prompt else None,
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.sample,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+    )
+    for image, answer in zip(args.image, answers):
+        print(f"{image}: {answer}")
+    return 0
+
+
+def _config(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="open-vlm config", description="Manage the environment config.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    setter = sub.add_parser("set", help="set KEY VALUE in the user config file")
+    setter.add_argument("key")
+    setter.add_argument("value")
+    sub.add_parser("show", help="show every key, its value and where it comes from")
+    args = parser.parse_args(argv)
+    from open_vlm.config import env
+
+    if args.action == "set":
+        try:
+            path = env.set_user_value(args.key, args.value)
+        except KeyError:
+            import difflib
+
+            close = difflib.get_close_matches(args.key, env.env_keys(), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            print(f"error: unknown environment config key '{args.key}'{hint}", file=sys.stderr)
+            return 2
+        print(f"{args.key} = {args.value} (written to {path})")
+        return 0
+    for key, value, origin in env.describe():
+        print(f"{key:15s} {value!s:40s} ({origin})")
+    return 0
+
+
+COMMANDS = {
+    "train": (_train, "train a model: same as python -m open_vlm.train"),
+    "view": (_view, "show a shard, manifest, run folder or checkpoint"),
+    "generate": (_generate, "answer a prompt about an image from a checkpoint"),
+    "config": (_config, "show or set the environment config (output root, S3 endpoint, wandb)"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: open-vlm COMMAND [ARGS...]\n\ncommands:")
+        for name, (_, text) in COMMANDS.items():
+            print(f"  {name:10s} {text}")
+        for name, text in NOT_BUILT.items():
+            print(f"  {name:10s} (not built yet) {text}")
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command in NOT_BUILT:
+        print(f"error: 'open-vlm {command}' ({NOT_BUILT[command]}) is not built yet", file=sys.stderr)
+        return 2
+    if command not in COMMANDS:
+        import difflib
+
+        close = difflib.get_close_matches(command, list(COMMANDS) + list(NOT_BUILT), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        print(f"error: unknown command '{command}'{hint}", file=sys.stderr)
+        return 2
+    return COMMANDS[command][0](rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

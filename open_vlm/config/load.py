@@ -1,0 +1,234 @@
+"""Load a `RunConfig`: environment defaults < YAML file < `--section.key value` CLI overrides (via draccus).
+
+Unknown keys and ill-typed values raise `ConfigError` (exit status 2) naming the key; the CLI prints it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import io
+import os
+import tempfile
+import typing
+from typing import Any
+
+import draccus
+import fsspec
+import yaml
+
+from open_vlm.config.env import EnvConfig, apply_process_env, load_env_config, run_defaults
+from open_vlm.config.schema import CHOICES, RunConfig, SourceConfig
+
+
+class ConfigError(Exception):
+    """A bad config: the CLI prints the message and exits with status 2."""
+
+    exit_code = 2
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _dataclass_of(tp: Any) -> type | None:
+    """The dataclass a field holds directly, or the element dataclass of a `list[...]` field."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) is list:
+        (arg,) = typing.get_args(tp)
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None
+
+
+def valid_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
+    """Every dotted key a config accepts (sections and leaves)."""
+    keys = []
+    for name, tp in _field_types(cls).items():
+        key = prefix + name
+        keys.append(key)
+        inner = _dataclass_of(tp)
+        if inner is not None and typing.get_origin(tp) is not list:
+            keys.extend(valid_keys(inner, key + "."))
+    return keys
+
+
+# Names other trainers (HF Trainer, open_lm, open_clip) use for our keys: the nearest key by meaning.
+ALIASES = {
+    "learning_rate": "lr",
+    "steps": "max_steps",
+    "total_steps": "max_steps",
+    "num_steps": "max_steps",
+    "warmup": "warmup_steps",
+    "wd": "weight_decay",
+    "workers": "num_workers",
+    "bs": "batch_size",
+    "per_device_batch_size": "batch_size",
+    "grad_accum": "accum_steps",
+    "gradient_accumulation_steps": "accum_steps",
+    "grad_clip_norm": "grad_clip",
+    "save_every": "every_steps",
+    "log_every": "every_steps",
+}
+
+
+def _unknown(key: str, candidates: list[str]) -> ConfigError:
+    section, _, leaf = key.rpartition(".")
+    alias = f"{section}.{ALIASES[leaf]}" if section and leaf in ALIASES else ALIASES.get(leaf)
+    if alias in candidates:
+        close = [alias]
+    else:
+        close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.0)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def check_keys(values: dict, cls: type = RunConfig, prefix: str = "") -> None:
+    """Raise `ConfigError` for the first key in a nested dict that `cls` does not have."""
+    types = _field_types(cls)
+    for name, value in values.items():
+        key = prefix + str(name)
+        if name not in types:
+            raise _unknown(key, [prefix + n for n in types] + valid_keys(RunConfig))
+        inner = _dataclass_of(types[name])
+        if inner is None:
+            continue
+        if typing.get_origin(types[name]) is list and isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, dict):
+                    check_keys(item, inner, f"{key}[{i}].")
+        elif isinstance(value, dict):
+            check_keys(value, inner, key + ".")
+
+
+def read_yaml(path: str) -> dict:
+    """Read a YAML config from a local path or fsspec URL."""
+    try:
+        with fsspec.open(path, "r") as f:
+            data = yaml.safe_load(f) or {}
+    except FileNotFoundError as err:
+        raise ConfigError(f"config file not found: {path}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def split_args(argv: list[str]) -> tuple[str | None, list[str]]:
+    """Take `--config FILE` out of argv; the rest are `--section.key value` overrides."""
+    config_path, rest, i = None, [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--config" and i + 1 < len(argv):
+            config_path, i = argv[i + 1], i + 2
+            continue
+        if arg.startswith("--config="):
+            config_path, i = arg.split("=", 1)[1], i + 1
+            continue
+        rest.append(arg)
+        i += 1
+    return config_path, rest
+
+
+def check_override_keys(overrides: list[str]) -> None:
+    keys = valid_keys()
+    for arg in overrides:
+        if arg in ("-h", "--help"):
+            continue
+        if arg.startswith("--"):
+            key = arg[2:].split("=", 1)[0]
+            if key not in keys:
+                raise _unknown(key, keys)
+
+
+def _check_choices(cfg: RunConfig) -> None:
+    for key, allowed in CHOICES.items():
+        value: Any = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value not in allowed:
+            raise ConfigError(f"{key}: expected one of {list(allowed)}, got {value!r}")
+    for i, source in enumerate(cfg.data.sources):
+        if not source.urls:
+            raise ConfigError(f"data.sources[{i}].urls: at least one shard URL is needed")
+        if source.weight <= 0:
+            raise ConfigError(f"data.sources[{i}].weight: must be > 0, got {source.weight}")
+        if not source.name:
+            source.name = f"source{i}"
+        if isinstance(source.urls, str):
+            source.urls = [source.urls]
+
+
+def load_run_config(argv: list[str], env: EnvConfig | None = None) -> RunConfig:
+    """Resolve the run config from `--config FILE` and overrides in `argv`."""
+    env = load_env_config() if env is None else env
+    apply_process_env(env)
+    config_path, overrides = split_args(argv)
+    values = read_yaml(config_path) if config_path else {}
+    check_keys(values)
+    check_override_keys(overrides)
+    merged = _deep_merge(run_defaults(env), values)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as tmp:
+        yaml.safe_dump(merged, tmp)
+    try:
+        cfg = draccus.parse(config_class=RunConfig, config_path=tmp.name, args=overrides)
+    except draccus.utils.DecodingError as err:
+        raise ConfigError(f"{err} (expected type: {_expected_type(str(err))})") from err
+    finally:
+        os.unlink(tmp.name)
+    _check_choices(cfg)
+    return cfg
+
+
+def _expected_type(message: str) -> str:
+    """Best-effort: the declared type of the key a draccus error names (`train.seed`: ...)."""
+    if not message.startswith("`"):
+        return "see the config schema"
+    key = message[1:].split("`", 1)[0]
+    cls: Any = RunConfig
+    tp: Any = None
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(cls):
+            return "see the config schema"
+        tp = _field_types(cls).get(part.split("[")[0])
+        cls = _dataclass_of(tp) if tp is not None else None
+    return getattr(tp, "__name__", str(tp))
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The resolved config as YAML (what run folders store)."""
+    buf = io.StringIO()
+    draccus.dump(cfg, buf)
+    return buf.getvalue()
+
+
+def config_from_yaml_text(text: str) -> RunConfig:
+    """Rebuild a `RunConfig` from a dumped `config.yaml` (checkpoints store one)."""
+    values = yaml.safe_load(text) or {}
+    check_keys(values)
+    return draccus.decode(RunConfig, values)
+
+
+__all__ = [
+    "ConfigError",
+    "RunConfig",
+    "SourceConfig",
+    "check_keys",
+    "config_from_yaml_text",
+    "dump_config",
+    "load_run_config",
+    "valid_keys",
+]

@@ -1,0 +1,120 @@
+"""The run configuration: one dataclass per component, composed into `RunConfig`.
+
+Every default lives here. YAML nesting maps to dotted CLI keys (`--train.max_steps 10`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RunSection:
+    """Where a run lives: `<output_dir>/<project>/<name>/`."""
+
+    project: str = "open_vlm"
+    name: str = "default"
+    output_dir: str = "runs"
+
+
+@dataclass
+class SourceConfig:
+    """One data source: tar shards of one modality, mixed into the run by `weight`."""
+
+    name: str = ""
+    # Brace-expandable pattern(s): "data/demo/demo-{000000..000003}.tar", "s3://bucket/x-{0..9}.tar".
+    urls: list[str] = field(default_factory=list)
+    weight: float = 1.0
+    modality: str = "image_text"
+    # Manifest (per-shard sample counts). Default: `<shard dir>/manifest.json`, built on first use.
+    manifest: str | None = None
+
+
+@dataclass
+class DataConfig:
+    sources: list[SourceConfig] = field(default_factory=list)
+    batch_size: int = 8  # per-device micro batch
+    num_workers: int = 0
+    prompt: str = "caption en"  # prefix used for image-caption samples
+    max_text_len: int = 32  # max tokens of prefix + suffix (image tokens excluded)
+    shuffle_window: int = 32  # samples per seeded shuffle window inside a shard piece
+    num_streams: int = 64  # canonical streams P per source (fixed per run; ranks x workers should divide it)
+    strict: bool = False  # fail on the first bad shard/sample instead of skipping it
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "paligemma"
+    # A model config file (json/yaml) for random init, or None when `pretrained` is given.
+    config: str | None = None
+    pretrained: str | None = None  # HF save_pretrained directory, local or s3://
+    tokenizer: str | None = None  # HF tokenizer directory, local or s3://
+    freeze: list[str] = field(default_factory=list)
+    unfreeze: list[str] = field(default_factory=list)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    schedule: str = "cosine"  # cosine | linear | constant
+    min_lr_ratio: float = 0.1  # floor of the decay, as a fraction of lr
+    grad_clip: float = 1.0  # max grad norm; 0 disables clipping
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    max_steps: int = 100
+    strategy: str = "single"  # single | ddp | fsdp
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    global_batch_size: int = 0  # samples per optimizer step; 0: data.batch_size x world x accum_steps
+    accum_steps: int = 1
+    loss: str = "next_token"
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class CheckpointConfig:
+    dir: str | None = None  # default: <run folder>/checkpoints
+    every_steps: int = 0  # 0: only at the end
+    resume: str = "latest"  # latest | none | a checkpoint path/URL
+    keep_last: int = 0  # 0 keeps every checkpoint
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "disabled"  # online | offline | disabled
+    project: str | None = None  # default: run.project
+    entity: str | None = None
+
+
+@dataclass
+class LoggingConfig:
+    every_steps: int = 10
+    level: str = "INFO"
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class RunConfig:
+    run: RunSection = field(default_factory=RunSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "train.strategy": ("single", "ddp", "fsdp"),
+    "train.precision": ("fp32", "bf16", "fp16"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "optim.schedule": ("cosine", "linear", "constant"),
+    "logging.wandb.mode": ("online", "offline", "disabled"),
+}

@@ -1,0 +1,71 @@
+"""From the data config to a `ShardLoader`: expand URLs, find (or build and cache) manifests."""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+
+import fsspec
+
+from open_vlm.config.schema import DataConfig, SourceConfig
+from open_vlm.data.loader import LoaderSettings, ShardLoader, Source
+from open_vlm.data.manifest import ShardManifest, build_manifest, read_manifest
+from open_vlm.data.shards import expand_urls
+
+log = logging.getLogger(__name__)
+
+
+def source_manifest(cfg: SourceConfig) -> ShardManifest:
+    """The manifest for a source's shards, in the order the URLs are given.
+
+    Reads `cfg.manifest` or `manifest.json` beside the first shard; shards it lacks are counted now and
+    the result cached beside the shards when that location is writable.
+    """
+    urls = expand_urls(cfg.urls)
+    path = cfg.manifest or posixpath.join(posixpath.dirname(urls[0]), "manifest.json")
+    known: dict = {}
+    fs, fs_path = fsspec.core.url_to_fs(path)
+    if fs.exists(fs_path):
+        known = read_manifest(path).by_url()
+    missing = [u for u in urls if u not in known]
+    if missing:
+        log.info("source %s: counting samples of %d shard(s) without a manifest entry", cfg.name, len(missing))
+        for info in build_manifest(missing).shards:
+            known[info.url] = info
+        merged = ShardManifest([known[u] for u in urls])
+        try:
+            with fsspec.open(path, "w") as f:
+                f.write(merged.to_json(relative_to=posixpath.dirname(path)))
+            log.info("source %s: manifest cached at %s", cfg.name, path)
+        except OSError as err:
+            log.warning("source %s: could not cache the manifest at %s (%s)", cfg.name, path, err)
+    return ShardManifest([known[u] for u in urls])
+
+
+def build_loader(
+    cfg: DataConfig,
+    *,
+    seed: int,
+    global_batch: int,
+    image_size: int,
+    process,
+    collate,
+    rank: int = 0,
+    world: int = 1,
+) -> ShardLoader:
+    if not cfg.sources:
+        raise ValueError("data.sources is empty: give at least one source with urls")
+    sources = [Source(s.name, s.modality, s.weight, source_manifest(s)) for s in cfg.sources]
+    settings = LoaderSettings(
+        seed=seed,
+        global_batch=global_batch,
+        micro_batch=cfg.batch_size,
+        rank=rank,
+        world=world,
+        num_workers=cfg.num_workers,
+        num_streams=cfg.num_streams,
+        window=cfg.shuffle_window,
+        image_size=image_size,
+        strict=cfg.strict,
+    )
+    return ShardLoader(sources, settings, process, collate)

@@ -1,0 +1,95 @@
+"""Raw samples (bytes per suffix) to decoded samples, per modality. Images come out as uint8 CHW tensors."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
+TEXT_FIELDS = ("caption", "text", "txt")
+
+
+class SampleError(ValueError):
+    """A sample that cannot be decoded: `kind` says why (counted per kind by the loader)."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+def _field(sample: dict, *suffixes: str) -> bytes | None:
+    for suffix in suffixes:
+        if suffix in sample:
+            return sample[suffix]
+        if suffix + ".gz" in sample:
+            return gzip.decompress(sample[suffix + ".gz"])
+    return None
+
+
+def decode_image(data: bytes, size: int) -> torch.Tensor:
+    """JPEG/PNG/WebP bytes → uint8 tensor (3, size, size); JPEGs decode in draft mode at >= size."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.draft("RGB", (size, size))  # JPEG only: DCT-domain downscale, a no-op elsewhere
+        image = image.convert("RGB")
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.BICUBIC, reducing_gap=None)
+        array = np.array(image)  # the one copy: writable, owned by the tensor
+    except Exception as err:  # PIL raises many types for bad data
+        raise SampleError("bad_image", f"undecodable image: {err}") from err
+    return torch.from_numpy(array)  # (H, W, 3); normalize_images makes it (3, H, W) float
+
+
+def normalize_images(pixels: torch.Tensor, mean: float = 0.5, std: float = 0.5) -> torch.Tensor:
+    """uint8 (..., H, W, 3) images → float (..., 3, H, W), SigLIP convention ((x/255 - mean) / std)."""
+    return ((pixels.float() / 255.0 - mean) / std).movedim(-1, -3).contiguous()
+
+
+def decode_text(sample: dict) -> str:
+    raw = _field(sample, "txt", "text", "caption")
+    if raw is not None:
+        return raw.decode("utf-8").strip()
+    meta = _field(sample, "json")
+    if meta is not None:
+        try:
+            data = json.loads(meta)
+        except json.JSONDecodeError as err:
+            raise SampleError("bad_json", f"invalid json: {err}") from err
+        for name in TEXT_FIELDS:
+            if isinstance(data.get(name), str):
+                return data[name].strip()
+    raise SampleError("missing_field", "no txt/json caption or text field")
+
+
+def decode_image_text(sample: dict, image_size: int) -> dict:
+    data = _field(sample, *IMAGE_SUFFIXES)
+    if data is None:
+        raise SampleError("missing_field", "no jpg/png/webp image")
+    return {"image": decode_image(data, image_size), "text": decode_text(sample)}
+
+
+def decode_text_only(sample: dict, image_size: int) -> dict:
+    return {"text": decode_text(sample)}
+
+
+DECODERS: dict[str, Callable[[dict, int], dict]] = {
+    "image_text": decode_image_text,
+    "text": decode_text_only,
+}
+
+
+def decode_sample(sample: dict, modality: str, image_size: int) -> dict:
+    """Decode one raw sample of `modality`; raises `SampleError` for bad data."""
+    try:
+        decoder = DECODERS[modality]
+    except KeyError:
+        raise ValueError(f"unknown modality {modality!r}; known: {sorted(DECODERS)}") from None
+    out = decoder(sample, image_size)
+    out["__key__"] = sample["__key__"]
+    return out

@@ -1,0 +1,69 @@
+"""`paligemma`: transformers' PaliGemmaForConditionalGeneration, from a save_pretrained dir or a config file."""
+
+from __future__ import annotations
+
+import json
+
+import fsspec
+import yaml
+
+from open_vlm.config.schema import ModelConfig
+from open_vlm.models.registry import ModelBundle, register_model
+from open_vlm.storage import local_dir
+
+
+def read_model_config(path: str) -> dict:
+    """A model config file (YAML or JSON), local or remote."""
+    with fsspec.open(path, "r") as f:
+        text = f.read()
+    return json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+
+
+def paligemma_config(spec: dict, tokenizer):
+    """A PaliGemmaConfig from `{vision: {...}, text: {...}}`, sized to the tokenizer's vocabulary."""
+    from transformers import GemmaConfig, PaliGemmaConfig, SiglipVisionConfig
+
+    text = dict(spec["text"])
+    vision = dict(spec["vision"])
+    if tokenizer is not None:
+        text["vocab_size"] = len(tokenizer)
+    image_token = tokenizer.convert_tokens_to_ids("<image>") if tokenizer is not None else spec["image_token_index"]
+    num_image_tokens = (vision["image_size"] // vision["patch_size"]) ** 2
+    text.setdefault("pad_token_id", getattr(tokenizer, "pad_token_id", 0))
+    config = PaliGemmaConfig(
+        vision_config=SiglipVisionConfig(**vision).to_dict(),
+        text_config=GemmaConfig(**text).to_dict(),
+        image_token_index=image_token,
+        projection_dim=text["hidden_size"],
+        hidden_size=text["hidden_size"],
+        vocab_size=text["vocab_size"],
+    )
+    config.text_config.num_image_tokens = num_image_tokens
+    config.vision_config.projection_dim = text["hidden_size"]
+    return config
+
+
+def bundle(model) -> ModelBundle:
+    vision = model.config.vision_config
+    inner = model.model
+    units = [inner.vision_tower, *inner.language_model.layers]
+    return ModelBundle(
+        model=model,
+        kind="paligemma",
+        image_size=vision.image_size,
+        num_image_tokens=(vision.image_size // vision.patch_size) ** 2,
+        shard_units=units,
+    )
+
+
+@register_model("paligemma")
+def build_paligemma(cfg: ModelConfig, tokenizer) -> ModelBundle:
+    from transformers import PaliGemmaForConditionalGeneration
+
+    if cfg.pretrained:
+        model = PaliGemmaForConditionalGeneration.from_pretrained(str(local_dir(cfg.pretrained)), local_files_only=True)
+    elif cfg.config:
+        model = PaliGemmaForConditionalGeneration(paligemma_config(read_model_config(cfg.config), tokenizer))
+    else:
+        raise ValueError("model.kind paligemma needs model.pretrained or model.config")
+    return bundle(model)

@@ -1,0 +1,33 @@
+"""Storage helpers over fsspec: local paths and URLs (s3://, gs://, ...) alike."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import fsspec
+
+
+def is_remote(path: str) -> bool:
+    return "://" in str(path) and not str(path).startswith("file://")
+
+
+def local_dir(url: str) -> Path:
+    """A local directory holding `url`'s files: the path itself, or a cached download of a remote folder."""
+    if not is_remote(url):
+        return Path(url.removeprefix("file://"))
+    cache_root = Path(os.environ.get("OPEN_VLM_CACHE", Path(tempfile.gettempdir()) / "open_vlm_cache"))
+    target = cache_root / hashlib.sha1(url.rstrip("/").encode()).hexdigest()[:16]
+    if not (target / ".complete").exists():
+        fs, path = fsspec.core.url_to_fs(url)
+        tmp = Path(tempfile.mkdtemp(dir=cache_root.mkdir(parents=True, exist_ok=True) or cache_root))
+        fs.get(path.rstrip("/") + "/", str(tmp), recursive=True)
+        if target.exists():
+            import shutil
+
+            shutil.rmtree(target)
+        tmp.rename(target)
+        (target / ".complete").touch()
+    return target

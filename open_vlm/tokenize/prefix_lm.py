@@ -1,0 +1,103 @@
+"""PaliGemma-style prefix-LM inputs: image tokens + BOS + prefix + separator | suffix + EOS.
+
+`token_type_ids` is 0 on image + prefix (bidirectional attention) and 1 on the suffix (causal);
+labels are -100 everywhere except the suffix. Truncation never cuts image tokens and always keeps EOS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+IGNORE = -100
+
+
+@dataclass
+class PrefixLMProcessor:
+    """Decoded `{"image", "text"[, "prompt"]}` → token tensors for one sample (runs in loader workers)."""
+
+    tokenizer: object  # a transformers tokenizer with bos/eos/pad and an "<image>" token
+    num_image_tokens: int
+    max_text_len: int = 32
+    prompt: str = "caption en"
+    separator: str = "\n"
+
+    def __post_init__(self):
+        tok = self.tokenizer
+        self.image_token_id = tok.convert_tokens_to_ids("<image>")
+        self.bos_id, self.eos_id, self.pad_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+        if None in (self.image_token_id, self.bos_id, self.eos_id, self.pad_id):
+            raise ValueError("tokenizer needs <image>, bos, eos and pad tokens")
+        self.sep_ids = self._ids(self.separator)
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def encode(self, prefix: str, suffix: str | None) -> dict[str, torch.Tensor]:
+        """Token ids, token types and labels; `suffix=None` gives a generation prompt."""
+        prefix_ids = [self.bos_id, *self._ids(prefix), *self.sep_ids]
+        suffix_ids = [] if suffix is None else [*self._ids(suffix), self.eos_id]
+        budget = self.max_text_len
+        if len(prefix_ids) + len(suffix_ids) > budget:
+            # Keep the suffix's EOS; cut the suffix first, then the prefix (never below BOS + separator).
+            room = max(budget - len(prefix_ids), 1 if suffix_ids else 0)
+            if suffix_ids:
+                suffix_ids = [*suffix_ids[: room - 1], self.eos_id]
+            keep = max(budget - len(suffix_ids), 1 + len(self.sep_ids))
+            if len(prefix_ids) > keep:
+                prefix_ids = [*prefix_ids[: keep - len(self.sep_ids)], *self.sep_ids]
+        n_img = self.num_image_tokens
+        input_ids = [self.image_token_id] * n_img + prefix_ids + suffix_ids
+        types = [0] * (n_img + len(prefix_ids)) + [1] * len(suffix_ids)
+        labels = [IGNORE] * (n_img + len(prefix_ids)) + suffix_ids
+        return {
+            "input_ids": torch.tensor(input_ids, dtype=torch.long),
+            "token_type_ids": torch.tensor(types, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+        }
+
+    def __call__(self, sample: dict, source=None) -> dict:
+        out = self.encode(sample.get("prompt", self.prompt), sample["text"])
+        out["pixel_values"] = sample["image"]
+        return out
+
+
+def pad_right(seqs: list[torch.Tensor], value: int, multiple: int = 1) -> torch.Tensor:
+    length = max(len(s) for s in seqs)
+    length = -(-length // multiple) * multiple
+    out = torch.full((len(seqs), length), value, dtype=seqs[0].dtype)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = s
+    return out
+
+
+def pad_left(seqs: list[torch.Tensor], value: int) -> torch.Tensor:
+    length = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), length), value, dtype=seqs[0].dtype)
+    for i, s in enumerate(seqs):
+        out[i, length - len(s) :] = s
+    return out
+
+
+@dataclass
+class PrefixLMCollator:
+    """Pads a list of processed samples to the longest (rounded up to `pad_to_multiple`), right-padded."""
+
+    pad_id: int
+    pad_to_multiple: int = 1
+
+    def __call__(self, samples: list[dict]) -> dict:
+        ids = [s["input_ids"] for s in samples]
+        m = self.pad_to_multiple
+        batch = {
+            "input_ids": pad_right(ids, self.pad_id, m),
+            "token_type_ids": pad_right([s["token_type_ids"] for s in samples], 0, m),
+            "labels": pad_right([s["labels"] for s in samples], IGNORE, m),
+            "attention_mask": pad_right([torch.ones(len(x), dtype=torch.long) for x in ids], 0, m),
+            "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
+        }
+        batch["num_tokens"] = int(batch["attention_mask"].sum())
+        batch["num_supervised"] = int((batch["labels"][:, 1:] != IGNORE).sum())
+        batch["__meta__"] = [s.get("__meta__") for s in samples]
+        return batch

@@ -1,0 +1,38 @@
+"""`python -m open_vlm.train --config FILE.yaml [--section.key value ...]` (also under torchrun)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from open_vlm.config.load import ConfigError, load_run_config
+from open_vlm.runfolder import run_dir, setup_logging
+
+log = logging.getLogger("open_vlm.train")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        cfg = load_run_config(argv)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    folder = run_dir(cfg.run.output_dir, cfg.run.project, cfg.run.name)
+    log_path = setup_logging(folder, cfg.run.project, "train", cfg.logging.level)
+    log.info("run folder %s (log %s)", folder, log_path)
+
+    from open_vlm.trainer.loop import Trainer  # heavy imports after the config is known to be good
+
+    try:
+        trainer = Trainer(cfg, folder)
+    except (NotImplementedError, ValueError) as err:
+        log.error("%s", err)
+        return 2
+    trainer.fit()
+    log.info("done: %d steps, %d samples", trainer.step, trainer.samples_seen)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
