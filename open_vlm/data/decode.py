@@ -78,9 +78,32 @@ def decode_text_only(sample: dict, image_size: int) -> dict:
     return {"text": decode_text(sample)}
 
 
+def _npy(data: bytes, name: str) -> torch.Tensor:
+    try:
+        return torch.from_numpy(np.load(io.BytesIO(data), allow_pickle=False))
+    except ValueError as err:
+        raise SampleError("bad_array", f"invalid {name}.npy: {err}") from err
+
+
+def decode_region_features(sample: dict, image_size: int) -> dict:
+    """LXMERT-style: `features.npy` (K, D), `boxes.npy` (K, 4) normalised to [0, 1], and a caption."""
+    feats, boxes = _field(sample, "features.npy"), _field(sample, "boxes.npy")
+    if feats is None or boxes is None:
+        raise SampleError("missing_field", "no features.npy / boxes.npy")
+    out = {
+        "features": _npy(feats, "features").float(),
+        "boxes": _npy(boxes, "boxes").float(),
+        "text": decode_text(sample),
+    }
+    if out["features"].ndim != 2 or out["boxes"].shape != (out["features"].shape[0], 4):
+        raise SampleError("bad_array", f"features {tuple(out['features'].shape)} / boxes {tuple(out['boxes'].shape)}")
+    return out
+
+
 DECODERS: dict[str, Callable[[dict, int], dict]] = {
     "image_text": decode_image_text,
     "text": decode_text_only,
+    "region_features": decode_region_features,
 }
 
 
