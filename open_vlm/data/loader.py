@@ -137,6 +137,7 @@ class _RankSamples(IterableDataset):
             "source": src,
             "stream": stream,
             "q": q,
+            "epoch": out.epoch,
             "cursor": (out.cursor.epoch, out.cursor.deal_index, out.cursor.slot),
             "key": out.sample["__key__"],
             "url": out.sample["__url__"],
@@ -218,38 +219,37 @@ class ShardLoader:
             log.warning("skipped bad data (%s) in %s%s: %s", kind, url, f" key {key}" if key else "", message)
 
     # --- state -------------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        """The loader state (collective under torch.distributed: every rank must call it)."""
+    def local_state_dict(self) -> dict:
+        """This rank's view of the state (its streams only are current); see `state_dict`."""
         state = self.state
-        streams = [[list(row) for row in rows] for rows in state.streams]
-        bad = dict(self.bad_samples)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            gathered: list = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, (streams, bad))
-            streams = _merge_streams([g[0] for g in gathered])
-            bad = sum((Counter(g[1]) for g in gathered), Counter())
         return {
             "version": STATE_VERSION,
-            "seed": self.settings.seed,
-            "num_streams": [o.num_streams for o in self.orders],
-            "window": self.settings.window,
-            "global_batch": self.settings.global_batch,
-            "sources": [src.name for src in self.sources],
+            **self.state_dict_header(),
             "step": state.step,
             "batches_taken": list(state.batches_taken),
             "positions": list(state.positions),
-            "streams": streams,
-            "bad_samples": dict(bad),
+            "streams": [[list(row) for row in rows] for rows in state.streams],
+            "bad_samples": dict(self.bad_samples),
             "world": self.settings.world,
             "num_workers": self.settings.num_workers,
         }
+
+    def state_dict(self) -> dict:
+        """The global loader state (collective under torch.distributed: every rank must call it)."""
+        local = self.local_state_dict()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, local)
+            return merge_rank_states(gathered)
+        return local
 
     def load_state_dict(self, sd: dict) -> None:
         for key in ("seed", "num_streams", "window", "global_batch", "sources"):
             mine = self.state_dict_header()[key]
             if sd[key] != mine:
                 raise ValueError(f"data state was saved with {key}={sd[key]!r}, this run has {mine!r}")
-        self.state = LoaderState(sd["step"], list(sd["batches_taken"]), list(sd["positions"]), sd["streams"])
+        streams = [[list(row) for row in rows] for rows in sd["streams"]]  # ours to mutate, not the caller's
+        self.state = LoaderState(sd["step"], list(sd["batches_taken"]), list(sd["positions"]), streams)
         self.bad_samples = Counter(sd.get("bad_samples", {}))
 
     def state_dict_header(self) -> dict:
@@ -265,6 +265,14 @@ class ShardLoader:
         """Per tar file touched: url, source, epoch, samples_read, complete (from a state dict)."""
         state = state or self.state_dict()
         return consumed_record(self.orders, [s.name for s in self.sources], state["streams"])
+
+
+def merge_rank_states(states: list[dict]) -> dict:
+    """Combine the state dicts that each rank computed locally into the global one."""
+    merged = dict(states[0])
+    merged["streams"] = _merge_streams([s["streams"] for s in states])
+    merged["bad_samples"] = dict(sum((Counter(s["bad_samples"]) for s in states), Counter()))
+    return merged
 
 
 def _merge_streams(per_rank: list[list[list[list[int]]]]) -> list[list[list[int]]]:

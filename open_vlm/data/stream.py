@@ -27,6 +27,7 @@ class Hole:
 @dataclass
 class StreamOutput:
     q: int  # index of this output within the stream (position j = stream + q * P)
+    epoch: int  # the epoch of the piece this sample came from
     cursor: StreamCursor  # the stream's cursor after this output
     sample: dict  # decoded sample
     holes: list[Hole]  # slots skipped since the previous output of this stream
@@ -84,6 +85,7 @@ class StreamReader:
                     buffer = self._take_window(samples, w, loaded_window, window)
                     loaded_window = w
                 raw = buffer[slots[slot] - w * window] if slots[slot] - w * window < len(buffer) else None
+                epoch = self.cursor.epoch
                 self.cursor = order.advance(self.stream, self.cursor)
                 if raw is None:
                     continue  # the hole was reported when the shard ended early
@@ -94,7 +96,7 @@ class StreamReader:
                     self._guard()
                     continue
                 decoded["__url__"] = url
-                out = StreamOutput(self.q, self.cursor, decoded, self._holes)
+                out = StreamOutput(self.q, epoch, self.cursor, decoded, self._holes)
                 self._holes, self._empty_slots = [], 0
                 self.q += 1
                 yield out

@@ -1,0 +1,30 @@
+"""Run under `torchrun --nproc_per_node=2`: each rank writes the keys it got and the merged state."""
+
+import json
+import sys
+from pathlib import Path
+
+import torch.distributed as dist
+
+from open_vlm.data.loader import Source
+from open_vlm.data.manifest import read_manifest
+from tests.data.shardgen import make_loader
+
+
+def main(shard_dir: str, out_dir: str, steps: int) -> None:
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    source = Source("d", "image_text", 1.0, read_manifest(f"{shard_dir}/manifest.json"))
+    loader = make_loader([source], rank=rank, world=world, num_workers=1, global_batch=8, micro_batch=2)
+    it = iter(loader)
+    keys = []
+    for _ in range(steps * loader.accum_steps):
+        batch = next(it)
+        keys += [[k, e] for k, e in zip(batch["keys"], batch["epochs"])]
+    state = loader.state_dict()  # collective
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"keys": keys, "state": state}))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
