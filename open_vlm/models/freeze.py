@@ -34,9 +34,7 @@ def select(model: nn.Module, groups: dict[str, list[str]], patterns: list[str]) 
     return chosen
 
 
-def apply_freeze(
-    model: nn.Module, groups: dict[str, list[str]], freeze: list[str], unfreeze: list[str] = ()
-) -> None:
+def apply_freeze(model: nn.Module, groups: dict[str, list[str]], freeze: list[str], unfreeze: list[str] = ()) -> None:
     """Set `requires_grad=False` on `freeze` matches, then back to True on `unfreeze` matches."""
     frozen = select(model, groups, list(freeze)) - select(model, groups, list(unfreeze))
     for name, param in model.named_parameters():

@@ -104,18 +104,18 @@ def _contrastive(loss: nn.Module, use_bias: bool) -> LossFn:
 
 @register_loss("lxmert")
 def lxmert(mlm_weight: float = 1.0, itm_weight: float = 1.0, **_) -> LossFn:
-    """LXMERT pretraining: masked-LM (labels -100 elsewhere) + image-text matching (`matched_label` 0/1)."""
+    """LXMERT pretraining: masked-LM (`labels`, -100 where unmasked) + image-text matching (`matched_label` 0/1)."""
 
     def fn(outputs, batch) -> LossOutput:
         logits = outputs["prediction_logits"]
-        labels = batch["masked_lm_labels"].to(logits.device)
+        labels = batch["labels"].to(logits.device)
         mlm = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
         score = outputs["cross_relationship_score"].float()
         itm = F.cross_entropy(score, batch["matched_label"].to(score.device).flatten())
         masked = int((labels != IGNORE).sum())
         mlm = mlm if masked else logits.sum() * 0.0  # a batch with nothing masked contributes no MLM term
         total = mlm_weight * mlm + itm_weight * itm
-        parts = {"mlm": float(mlm), "itm": float(itm), "masked_tokens": masked}
+        parts = {"mlm": float(mlm.detach()), "itm": float(itm.detach()), "masked_tokens": masked}
         return LossOutput(total, int(score.shape[0]), reduction="mean", parts=parts)
 
     return fn

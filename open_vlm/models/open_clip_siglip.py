@@ -137,7 +137,10 @@ def vision_state_dict(s: dict[str, torch.Tensor], num_layers: int) -> dict[str, 
         for a, b in (("norm1", "layer_norm1"), ("norm2", "layer_norm2"), ("attn.proj", "self_attn.out_proj")):
             out[f"{dst}{b}.weight"], out[f"{dst}{b}.bias"] = s[f"{src}{a}.weight"], s[f"{src}{a}.bias"]
         for fc in ("fc1", "fc2"):
-            out[f"{dst}mlp.{fc}.weight"], out[f"{dst}mlp.{fc}.bias"] = s[f"{src}mlp.{fc}.weight"], s[f"{src}mlp.{fc}.bias"]
+            out[f"{dst}mlp.{fc}.weight"], out[f"{dst}mlp.{fc}.bias"] = (
+                s[f"{src}mlp.{fc}.weight"],
+                s[f"{src}mlp.{fc}.bias"],
+            )
     p, h = f"{t}attn_pool.", f"{v}head."
     out[f"{h}probe"] = s[f"{p}latent"]
     out[f"{h}attention.in_proj_weight"] = torch.cat([s[f"{p}q.weight"], s[f"{p}kv.weight"]])

@@ -39,7 +39,7 @@ class VisionLanguageModel(nn.Module):
         vision_feature_layer: int = -1,
     ):
         super().__init__()
-        self.vision_tower = vision_tower  # a SiglipVisionTransformer (no pooling head)
+        self.vision_tower = vision_tower  # a SiglipVisionModel without its pooling head
         self.language_model = language_model
         self.projector = Projector(
             projector, vision_tower.config.hidden_size, language_model.config.hidden_size, pixel_shuffle
@@ -74,7 +74,9 @@ class VisionLanguageModel(nn.Module):
         feats = self.image_features(pixel_values)
         mask = input_ids == self.image_token_id
         if int(mask.sum()) != feats.shape[0] * feats.shape[1]:
-            raise ValueError(f"{int(mask.sum())} image tokens in input_ids for {feats.shape[0]}x{feats.shape[1]} features")
+            raise ValueError(
+                f"{int(mask.sum())} image tokens in input_ids for {feats.shape[0]}x{feats.shape[1]} features"
+            )
         return embeds.masked_scatter(mask.unsqueeze(-1), feats.to(embeds.dtype))
 
     def forward(self, input_ids, attention_mask=None, pixel_values=None, labels=None, token_type_ids=None, **kwargs):
@@ -120,11 +122,11 @@ def tensors(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def vision_tower_from_config(config) -> nn.Module:
-    """A randomly initialised SiglipVisionTransformer without the pooling head."""
+    """A randomly initialised SiglipVisionModel without the pooling head."""
     from transformers import SiglipVisionModel
 
     config.vision_use_head = False
-    return SiglipVisionModel(config).vision_model
+    return SiglipVisionModel(config)
 
 
 def pretrained_vision_tower(url: str) -> nn.Module:
@@ -132,7 +134,7 @@ def pretrained_vision_tower(url: str) -> nn.Module:
     from transformers import SiglipVisionModel
 
     path = str(local_dir(url))
-    return SiglipVisionModel.from_pretrained(path, vision_use_head=False, local_files_only=True).vision_model
+    return SiglipVisionModel.from_pretrained(path, vision_use_head=False, local_files_only=True)
 
 
 def language_model(spec: dict, tokenizer) -> nn.Module:
@@ -204,7 +206,9 @@ def build_vlm(cfg: ModelConfig, tokenizer) -> ModelBundle:
         model = VisionLanguageModel.from_pretrained(cfg.pretrained)
         saved = model.settings["vision_feature_layer"]
         if cfg.vision_feature_layer not in (-1, saved):
-            log.warning("model.vision_feature_layer %d ignored: the saved model uses %d", cfg.vision_feature_layer, saved)
+            log.warning(
+                "model.vision_feature_layer %d ignored: the saved model uses %d", cfg.vision_feature_layer, saved
+            )
     elif cfg.config:
         model = vlm_from_spec(read_model_config(cfg.config), tokenizer, cfg.vision_feature_layer)
     else:
