@@ -49,8 +49,17 @@ class ModelConfig:
     config: str | None = None
     pretrained: str | None = None  # HF save_pretrained directory, local or s3://
     tokenizer: str | None = None  # HF tokenizer directory, local or s3://
+    # Parameter groups (`vision`, `language`, ... per kind) or globs over parameter names
+    # (`vision_tower.encoder.layers.11.*`); `unfreeze` is applied after `freeze`.
     freeze: list[str] = field(default_factory=list)
     unfreeze: list[str] = field(default_factory=list)
+    frozen_dtype: str = "fp32"  # fp32 | bf16: storage dtype of frozen parameters
+    # Which vision layer's patch features a downstream model reads: -1 the final (post-layernorm) output;
+    # other values index the tower's `hidden_states` (0: embeddings, i: layer i's output, -2: penultimate).
+    vision_feature_layer: int = -1
+    # kind siglip: convert an open_clip SigLIP instead (a built-in name, a model-config json, or local-dir:...)
+    open_clip_model: str | None = None
+    open_clip_checkpoint: str | None = None  # its state-dict file (.pt/.bin/.safetensors), local or s3://
 
 
 @dataclass
@@ -115,6 +124,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.strategy": ("single", "ddp", "fsdp"),
     "train.precision": ("fp32", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
+    "model.frozen_dtype": ("fp32", "bf16"),
     "optim.schedule": ("cosine", "linear", "constant"),
     "logging.wandb.mode": ("online", "offline", "disabled"),
 }

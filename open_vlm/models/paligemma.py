@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
-import fsspec
-import yaml
-
 from open_vlm.config.schema import ModelConfig
 from open_vlm.models.registry import ModelBundle, register_model
+from open_vlm.models.spec import read_model_config
 from open_vlm.storage import local_dir
-
-
-def read_model_config(path: str) -> dict:
-    """A model config file (YAML or JSON), local or remote."""
-    with fsspec.open(path, "r") as f:
-        text = f.read()
-    return json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
 
 
 def paligemma_config(spec: dict, tokenizer):
@@ -43,7 +32,17 @@ def paligemma_config(spec: dict, tokenizer):
     return config
 
 
+GROUPS = {
+    "vision": ["model.vision_tower."],
+    "projector": ["model.multi_modal_projector."],
+    "language": ["model.language_model.", "lm_head."],
+    "embeddings": ["model.language_model.embed_tokens."],
+    "lm_head": ["lm_head."],  # tied to the embeddings in Gemma: then it has no parameter of its own
+}
+
+
 def bundle(model) -> ModelBundle:
+    """The `ModelBundle` of a PaliGemmaForConditionalGeneration."""
     vision = model.config.vision_config
     inner = model.model
     units = [inner.vision_tower, *inner.language_model.layers]
@@ -53,11 +52,14 @@ def bundle(model) -> ModelBundle:
         image_size=vision.image_size,
         num_image_tokens=(vision.image_size // vision.patch_size) ** 2,
         shard_units=units,
+        task="prefix_lm",
+        groups={name: list(prefixes) for name, prefixes in GROUPS.items()},
     )
 
 
 @register_model("paligemma")
 def build_paligemma(cfg: ModelConfig, tokenizer) -> ModelBundle:
+    """PaliGemma from `cfg.pretrained` or `cfg.config`."""
     from transformers import PaliGemmaForConditionalGeneration
 
     if cfg.pretrained:

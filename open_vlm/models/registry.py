@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+import torch
 import torch.nn as nn
 
 from open_vlm.config.schema import ModelConfig
+
+log = logging.getLogger(__name__)
+
+# What a model call returns for the loss: named tensors (`logits`, `image_features`, ...).
+Outputs = Mapping[str, torch.Tensor]
+ForwardFn = Callable[[nn.Module, Mapping[str, torch.Tensor]], Outputs]
+
+
+def lm_forward(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> Outputs:
+    """Forward of a (vision-)language model: the batch's model inputs in, `{"logits": ...}` out."""
+    keys = ("input_ids", "token_type_ids", "attention_mask", "pixel_values")
+    return {"logits": model(**{k: batch[k] for k in keys if k in batch}).logits}
 
 
 @dataclass
@@ -20,6 +34,10 @@ class ModelBundle:
     image_size: int = 0  # input resolution (0: no images)
     num_image_tokens: int = 0  # image placeholder tokens per sample
     shard_units: list[nn.Module] = field(default_factory=list)  # modules FSDP wraps as units
+    task: str = "prefix_lm"  # which data processor feeds it: prefix_lm | chat_lm | contrastive | lxmert
+    # Named parameter groups → parameter-name prefixes (freezing, per-group counts, per-group LR later).
+    groups: dict[str, list[str]] = field(default_factory=dict)
+    forward: ForwardFn = lm_forward  # (model, batch) → outputs the loss reads; pass the wrapped model
 
 
 Builder = Callable[[ModelConfig, object], ModelBundle]
@@ -27,6 +45,8 @@ _BUILDERS: dict[str, Builder] = {}
 
 
 def register_model(kind: str) -> Callable[[Builder], Builder]:
+    """Decorator: register `fn(cfg, tokenizer) -> ModelBundle` under `kind`."""
+
     def add(fn: Builder) -> Builder:
         _BUILDERS[kind] = fn
         return fn
@@ -40,7 +60,12 @@ def model_kinds() -> list[str]:
 
 
 def build_model(cfg: ModelConfig, tokenizer=None) -> ModelBundle:
-    """Build `cfg.kind` from `cfg.pretrained` (a save_pretrained dir, local or s3://) or `cfg.config`."""
+    """Build `cfg.kind` from `cfg.pretrained` (a save_pretrained dir, local or s3://) or `cfg.config`.
+
+    Then applies `cfg.freeze` / `cfg.unfreeze` / `cfg.frozen_dtype` and logs the parameter table.
+    """
+    from open_vlm.models.freeze import freeze_from_config
+
     _import_builders()
     try:
         builder = _BUILDERS[cfg.kind]
@@ -48,8 +73,10 @@ def build_model(cfg: ModelConfig, tokenizer=None) -> ModelBundle:
         close = difflib.get_close_matches(cfg.kind, list(_BUILDERS), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ValueError(f"unknown model.kind '{cfg.kind}'{hint} (known: {sorted(_BUILDERS)})") from None
-    return builder(cfg, tokenizer)
+    bundle = builder(cfg, tokenizer)
+    freeze_from_config(bundle, cfg)
+    return bundle
 
 
 def _import_builders() -> None:
-    from open_vlm.models import paligemma  # noqa: F401  (registers itself)
+    from open_vlm.models import lxmert, paligemma, siglip, vlm  # noqa: F401  (each registers itself)

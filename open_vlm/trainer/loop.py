@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from open_vlm.checkpoint.checkpointer import (
     Checkpointer,
@@ -23,23 +22,17 @@ from open_vlm.config.load import dump_config
 from open_vlm.config.schema import RunConfig
 from open_vlm.data.build import build_loader
 from open_vlm.data.decode import normalize_images
+from open_vlm.models.losses import next_token_loss_sum
 from open_vlm.models.registry import build_model
 from open_vlm.runfolder import MetricsWriter
 from open_vlm.storage import local_dir
-from open_vlm.tokenize.prefix_lm import IGNORE, PrefixLMCollator, PrefixLMProcessor
+from open_vlm.tokenize.prefix_lm import PrefixLMCollator, PrefixLMProcessor
 from open_vlm.tokenize.tokenizers import load_tokenizer
 from open_vlm.trainer.optim import build_optimizer
 
 log = logging.getLogger(__name__)
 
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "pixel_values")
-
-
-def next_token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum of next-token cross-entropies over supervised positions (divide by the global count)."""
-    return F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE, reduction="sum"
-    )
 
 
 def seed_everything(seed: int) -> None:

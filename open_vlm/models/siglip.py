@@ -1,0 +1,85 @@
+"""`siglip`: transformers' SiglipModel (contrastive image + text towers), and its vision features."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn as nn
+
+from open_vlm.config.schema import ModelConfig
+from open_vlm.models.registry import ModelBundle, Outputs, register_model
+from open_vlm.models.spec import read_model_config
+from open_vlm.storage import local_dir
+
+GROUPS = {
+    "vision": ["vision_model."],
+    "text": ["text_model."],
+    "embeddings": ["text_model.embeddings.", "vision_model.embeddings."],
+    "logit": ["logit_scale", "logit_bias"],
+}
+
+
+def siglip_config(spec: dict, tokenizer=None):
+    """A SiglipConfig from `{vision: {...}, text: {...}}`, the text vocabulary sized to the tokenizer."""
+    from transformers import SiglipConfig
+
+    text = dict(spec["text"])
+    if tokenizer is not None:
+        text["vocab_size"] = len(tokenizer)
+        text.setdefault("pad_token_id", tokenizer.pad_token_id)
+    return SiglipConfig(text_config=text, vision_config=dict(spec["vision"]))
+
+
+def vision_features(tower: nn.Module, pixel_values: torch.Tensor, layer: int = -1) -> torch.Tensor:
+    """Patch features (B, N, C) of a SigLIP vision tower: the final output (-1) or `hidden_states[layer]`."""
+    if layer == -1:
+        return tower(pixel_values).last_hidden_state
+    return tower(pixel_values, output_hidden_states=True).hidden_states[layer]
+
+
+def contrastive_forward(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> Outputs:
+    """Normalised image/text embeddings plus the (exponentiated) scale and bias the contrastive losses take."""
+    out = model(
+        input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], attention_mask=batch.get("attention_mask")
+    )
+    core = getattr(model, "module", model)  # DDP wraps; FSDP2 keeps the module itself
+    return {
+        "image_features": out.image_embeds,
+        "text_features": out.text_embeds,
+        "logit_scale": core.logit_scale.exp().squeeze(),
+        "logit_bias": core.logit_bias.squeeze(),
+    }
+
+
+def bundle(model) -> ModelBundle:
+    """The `ModelBundle` of a SiglipModel."""
+    vision = model.config.vision_config
+    return ModelBundle(
+        model=model,
+        kind="siglip",
+        image_size=vision.image_size,
+        num_image_tokens=0,
+        shard_units=[model.vision_model, *model.text_model.encoder.layers],
+        task="contrastive",
+        groups={name: list(prefixes) for name, prefixes in GROUPS.items()},
+        forward=contrastive_forward,
+    )
+
+
+@register_model("siglip")
+def build_siglip(cfg: ModelConfig, tokenizer) -> ModelBundle:
+    """SigLIP from `cfg.pretrained`, an open_clip checkpoint (`cfg.open_clip_model`) or `cfg.config`."""
+    from transformers import SiglipModel
+
+    if cfg.pretrained:
+        model = SiglipModel.from_pretrained(str(local_dir(cfg.pretrained)), local_files_only=True)
+    elif cfg.open_clip_model:
+        from open_vlm.models.open_clip_siglip import siglip_from_open_clip
+
+        model = siglip_from_open_clip(cfg.open_clip_model, cfg.open_clip_checkpoint)
+    elif cfg.config:
+        model = SiglipModel(siglip_config(read_model_config(cfg.config), tokenizer))
+    else:
+        raise ValueError("model.kind siglip needs model.pretrained, model.open_clip_model or model.config")
+    return bundle(model)
