@@ -1,0 +1,42 @@
+"""Pre-tokenized shards: processor outputs stored as `.npy` members, read back without tokenizing again.
+
+`tools/tokenize_shards.py` runs a task's processor once and writes, per sample, every tensor it returns as
+`<key>.<name>.npy`, except `pixel_values`, whose source image bytes are copied instead (so the model's image
+size can still change). Sources of modality `pretokenized` decode to `{"arrays": {name: tensor}, "image"?}`,
+and `PretokenizedProcessor` turns that back into exactly what the on-the-fly processor returned.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from open_vlm.data.decode import IMAGE_SUFFIXES
+
+# Processor outputs rebuilt from the decoded sample rather than stored: output key → decoded key.
+PASSTHROUGH = {"pixel_values": "image"}
+KEPT_MEMBERS = (*IMAGE_SUFFIXES, "txt", "json")  # raw members copied into pre-tokenized shards
+
+
+def stored_members(raw: dict, processed: dict) -> dict:
+    """The members of one pre-tokenized sample: kept raw members plus `<name>.npy` per processed tensor."""
+    out = {"__key__": raw["__key__"]}
+    out.update({suffix: raw[suffix] for suffix in KEPT_MEMBERS if suffix in raw})
+    for name, value in processed.items():
+        if name in PASSTHROUGH or name.startswith("__"):
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"processor output {name!r} is {type(value).__name__}; only tensors can be stored")
+        out[f"{name}.npy"] = np.ascontiguousarray(value.numpy())
+    return out
+
+
+class PretokenizedProcessor:
+    """Decoded pre-tokenized sample → the processor output it was made from (no tokenizer involved)."""
+
+    def __call__(self, sample: dict, source=None) -> dict:
+        out = dict(sample["arrays"])
+        for name, decoded in PASSTHROUGH.items():
+            if decoded in sample:
+                out[name] = sample[decoded]
+        return out
