@@ -6,7 +6,8 @@ on any number of workers and after a resume:
   of those 80% become [MASK], 10% a random non-special token, 10% stay; labels hold the original ids there.
 - Image-text matching negatives come from an RNG seeded by (seed, the batch's token ids): each sample, with
   probability `negative_prob`, takes the caption of another sample in the batch whose caption differs.
-  A mismatched pair gets `matched_label` 0 and no MLM targets (its caption does not describe the image).
+  A mismatched pair gets `matched_label` 0 and the other caption uncorrupted, with no MLM targets (the caption
+  does not describe the image, so predicting its words from it would teach the wrong grounding).
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ import numpy as np
 import torch
 
 from open_vlm.tokenize.padding import IGNORE, SequenceCollator
-
-TEXT_KEYS = ("input_ids", "token_type_ids", "masked_lm_labels")
 
 
 def seeded_rng(seed: int, *parts: bytes | str) -> np.random.Generator:
@@ -90,6 +89,12 @@ class LxmertProcessor:
         return out
 
 
+def unmasked_ids(sample: dict) -> torch.Tensor:
+    """The text ids before MLM corruption (the labels hold the originals where tokens were picked)."""
+    labels = sample["masked_lm_labels"]
+    return torch.where(labels != IGNORE, labels, sample["input_ids"])
+
+
 @dataclass
 class LxmertCollator:
     """Draws ITM negatives, pads text to the longest (or a multiple), stacks regions.
@@ -104,28 +109,28 @@ class LxmertCollator:
     negative_prob: float = 0.5
     pad_to_multiple: int = 1
 
-    def negatives(self, samples: list[dict]) -> list[int | None]:
-        """For each sample, the index of the sample whose caption it takes, or None (matched)."""
-        originals = [
-            torch.where(s["masked_lm_labels"] != IGNORE, s["masked_lm_labels"], s["input_ids"]) for s in samples
-        ]
+    def negatives(self, samples: list[dict]) -> tuple[list[int | None], list[torch.Tensor]]:
+        """For each sample, the index of the sample whose caption it takes (None: matched); the unmasked ids."""
+        originals = [unmasked_ids(s) for s in samples]
         rng = seeded_rng(self.seed, "itm", b"".join(o.numpy().tobytes() + b"|" for o in originals))
         choice: list[int | None] = []
         for i, own in enumerate(originals):
             others = [j for j, o in enumerate(originals) if j != i and not torch.equal(o, own)]
-            take = rng.random() < self.negative_prob
+            take = rng.random() < self.negative_prob  # both draws always happen: a fixed RNG stream per batch
             pick = int(rng.integers(0, max(len(others), 1)))
             choice.append(others[pick] if take and others else None)
-        return choice
+        return choice, originals
 
     def __call__(self, samples: list[dict]) -> dict:
         mixed = []
-        for s, j in zip(samples, self.negatives(samples)):
+        choice, originals = self.negatives(samples)
+        for s, j in zip(samples, choice):
             s = dict(s)
             s["matched_label"] = torch.tensor(1 if j is None else 0)
-            if j is not None:
-                s.update({k: samples[j][k] for k in TEXT_KEYS})
-                s["masked_lm_labels"] = torch.full_like(s["masked_lm_labels"], IGNORE)
+            if j is not None:  # the other caption, uncorrupted and without MLM targets
+                s["input_ids"] = originals[j]
+                s["token_type_ids"] = samples[j]["token_type_ids"]
+                s["masked_lm_labels"] = torch.full_like(originals[j], IGNORE)
             mixed.append(s)
         pad_values = {"input_ids": self.pad_id, "token_type_ids": 0, "masked_lm_labels": IGNORE}
         stack = ("visual_feats", "visual_pos", "visual_attention_mask", "matched_label")

@@ -8,11 +8,15 @@ and `PretokenizedProcessor` turns that back into exactly what the on-the-fly pro
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from open_vlm.data.decode import IMAGE_SUFFIXES
 
+PRETOKENIZED = "pretokenized"  # the source modality of shards written by tools/tokenize_shards.py
 # Processor outputs rebuilt from the decoded sample rather than stored: output key → decoded key.
 PASSTHROUGH = {"pixel_values": "image"}
 KEPT_MEMBERS = (*IMAGE_SUFFIXES, "txt", "json")  # raw members copied into pre-tokenized shards
@@ -40,3 +44,19 @@ class PretokenizedProcessor:
             if decoded in sample:
                 out[name] = sample[decoded]
         return out
+
+
+@dataclass
+class RouteByModality:
+    """Sends samples of `pretokenized` sources to `PretokenizedProcessor` and all others to the task's processor,
+    so a run can mix raw and pre-tokenized sources of one task."""
+
+    task_processor: Callable[[dict, object], dict]
+
+    def __post_init__(self):
+        self.stored = PretokenizedProcessor()
+
+    def __call__(self, sample: dict, source=None) -> dict:
+        if getattr(source, "modality", None) == PRETOKENIZED:
+            return self.stored(sample, source)
+        return self.task_processor(sample, source)

@@ -17,7 +17,7 @@ from open_vlm.tokenize.chat import ChatProcessor, ChatTemplate, chat_collator
 from open_vlm.tokenize.contrastive import ContrastiveCollator, ContrastiveProcessor
 from open_vlm.tokenize.lxmert import LxmertCollator, LxmertProcessor
 from open_vlm.tokenize.prefix_lm import PrefixLMCollator, PrefixLMProcessor
-from open_vlm.tokenize.pretokenized import PretokenizedProcessor
+from open_vlm.tokenize.pretokenized import PretokenizedProcessor, RouteByModality
 
 Pair = tuple[Callable, Callable]
 _TASKS: dict[str, Callable[..., Pair]] = {}
@@ -36,8 +36,11 @@ def task_names() -> list[str]:
 
 
 def build_processor(task: str, tokenizer, *, pretokenized: bool = False, **options) -> Pair:
-    """The processor and collator of `task`; `pretokenized=True` swaps in the processor that reads stored
-    outputs of `tools/tokenize_shards.py` (same collator, same batches). `options` are the task's knobs."""
+    """The processor and collator of `task`. `options` are the task's knobs (see the factories below).
+
+    The processor tokenizes decoded samples, except those of sources with modality `pretokenized` (written by
+    `tools/tokenize_shards.py`), which it reads back as stored: same collator, same batches.
+    `pretokenized=True` returns the reading processor alone (every source pre-tokenized, no tokenizer used)."""
     try:
         factory = _TASKS[task]
     except KeyError:
@@ -49,7 +52,7 @@ def build_processor(task: str, tokenizer, *, pretokenized: bool = False, **optio
     if unknown:
         raise TypeError(f"task {task!r} has no option(s) {unknown}; it accepts {accepted}")
     processor, collator = factory(tokenizer, **options)
-    return (PretokenizedProcessor() if pretokenized else processor), collator
+    return (PretokenizedProcessor() if pretokenized else RouteByModality(processor)), collator
 
 
 @register_task("prefix_lm")
