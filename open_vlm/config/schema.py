@@ -40,6 +40,8 @@ class DataConfig:
     shuffle_window: int = 32  # samples per seeded shuffle window inside a shard piece
     num_streams: int = 64  # canonical streams P per source (fixed per run; ranks x workers should divide it)
     strict: bool = False  # fail on the first bad shard/sample instead of skipping it
+    task: str = "prefix_lm"  # processor + collator (open_vlm/tokenize/registry.py); sources may be pretokenized
+    pad_to_multiple: int = 1  # pad each batch's length up to a multiple of this (8/64 for tensor cores)
 
 
 @dataclass
@@ -121,6 +123,7 @@ class RunConfig:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
+    "data.task": ("prefix_lm", "chat_lm", "causal_lm", "contrastive", "lxmert"),
     "train.strategy": ("single", "ddp", "fsdp"),
     "train.precision": ("fp32", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),

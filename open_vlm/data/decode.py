@@ -100,10 +100,22 @@ def decode_region_features(sample: dict, image_size: int) -> dict:
     return out
 
 
+def decode_pretokenized(sample: dict, image_size: int) -> dict:
+    """Shards written by `tools/tokenize_shards.py`: every `<name>.npy` member, plus the image when present."""
+    out: dict = {"arrays": {s[: -len(".npy")]: _npy(v, s) for s, v in sample.items() if s.endswith(".npy")}}
+    if not out["arrays"]:
+        raise SampleError("missing_field", "no .npy members in a pre-tokenized sample")
+    data = _field(sample, *IMAGE_SUFFIXES)
+    if data is not None:
+        out["image"] = decode_image(data, image_size)
+    return out
+
+
 DECODERS: dict[str, Callable[[dict, int], dict]] = {
     "image_text": decode_image_text,
     "text": decode_text_only,
     "region_features": decode_region_features,
+    "pretokenized": decode_pretokenized,
 }
 
 

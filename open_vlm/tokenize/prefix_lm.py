@@ -10,7 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-IGNORE = -100
+from open_vlm.tokenize.padding import IGNORE, SequenceCollator, pad_left, pad_right
+
+__all__ = ["IGNORE", "PrefixLMCollator", "PrefixLMProcessor", "pad_left", "pad_right"]
 
 
 @dataclass
@@ -63,41 +65,14 @@ class PrefixLMProcessor:
         return out
 
 
-def pad_right(seqs: list[torch.Tensor], value: int, multiple: int = 1) -> torch.Tensor:
-    length = max(len(s) for s in seqs)
-    length = -(-length // multiple) * multiple
-    out = torch.full((len(seqs), length), value, dtype=seqs[0].dtype)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = s
-    return out
-
-
-def pad_left(seqs: list[torch.Tensor], value: int) -> torch.Tensor:
-    length = max(len(s) for s in seqs)
-    out = torch.full((len(seqs), length), value, dtype=seqs[0].dtype)
-    for i, s in enumerate(seqs):
-        out[i, length - len(s) :] = s
-    return out
-
-
 @dataclass
 class PrefixLMCollator:
-    """Pads a list of processed samples to the longest (rounded up to `pad_to_multiple`), right-padded."""
+    """Pads processed samples to the longest (rounded up to `pad_to_multiple`); right-padded for training."""
 
     pad_id: int
     pad_to_multiple: int = 1
+    padding_side: str = "right"
 
     def __call__(self, samples: list[dict]) -> dict:
-        ids = [s["input_ids"] for s in samples]
-        m = self.pad_to_multiple
-        batch = {
-            "input_ids": pad_right(ids, self.pad_id, m),
-            "token_type_ids": pad_right([s["token_type_ids"] for s in samples], 0, m),
-            "labels": pad_right([s["labels"] for s in samples], IGNORE, m),
-            "attention_mask": pad_right([torch.ones(len(x), dtype=torch.long) for x in ids], 0, m),
-            "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
-        }
-        batch["num_tokens"] = int(batch["attention_mask"].sum())
-        batch["num_supervised"] = int((batch["labels"][:, 1:] != IGNORE).sum())
-        batch["__meta__"] = [s.get("__meta__") for s in samples]
-        return batch
+        pad_values = {"input_ids": self.pad_id, "token_type_ids": 0, "labels": IGNORE}
+        return SequenceCollator(pad_values, self.padding_side, self.pad_to_multiple)(samples)

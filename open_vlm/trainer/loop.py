@@ -26,7 +26,7 @@ from open_vlm.models.losses import next_token_loss_sum
 from open_vlm.models.registry import build_model
 from open_vlm.runfolder import MetricsWriter
 from open_vlm.storage import local_dir
-from open_vlm.tokenize.prefix_lm import PrefixLMCollator, PrefixLMProcessor
+from open_vlm.tokenize.registry import build_processor
 from open_vlm.tokenize.tokenizers import load_tokenizer
 from open_vlm.trainer.optim import build_optimizer
 
@@ -66,8 +66,17 @@ class Trainer:
         self.model = self.bundle.model.to(self.device)
         self.model.train()
         self.global_batch = cfg.train.global_batch_size or cfg.data.batch_size * cfg.train.accum_steps
-        processor = PrefixLMProcessor(
-            self.tokenizer, self.bundle.num_image_tokens, cfg.data.max_text_len, cfg.data.prompt
+        if cfg.data.task != "prefix_lm":
+            raise NotImplementedError(
+                f"data.task {cfg.data.task}: the trainer feeds prefix_lm batches only (issue: trainer)"
+            )
+        processor, collator = build_processor(
+            cfg.data.task,
+            self.tokenizer,
+            num_image_tokens=self.bundle.num_image_tokens,
+            max_len=cfg.data.max_text_len,
+            prompt=cfg.data.prompt,
+            pad_to_multiple=cfg.data.pad_to_multiple,
         )
         self.loader = build_loader(
             cfg.data,
@@ -75,7 +84,7 @@ class Trainer:
             global_batch=self.global_batch,
             image_size=self.bundle.image_size,
             process=processor,
-            collate=PrefixLMCollator(self.tokenizer.pad_token_id),
+            collate=collator,
         )
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg.optim, cfg.train.max_steps)
         self.checkpointer = Checkpointer(

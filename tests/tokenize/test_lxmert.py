@@ -1,0 +1,116 @@
+import torch
+
+from open_vlm.tokenize.lxmert import LxmertCollator, LxmertProcessor, pad_regions
+from open_vlm.tokenize.padding import IGNORE
+from tests.tokenize.conftest import CLS, MASK, PAD, SEP, WORDS, words
+
+LONG = " ".join(WORDS[i % len(WORDS)] for i in range(40))
+
+
+def sample(key: str, text: str = LONG, regions: int = 3, dim: int = 8) -> dict:
+    gen = torch.Generator().manual_seed(len(key))
+    return {
+        "__key__": key,
+        "text": text,
+        "features": torch.randn(regions, dim, generator=gen),
+        "boxes": torch.rand(regions, 4, generator=gen),
+    }
+
+
+def test_masks_are_a_pure_function_of_seed_and_key(word_tokenizer):
+    proc = LxmertProcessor(word_tokenizer, num_regions=4, max_len=42, seed=7)
+    a, again = proc(sample("k1")), LxmertProcessor(word_tokenizer, num_regions=4, max_len=42, seed=7)(sample("k1"))
+    assert all(torch.equal(a[k], again[k]) for k in a)
+    assert not torch.equal(a["masked_lm_labels"], proc(sample("k2"))["masked_lm_labels"])
+    other_seed = LxmertProcessor(word_tokenizer, num_regions=4, max_len=42, seed=8)(sample("k1"))
+    assert not torch.equal(a["masked_lm_labels"], other_seed["masked_lm_labels"])
+
+
+def test_masking_rules_and_80_10_10_rates(word_tokenizer):
+    proc = LxmertProcessor(word_tokenizer, num_regions=4, max_len=42)
+    original = torch.tensor([CLS, *words(LONG), SEP])
+    special = set(word_tokenizer.all_special_ids)
+    picked = masked = replaced = 0
+    for i in range(200):
+        out = proc(sample(f"key{i}"))
+        ids, labels = out["input_ids"], out["masked_lm_labels"]
+        assert ids[0] == CLS and ids[-1] == SEP and labels[0] == IGNORE and labels[-1] == IGNORE
+        chosen = labels != IGNORE
+        assert torch.equal(labels[chosen], original[chosen])  # targets are the original tokens
+        assert torch.equal(ids[~chosen], original[~chosen])  # nothing else changes
+        assert all(int(t) not in special for t in ids[chosen & (ids != MASK) & (ids != original)])
+        picked += int(chosen.sum())
+        masked += int((ids[chosen] == MASK).sum())
+        replaced += int((chosen & (ids != MASK) & (ids != original)).sum())
+    candidates = 200 * 40
+    assert abs(picked / candidates - 0.15) < 0.02
+    assert abs(masked / picked - 0.8) < 0.05
+    # 10% random tokens, of which 1 in len(random_ids) happens to equal the original
+    assert abs(replaced / picked - 0.1 * (1 - 1 / len(proc.random_ids))) < 0.04
+
+
+def test_regions_padded_and_truncated_to_k():
+    feats, boxes = torch.arange(12.0).view(3, 4), torch.rand(3, 4)
+    out = pad_regions(feats, boxes, 5)
+    assert out["visual_feats"].shape == (5, 4) and torch.equal(out["visual_feats"][:3], feats)
+    assert (out["visual_feats"][3:] == 0).all() and (out["visual_pos"][3:] == 0).all()
+    assert out["visual_attention_mask"].tolist() == [1, 1, 1, 0, 0]
+    cut = pad_regions(feats, boxes, 2)
+    assert torch.equal(cut["visual_feats"], feats[:2]) and cut["visual_attention_mask"].tolist() == [1, 1]
+
+
+def batch_samples(tok, texts):
+    proc = LxmertProcessor(tok, num_regions=4, max_len=12)
+    return [proc(sample(f"k{i}", t)) for i, t in enumerate(texts)]
+
+
+def test_itm_negatives_take_another_caption_deterministically(word_tokenizer):
+    texts = ["a red square", "a blue circle on the left", "green triangle", "the top right"]
+    samples = batch_samples(word_tokenizer, texts)
+    originals = [[CLS, *words(t), SEP] for t in texts]
+    batch = LxmertCollator(PAD, seed=3, negative_prob=1.0)(samples)
+    assert batch["matched_label"].tolist() == [0, 0, 0, 0]
+    assert batch["num_supervised"] == 0 and (batch["masked_lm_labels"] == IGNORE).all()
+    for row in range(4):
+        n = int(batch["attention_mask"][row].sum())
+        text = batch["input_ids"][row, :n].tolist()
+        assert text in originals and text != originals[row]  # another sample's caption, uncorrupted
+    assert torch.equal(batch["visual_feats"], torch.stack([s["visual_feats"] for s in samples]))  # images stay
+
+    matched = LxmertCollator(PAD, negative_prob=0.0)(samples)
+    assert matched["matched_label"].tolist() == [1, 1, 1, 1]
+    assert matched["num_supervised"] == sum(int((s["masked_lm_labels"] != IGNORE).sum()) for s in samples)
+
+    draws = [LxmertCollator(PAD, seed=s)(samples)["matched_label"].tolist() for s in range(8)]
+    assert draws[0] == LxmertCollator(PAD, seed=0)(samples)["matched_label"].tolist()
+    assert len({tuple(d) for d in draws}) > 1  # the seed matters
+
+
+def test_identical_captions_are_never_negatives(word_tokenizer):
+    samples = batch_samples(word_tokenizer, ["a red square", "a red square"])
+    assert LxmertCollator(PAD, negative_prob=1.0)(samples)["matched_label"].tolist() == [1, 1]
+
+
+def test_batch_feeds_transformers_lxmert(word_tokenizer):
+    from transformers import LxmertConfig, LxmertForPreTraining
+
+    torch.manual_seed(0)
+    config = LxmertConfig(
+        vocab_size=len(word_tokenizer),
+        hidden_size=32,
+        num_attention_heads=2,
+        intermediate_size=64,
+        l_layers=1,
+        x_layers=1,
+        r_layers=1,
+        visual_feat_dim=8,
+        visual_pos_dim=4,
+        task_obj_predict=False,
+        task_qa=False,
+    )
+    batch = LxmertCollator(PAD, seed=1)(batch_samples(word_tokenizer, ["a red square", "a blue circle", "the top"]))
+    keys = ("input_ids", "token_type_ids", "attention_mask", "visual_feats", "visual_pos", "visual_attention_mask")
+    out = LxmertForPreTraining(config)(
+        **{k: batch[k] for k in keys}, masked_lm_labels=batch["masked_lm_labels"], matched_label=batch["matched_label"]
+    )
+    assert torch.isfinite(out.loss)
