@@ -1,0 +1,271 @@
+"""What a SageMaker job will be: launcher options (`LaunchConfig`) resolved into a `JobPlan`.
+
+Pure functions over the run config and the options; nothing here talks to AWS, so `--dry-run` prints
+exactly the plan a submission sends.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from launch.instances import LaunchError, gpus_per_node
+from open_vlm.config.load import ConfigError, dump_config, load_run_config
+from open_vlm.config.schema import RunConfig
+from open_vlm.storage import is_remote
+
+CONFIG_IN_SOURCE = "job/run_config.yaml"  # where the resolved config lies in the uploaded source
+ENTRY_SCRIPT = "launch/sagemaker_entry.py"  # runs `-m open_vlm.train` from the uploaded source
+SHIPPED = ("open_vlm", "launch", "configs", "tools", "setup.py", "requirements.txt", "README.md")
+CONTAINER_DATA = "/opt/ml/input/data"  # where SageMaker mounts input channels
+CONTAINER_RUNS = "/opt/ml/output/data"  # uploaded by SageMaker as output.tar.gz when the job ends
+ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::(\d{12}):role/\S+$")
+JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
+MAX_JOB_NAME = 48  # SageMaker allows 63; the SDK appends "-YYYYmmddHHMMSS"
+DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
+UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@dataclass
+class LaunchConfig:
+    """Launcher options, every default in one place (the CLI mirrors these fields)."""
+
+    config: str
+    instance_type: str
+    instance_count: int = 1
+    spot: bool = False
+    max_run: str = "5d"
+    max_wait: str | None = None  # spot only; default: twice max_run (time to wait for capacity)
+    image: str | None = None  # default: the image `--build` pushes for this checkout
+    build: bool = False
+    role: str | None = None  # default: $SAGEMAKER_ROLE
+    region: str | None = None  # default: --region, $AWS_REGION, then the boto3 profile
+    job_name: str | None = None  # default: <run.project>-<run.name>; also keys the checkpoint prefix
+    s3_root: str | None = None  # default: s3://sagemaker-<region>-<account>/open_vlm
+    channels: list[str] = field(default_factory=list)  # data source names to mount as FastFile channels
+    env: list[str] = field(default_factory=list)  # extra KEY=VALUE for the job's environment
+    volume_gb: int = 100
+    dry_run: bool = False
+    overrides: list[str] = field(default_factory=list)  # `--section.key value` for the run config
+
+
+@dataclass
+class JobPlan:
+    """Everything a submission needs, resolved."""
+
+    job_name: str
+    region: str
+    role: str
+    account: str
+    image: str
+    instance_type: str
+    instance_count: int
+    processes_per_node: int
+    spot: bool
+    max_run_s: int
+    max_wait_s: int | None
+    s3_root: str
+    checkpoint_dir: str
+    output_path: str
+    environment: dict[str, str]
+    channels: dict[str, str]  # channel name -> S3 prefix (FastFile)
+    volume_gb: int
+    run_config: RunConfig
+    config_yaml: str
+
+    @property
+    def hyperparameters(self) -> dict[str, str]:
+        return {"config": CONFIG_IN_SOURCE}
+
+    def command(self) -> str:
+        """The command every node runs (SageMaker's torchrun driver adds the rendezvous flags)."""
+        return (
+            f"torchrun --nnodes {self.instance_count} --nproc_per_node {self.processes_per_node} "
+            f"-m open_vlm.train --config {CONFIG_IN_SOURCE}"
+        )
+
+
+def parse_duration(text: str, what: str) -> int:
+    """Seconds in '5d', '12h', '90m', '45s' or '3600'."""
+    match = DURATION.match(text.strip())
+    if not match or float(match.group(1)) <= 0:
+        raise LaunchError(f"{what}: expected a duration like 5d, 12h, 90m or 3600, got '{text}'")
+    return int(float(match.group(1)) * UNIT_SECONDS[match.group(2)])
+
+
+def resolve_region(opts: LaunchConfig) -> str:
+    region = opts.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if not region:
+        import boto3
+
+        region = boto3.Session().region_name
+    if not region:
+        raise LaunchError("no AWS region: pass --region (e.g. us-east-1) or set AWS_REGION")
+    return region
+
+
+def resolve_role(opts: LaunchConfig) -> tuple[str, str]:
+    """(role ARN, account id)."""
+    role = opts.role or os.environ.get("SAGEMAKER_ROLE")
+    if not role:
+        raise LaunchError("no IAM role: pass --role arn:aws:iam::<account>:role/<name> or set SAGEMAKER_ROLE")
+    match = ROLE_ARN.match(role)
+    if not match:
+        raise LaunchError(f"--role: expected a full role ARN like arn:aws:iam::123456789012:role/Name, got '{role}'")
+    return role, match.group(1)
+
+
+def default_job_name(cfg: RunConfig) -> str:
+    name = re.sub(r"[^a-zA-Z0-9]+", "-", f"{cfg.run.project}-{cfg.run.name}").strip("-")
+    return name[:MAX_JOB_NAME].rstrip("-") or "open-vlm"
+
+
+def overridden_keys(overrides: list[str]) -> set[str]:
+    return {arg[2:].split("=", 1)[0] for arg in overrides if arg.startswith("--")}
+
+
+def _mount_channels(cfg: RunConfig, names: list[str]) -> dict[str, str]:
+    """Rewrite the named sources' s3:// URLs to their FastFile mounts; returns channel -> S3 prefix."""
+    sources = {source.name: source for source in cfg.data.sources}
+    channels = {}
+    for name in names:
+        if name not in sources:
+            raise LaunchError(f"--channel {name}: no data source of that name (sources: {', '.join(sources)})")
+        source = sources[name]
+        prefixes = {url.split("{")[0].rsplit("/", 1)[0] for url in source.urls}
+        if len(prefixes) != 1 or not next(iter(prefixes)).startswith("s3://"):
+            raise LaunchError(f"--channel {name}: needs s3:// URLs under one folder, got {source.urls}")
+        prefix = prefixes.pop()
+        mount = f"{CONTAINER_DATA}/{name}"
+        source.urls = [url.replace(prefix, mount, 1) for url in source.urls]
+        if source.manifest and source.manifest.startswith(prefix + "/"):
+            source.manifest = source.manifest.replace(prefix, mount, 1)
+        channels[name] = prefix + "/"
+    return channels
+
+
+def _check_reachable(cfg: RunConfig, source_root: Path) -> None:
+    """Every file the run reads must be on S3, in a channel, or inside the shipped source."""
+    paths = [("model.config", cfg.model.config), ("model.pretrained", cfg.model.pretrained)]
+    paths.append(("model.tokenizer", cfg.model.tokenizer))
+    for i, source in enumerate(cfg.data.sources):
+        paths += [(f"data.sources[{i}].urls", url) for url in source.urls]
+        paths.append((f"data.sources[{i}].manifest", source.manifest))
+    for key, value in paths:
+        if value is None or is_remote(value) or value.startswith("/opt/ml/"):
+            continue
+        local = value.split("{")[0] if "{" in value else value
+        target = source_root / (local.rsplit("/", 1)[0] if "{" in value else local)
+        if Path(value).is_absolute() or not target.exists():
+            raise LaunchError(
+                f"{key}: '{value}' is a local path the job cannot read; put it on S3 "
+                f"(only {', '.join(SHIPPED)} are shipped)"
+            )
+
+
+def make_plan(opts: LaunchConfig, image_for: Callable[[str, str], str], source_root: Path) -> JobPlan:
+    """Resolve the options and the run config into a `JobPlan`; `LaunchError`/`ConfigError` when it can't."""
+    processes = gpus_per_node(opts.instance_type)
+    if opts.instance_count < 1:
+        raise LaunchError(f"--instance-count: must be >= 1, got {opts.instance_count}")
+    max_run = parse_duration(opts.max_run, "--max-run")
+    max_wait = None
+    if opts.max_wait and not opts.spot:
+        raise LaunchError("--max-wait only applies to spot jobs: add --spot")
+    if opts.spot:
+        max_wait = parse_duration(opts.max_wait, "--max-wait") if opts.max_wait else 2 * max_run
+        if max_wait < max_run:
+            raise LaunchError(f"--max-wait ({max_wait}s) must be >= --max-run ({max_run}s)")
+    cfg = load_run_config(["--config", opts.config, *opts.overrides])
+    region = resolve_region(opts)
+    role, account = resolve_role(opts)
+    job_name = opts.job_name or default_job_name(cfg)
+    if len(job_name) > MAX_JOB_NAME or not JOB_NAME.match(job_name):
+        raise LaunchError(f"--job-name: letters, digits and '-', at most {MAX_JOB_NAME} characters; got '{job_name}'")
+    world = processes * opts.instance_count
+    if cfg.train.strategy == "single" and world > 1:
+        raise ConfigError(
+            f"train.strategy: 'single' runs one process but this job starts {world} "
+            f"({opts.instance_count} x {processes} GPUs); add -- --train.strategy ddp (or fsdp)"
+        )
+    s3_root = (opts.s3_root or f"s3://sagemaker-{region}-{account}/open_vlm").rstrip("/")
+    if not s3_root.startswith("s3://"):
+        raise LaunchError(f"--s3-root: expected s3://bucket[/prefix], got '{opts.s3_root}'")
+    set_by_user = overridden_keys(opts.overrides)
+    if cfg.checkpoint.dir is None:
+        cfg.checkpoint.dir = f"{s3_root}/{job_name}/checkpoints"
+    elif not is_remote(cfg.checkpoint.dir):
+        raise LaunchError(
+            f"checkpoint.dir: '{cfg.checkpoint.dir}' is local to the instance and lost with it; "
+            "leave it unset (the job's S3 prefix) or give an s3:// URL"
+        )
+    if "checkpoint.resume" not in set_by_user and cfg.checkpoint.resume == "none":
+        cfg.checkpoint.resume = "latest"  # a spot restart or a relaunch picks up where the job stood
+    if "run.output_dir" not in set_by_user:
+        cfg.run.output_dir = CONTAINER_RUNS
+    channels = _mount_channels(cfg, opts.channels)
+    _check_reachable(cfg, source_root)
+    environment = {"PYTHONUNBUFFERED": "1"}
+    for item in opts.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise LaunchError(f"--env: expected KEY=VALUE, got '{item}'")
+        environment[key] = value
+    return JobPlan(
+        job_name=job_name,
+        region=region,
+        role=role,
+        account=account,
+        image=opts.image or image_for(account, region),
+        instance_type=opts.instance_type,
+        instance_count=opts.instance_count,
+        processes_per_node=processes,
+        spot=opts.spot,
+        max_run_s=max_run,
+        max_wait_s=max_wait,
+        s3_root=s3_root,
+        checkpoint_dir=cfg.checkpoint.dir,
+        output_path=f"{s3_root}/{job_name}/output",
+        environment=environment,
+        channels=channels,
+        volume_gb=opts.volume_gb,
+        run_config=cfg,
+        config_yaml=dump_config(cfg),
+    )
+
+
+def job_definition(plan: JobPlan) -> dict:
+    """The job as `--dry-run` prints it: CreateTrainingJob's fields plus what the SDK derives from them."""
+    import yaml
+
+    stopping = {"MaxRuntimeInSeconds": plan.max_run_s}
+    if plan.max_wait_s is not None:
+        stopping["MaxWaitTimeInSeconds"] = plan.max_wait_s
+    return {
+        "BaseJobName": plan.job_name,
+        "Region": plan.region,
+        "RoleArn": plan.role,
+        "AlgorithmSpecification": {"TrainingImage": plan.image, "TrainingInputMode": "File"},
+        "ResourceConfig": {
+            "InstanceType": plan.instance_type,
+            "InstanceCount": plan.instance_count,
+            "VolumeSizeInGB": plan.volume_gb,
+        },
+        "Distribution": {"Torchrun": {"process_count_per_node": plan.processes_per_node}},
+        "EntryScript": ENTRY_SCRIPT,
+        "HyperParameters": plan.hyperparameters,
+        "Command": plan.command(),
+        "EnableManagedSpotTraining": plan.spot,
+        "StoppingCondition": stopping,
+        "CheckpointDir": plan.checkpoint_dir,
+        "OutputDataConfig": {"S3OutputPath": plan.output_path},
+        "SourceCodeUpload": f"{plan.s3_root}/{plan.job_name}/<job-name-with-timestamp>/input/code/",
+        "InputDataConfig": [
+            {"ChannelName": name, "S3Uri": uri, "InputMode": "FastFile"} for name, uri in plan.channels.items()
+        ],
+        "Environment": plan.environment,
+        "RunConfig": yaml.safe_load(plan.config_yaml),
+    }
