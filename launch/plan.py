@@ -159,7 +159,8 @@ def _check_reachable(cfg: RunConfig, source_root: Path) -> None:
             continue
         local = value.split("{")[0] if "{" in value else value
         target = source_root / (local.rsplit("/", 1)[0] if "{" in value else local)
-        if Path(value).is_absolute() or not target.exists():
+        shipped = Path(local).parts[:1] and Path(local).parts[0] in SHIPPED
+        if Path(value).is_absolute() or not shipped or not target.exists():
             raise LaunchError(
                 f"{key}: '{value}' is a local path the job cannot read; put it on S3 "
                 f"(only {', '.join(SHIPPED)} are shipped)"
