@@ -22,15 +22,20 @@ def main(argv: list[str] | None = None) -> int:
     log_path = setup_logging(folder, cfg.run.project, "train", cfg.logging.level)
     log.info("run folder %s (log %s)", folder, log_path)
 
+    from open_vlm.checkpoint.resume import ResumeRefused
     from open_vlm.trainer.loop import Trainer  # heavy imports after the config is known to be good
 
     try:
         trainer = Trainer(cfg, folder)
-    except (NotImplementedError, ValueError) as err:
+    except (NotImplementedError, ValueError) as err:  # config values the components reject
         log.error("%s", err)
         return 2
-    trainer.fit()
-    log.info("done: %d steps, %d samples", trainer.step, trainer.samples_seen)
+    try:
+        reason = trainer.fit()
+    except ResumeRefused as err:
+        log.error("%s", err)
+        return 2
+    log.info("stopped (%s) at step %d, %d samples seen", reason, trainer.step, trainer.samples_seen)
     return 0
 
 

@@ -1,59 +1,61 @@
 """Checkpoints on local disk or any fsspec URL, committed atomically.
 
-Layout of `<dir>/step_<N>/`: `model/` (HF save_pretrained: loads in stock transformers), `tokenizer/`,
-`train_state.pt` (optimizer, scheduler, RNG; loaded with weights_only=True), `data.json` (loader state),
-`meta.json` (step, counts, consumed shards, config, versions), and `COMPLETE`, written last. Local
-checkpoints are staged in a temporary folder and renamed into place, so a crash leaves no partial
-`step_<N>`; remote ones count only once `COMPLETE` exists.
+Layout of `<dir>/step_<N>/`:
+- DCP shards (`*.distcp`, `.metadata`): model + optimizer, written by every rank;
+- `extra.pt` (scheduler, grad scaler, counters) and `rng/rank_<r>.pt`, loaded with `weights_only=True`;
+- `data.json` (loader state), `meta.json` (step, counts, consumed shards, dataset versions, config, code
+  and library versions), `model/` (what it takes to rebuild the model: tokenizer, model config);
+- `COMPLETE`, written last by rank 0 after every rank finished.
+Local checkpoints are staged in `.step_<N>.partial-*` and renamed into place; remote ones count only once
+`COMPLETE` exists. A failed or killed save therefore never replaces the last good checkpoint.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
-import random
 import re
+import secrets
 import shutil
 import subprocess
-import tempfile
+import time
 from pathlib import Path
 
 import fsspec
-import numpy as np
 import torch
+import torch.distributed as dist
 
-from open_vlm.storage import is_remote, local_dir
+from open_vlm.checkpoint.dcp_io import load_model_and_optimizer, save_model_and_optimizer
+from open_vlm.storage import is_remote
 
 log = logging.getLogger(__name__)
 
 MARKER = "COMPLETE"
 STEP_DIR = re.compile(r"^step_(\d+)$")
+RETRIES = 3
 
 
 def step_name(step: int) -> str:
     return f"step_{step:08d}"
 
 
-def rng_state() -> dict:
-    state = {
-        "python": random.getstate(),
-        "numpy": [x.tolist() if isinstance(x, np.ndarray) else x for x in np.random.get_state()],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-def set_rng_state(state: dict) -> None:
-    version, keys, *rest = state["python"]
-    random.setstate((version, tuple(keys), *rest))
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _broadcast(value):
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def git_sha() -> str | None:
@@ -70,7 +72,7 @@ def library_versions() -> dict:
     import importlib.metadata as md
 
     versions = {}
-    for name in ("torch", "transformers", "webdataset", "fsspec", "open_clip_torch", "numpy"):
+    for name in ("open_vlm", "torch", "transformers", "webdataset", "fsspec", "open_clip_torch", "numpy"):
         try:
             versions[name] = md.version(name)
         except md.PackageNotFoundError:
@@ -78,19 +80,46 @@ def library_versions() -> dict:
     return versions
 
 
+def write_bytes(url: str, data: bytes) -> None:
+    fs, path = fsspec.core.url_to_fs(url)
+    if not is_remote(url):
+        fs.makedirs(os.path.dirname(path), exist_ok=True)
+    with fs.open(path, "wb") as f:
+        f.write(data)
+
+
+def read_bytes(url: str) -> bytes:
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs.cat_file(path)
+
+
+def torch_bytes(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def torch_load(url: str):
+    return torch.load(io.BytesIO(read_bytes(url)), weights_only=True, map_location="cpu")
+
+
 class Checkpointer:
-    """Saves and finds checkpoints under one directory (local path or URL)."""
+    """Saves, finds, loads and prunes the checkpoints under one directory (local path or URL)."""
 
     def __init__(self, directory: str, keep_last: int = 0):
         self.directory = str(directory).rstrip("/")
         self.keep_last = keep_last
         self.fs, self.root = fsspec.core.url_to_fs(self.directory)
+        self._pending = None  # an async save waiting to be committed
+        self.protected: str | None = None  # the checkpoint this run resumed from: never pruned
 
     def _url(self, name: str) -> str:
         return f"{self.directory}/{name}"
 
+    # --- finding -------------------------------------------------------------------------------------
     def list_complete(self) -> list[tuple[int, str]]:
         """(step, url) of every committed checkpoint, oldest first."""
+        self.fs.invalidate_cache()
         if not self.fs.exists(self.root):
             return []
         found = []
@@ -102,59 +131,118 @@ class Checkpointer:
         return sorted(found)
 
     def latest(self) -> str | None:
-        complete = self.list_complete()
-        return complete[-1][1] if complete else None
+        """The newest complete checkpoint; rank 0 looks and broadcasts, so all ranks agree."""
+        found = None
+        if _rank() == 0:
+            complete = self.list_complete()
+            found = complete[-1][1] if complete else None
+        return _broadcast(found)
 
-    def save(self, step: int, *, model, tokenizer, train_state: dict, data_state: dict, meta: dict) -> str:
-        """Write one checkpoint and commit it; returns its URL. Never touches the previous ones until done."""
+    # --- saving --------------------------------------------------------------------------------------
+    def save(
+        self,
+        step: int,
+        *,
+        model,
+        optimizer,
+        extra: dict,
+        rng: dict,
+        data_state: dict,
+        meta: dict,
+        files: dict[str, bytes],
+        async_save: bool = False,
+    ) -> str:
+        """Write a checkpoint (collective: every rank calls it). Retries transient storage errors."""
+        self.wait()
+        for attempt in range(RETRIES):
+            try:
+                return self._save_once(step, model, optimizer, extra, rng, data_state, meta, files, async_save)
+            except (OSError, RuntimeError) as err:
+                if attempt == RETRIES - 1:
+                    raise
+                delay = 2.0 * 2**attempt
+                log.warning("checkpoint step %d failed (%s); retrying in %.0fs", step, err, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _save_once(self, step, model, optimizer, extra, rng, data_state, meta, files, async_save) -> str:
         name = step_name(step)
-        staging_parent = self.root if not is_remote(self.directory) else None
-        if staging_parent:
-            os.makedirs(staging_parent, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=staging_parent))
-        try:
-            model.save_pretrained(str(staging / "model"), safe_serialization=True)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(str(staging / "tokenizer"))
-            torch.save(train_state, staging / "train_state.pt")
-            (staging / "data.json").write_text(json.dumps(data_state))
-            meta = {**meta, "step": step, "git_sha": git_sha(), "versions": library_versions()}
-            (staging / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
-            (staging / MARKER).write_text(str(step))
-            url = self._url(name)
-            if is_remote(self.directory):
-                self._upload(staging, url)
-            else:
-                target = Path(self.root) / name
-                if target.exists():  # re-saving a step (e.g. after a resume): replace it whole
-                    shutil.rmtree(target)
+        remote = is_remote(self.directory)
+        if remote:
+            target = self._url(name)
+            if _rank() == 0 and self.fs.exists(f"{self.root}/{name}/{MARKER}"):
+                self.fs.rm(f"{self.root}/{name}/{MARKER}")  # uncommit first: it is being replaced
+            staging = target
+        else:
+            token = _broadcast(secrets.token_hex(4) if _rank() == 0 else None)
+            staging = os.path.join(self.root, f".{name}.partial-{token}")
+            if _rank() == 0:
+                os.makedirs(staging, exist_ok=True)
+        _barrier()
+        future = save_model_and_optimizer(staging, model, optimizer, async_save=async_save)
+        write_bytes(f"{staging}/rng/rank_{_rank():05d}.pt", torch_bytes(rng))
+        if _rank() == 0:
+            write_bytes(f"{staging}/extra.pt", torch_bytes(extra))
+            write_bytes(f"{staging}/data.json", json.dumps(data_state).encode())
+            full_meta = {**meta, "step": step, "git_sha": git_sha(), "versions": library_versions()}
+            write_bytes(f"{staging}/meta.json", json.dumps(full_meta, indent=1, sort_keys=True).encode())
+            for rel, data in files.items():
+                write_bytes(f"{staging}/{rel}", data)
+        self._pending = (future, staging, name)
+        if future is None:
+            self.wait()
+        return self._url(name)
+
+    def wait(self) -> None:
+        """Finish (and commit) a save in flight; collective."""
+        if self._pending is None:
+            return
+        future, staging, name = self._pending
+        self._pending = None
+        if future is not None:
+            future.result()
+        _barrier()
+        if _rank() == 0:
+            self._commit(staging, name)
+            self.prune()
+        _barrier()
+
+    def _commit(self, staging: str, name: str) -> None:
+        write_bytes(f"{staging}/{MARKER}", name.encode())
+        if not is_remote(self.directory):
+            target = os.path.join(self.root, name)
+            if os.path.exists(target):  # re-saving a step after a resume: swap, then drop the old one
+                old = f"{target}.old-{secrets.token_hex(4)}"
+                os.replace(target, old)
                 os.replace(staging, target)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
-        log.info("saved checkpoint %s", url)
-        self.prune(protect=url)
-        return url
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(staging, target)
+        log.info("saved checkpoint %s", self._url(name))
 
-    def _upload(self, staging: Path, url: str) -> None:
-        fs, path = fsspec.core.url_to_fs(url)
-        if fs.exists(f"{path}/{MARKER}"):
-            fs.rm(f"{path}/{MARKER}")  # uncommit first: a half-replaced checkpoint must not count
-        for file in sorted(staging.rglob("*")):
-            rel = file.relative_to(staging).as_posix()
-            if file.is_file() and rel != MARKER:
-                fs.put_file(str(file), f"{path}/{rel}")
-        fs.put_file(str(staging / MARKER), f"{path}/{MARKER}")  # the commit
-
-    def prune(self, protect: str | None = None) -> None:
+    def prune(self) -> None:
         if self.keep_last <= 0:
             return
         complete = self.list_complete()
         for _, url in complete[: -self.keep_last]:
-            if url != protect:
+            if url != self.protected:
                 fs, path = fsspec.core.url_to_fs(url)
                 fs.rm(path, recursive=True)
                 log.info("pruned checkpoint %s", url)
+        if not is_remote(self.directory):  # leftovers of killed saves
+            for entry in Path(self.root).glob(".step_*.partial-*"):
+                shutil.rmtree(entry, ignore_errors=True)
+
+    # --- loading -------------------------------------------------------------------------------------
+    def load(self, ckpt: str, model, optimizer) -> tuple[dict, dict | None, dict]:
+        """Restore model + optimizer in place; returns (extra, this rank's rng or None, data_state)."""
+        load_model_and_optimizer(ckpt, model, optimizer)
+        extra = torch_load(f"{ckpt}/extra.pt")
+        rng_url = f"{ckpt}/rng/rank_{_rank():05d}.pt"
+        fs, path = fsspec.core.url_to_fs(rng_url)
+        rng = torch_load(rng_url) if fs.exists(path) else None
+        data_state = json.loads(read_bytes(f"{ckpt}/data.json"))
+        return extra, rng, data_state
 
 
 def resolve_checkpoint(path: str) -> str:
@@ -163,20 +251,11 @@ def resolve_checkpoint(path: str) -> str:
     if fs.exists(f"{root.rstrip('/')}/{MARKER}"):
         return path.rstrip("/")
     for candidate in (path, f"{path.rstrip('/')}/checkpoints"):
-        latest = Checkpointer(candidate).latest()
-        if latest:
-            return latest
+        complete = Checkpointer(candidate).list_complete()
+        if complete:
+            return complete[-1][1]
     raise FileNotFoundError(f"no complete checkpoint at {path}")
 
 
 def read_meta(ckpt: str) -> dict:
-    with fsspec.open(f"{ckpt}/meta.json", "r") as f:
-        return json.load(f)
-
-
-def load_train_state(ckpt: str) -> tuple[dict, dict]:
-    """(train_state, data_state) of a checkpoint; tensors loaded with weights_only=True."""
-    folder = local_dir(ckpt)
-    train_state = torch.load(folder / "train_state.pt", weights_only=True, map_location="cpu")
-    data_state = json.loads((folder / "data.json").read_text())
-    return train_state, data_state
+    return json.loads(read_bytes(f"{ckpt.rstrip('/')}/meta.json"))

@@ -74,6 +74,24 @@ ALIASES = {
 }
 
 
+# Keys users write that are not Python identifiers: rewritten before validation.
+RENAMES = {"checkpoint.async": "checkpoint.async_save"}
+
+
+def _apply_renames(values: dict, overrides: list[str]) -> list[str]:
+    for old, new in RENAMES.items():
+        section, leaf = old.split(".")
+        if isinstance(values.get(section), dict) and leaf in values[section]:
+            values[section][new.split(".")[1]] = values[section].pop(leaf)
+    out = []
+    for arg in overrides:
+        for old, new in RENAMES.items():
+            if arg == f"--{old}" or arg.startswith(f"--{old}="):
+                arg = arg.replace(f"--{old}", f"--{new}", 1)
+        out.append(arg)
+    return out
+
+
 def _unknown(key: str, candidates: list[str]) -> ConfigError:
     section, _, leaf = key.rpartition(".")
     alias = f"{section}.{ALIASES[leaf]}" if section and leaf in ALIASES else ALIASES.get(leaf)
@@ -178,6 +196,7 @@ def load_run_config(argv: list[str], env: EnvConfig | None = None) -> RunConfig:
     apply_process_env(env)
     config_path, overrides = split_args(argv)
     values = read_yaml(config_path) if config_path else {}
+    overrides = _apply_renames(values, overrides)
     check_keys(values)
     check_override_keys(overrides)
     merged = _deep_merge(run_defaults(env), values)

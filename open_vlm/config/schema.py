@@ -40,7 +40,8 @@ class DataConfig:
     shuffle_window: int = 32  # samples per seeded shuffle window inside a shard piece
     num_streams: int = 64  # canonical streams P per source (fixed per run; ranks x workers should divide it)
     strict: bool = False  # fail on the first bad shard/sample instead of skipping it
-    task: str = "prefix_lm"  # processor + collator (open_vlm/tokenize/registry.py); sources may be pretokenized
+    # processor + collator (open_vlm/tokenize/registry.py); "" = the model's own task. Sources may be pretokenized.
+    task: str = ""
     pad_to_multiple: int = 1  # pad each batch's length up to a multiple of this (8/64 for tensor cores)
 
 
@@ -72,9 +73,12 @@ class OptimConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     warmup_steps: int = 0
-    schedule: str = "cosine"  # cosine | linear | constant
+    warmup_fraction: float = 0.0  # warmup as a fraction of train.max_steps (used when warmup_steps is 0)
+    schedule: str = "cosine"  # cosine | linear | constant | inverse_sqrt
     min_lr_ratio: float = 0.1  # floor of the decay, as a fraction of lr
     grad_clip: float = 1.0  # max grad norm; 0 disables clipping
+    # Per-group learning rates by model parameter group (see the model's groups), e.g. {vision: 1.0e-5}.
+    group_lr: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -82,19 +86,29 @@ class TrainConfig:
     seed: int = 0
     max_steps: int = 100
     strategy: str = "single"  # single | ddp | fsdp
-    precision: str = "fp32"  # fp32 | bf16 | fp16
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 uses a grad scaler)
     global_batch_size: int = 0  # samples per optimizer step; 0: data.batch_size x world x accum_steps
-    accum_steps: int = 1
-    loss: str = "next_token"
+    accum_steps: int = 1  # used when global_batch_size is 0
+    loss: str = "next_token"  # next_token | clip | siglip | lxmert
     device: str = "auto"  # auto | cpu | cuda
+    reshard_after_forward: bool = True  # fsdp: free gathered params after forward
+    cpu_offload: bool = False  # fsdp: keep sharded params and optimizer state on CPU
+    activation_checkpointing: bool = False  # recompute each declared unit's activations in backward
+    compile: bool = False  # torch.compile the model
+    deterministic: bool = False  # deterministic algorithms: bit-identical losses on CPU
 
 
 @dataclass
 class CheckpointConfig:
-    dir: str | None = None  # default: <run folder>/checkpoints
-    every_steps: int = 0  # 0: only at the end
+    dir: str | None = None  # default: <run folder>/checkpoints; local or any fsspec URL (s3://...)
+    every_steps: int = 0  # 0: only at the end (and on SIGTERM / SIGUSR1 / Ctrl-C)
+    every_minutes: float = 0.0  # also save when this much time passed since the last save (0: off)
     resume: str = "latest"  # latest | none | a checkpoint path/URL
     keep_last: int = 0  # 0 keeps every checkpoint
+    async_save: bool = False  # DCP async save: training continues while the write proceeds (`checkpoint.async`)
+    init_from: str | None = None  # load model weights only from this checkpoint (fresh optimizer, data, step)
+    reset_data: bool = False  # resume weights + optimizer, but restart the data order
+    allow_config_change: bool = False  # resume even if seed / sources / global batch changed
 
 
 @dataclass
@@ -123,11 +137,11 @@ class RunConfig:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.task": ("prefix_lm", "chat_lm", "causal_lm", "contrastive", "lxmert"),
+    "data.task": ("", "prefix_lm", "chat_lm", "causal_lm", "contrastive", "lxmert"),
     "train.strategy": ("single", "ddp", "fsdp"),
     "train.precision": ("fp32", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
     "model.frozen_dtype": ("fp32", "bf16"),
-    "optim.schedule": ("cosine", "linear", "constant"),
+    "optim.schedule": ("cosine", "linear", "constant", "inverse_sqrt"),
     "logging.wandb.mode": ("online", "offline", "disabled"),
 }

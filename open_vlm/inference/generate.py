@@ -7,10 +7,7 @@ from pathlib import Path
 
 import torch
 
-from open_vlm.checkpoint.checkpointer import read_meta, resolve_checkpoint
-from open_vlm.config.load import config_from_yaml_text
 from open_vlm.data.decode import decode_image, normalize_images
-from open_vlm.storage import local_dir
 from open_vlm.tokenize.prefix_lm import PrefixLMProcessor, pad_left
 
 
@@ -23,18 +20,13 @@ class Generator:
     @classmethod
     def from_checkpoint(cls, path: str, device: str = "cpu") -> Generator:
         """Load a checkpoint, a checkpoint directory or a run folder (local or s3://)."""
-        from transformers import AutoTokenizer, PaliGemmaForConditionalGeneration
+        from open_vlm.checkpoint.model_io import load_model_from_checkpoint
 
-        ckpt = resolve_checkpoint(path)
-        folder = local_dir(ckpt)
-        cfg = config_from_yaml_text(read_meta(ckpt)["config"])
-        model = PaliGemmaForConditionalGeneration.from_pretrained(str(folder / "model"), local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True)
-        vision = model.config.vision_config
-        processor = PrefixLMProcessor(
-            tokenizer, (vision.image_size // vision.patch_size) ** 2, cfg.data.max_text_len, cfg.data.prompt
-        )
-        return cls(model.to(device).eval(), processor, vision.image_size)
+        bundle, tokenizer, cfg = load_model_from_checkpoint(path)
+        if bundle.kind != "paligemma":
+            raise NotImplementedError(f"generate supports paligemma checkpoints today, not {bundle.kind}")
+        processor = PrefixLMProcessor(tokenizer, bundle.num_image_tokens, cfg.data.max_text_len, cfg.data.prompt)
+        return cls(bundle.model.to(device).eval(), processor, bundle.image_size)
 
     @torch.no_grad()
     def generate(

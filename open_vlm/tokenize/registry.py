@@ -35,6 +35,12 @@ def task_names() -> list[str]:
     return sorted(_TASKS)
 
 
+def task_options(task: str, **available) -> dict:
+    """The subset of `available` values that `task` accepts (lets the trainer offer everything it knows)."""
+    accepted = set(inspect.signature(_TASKS[task]).parameters) - {"tokenizer"}
+    return {k: v for k, v in available.items() if k in accepted}
+
+
 def build_processor(task: str, tokenizer, *, pretokenized: bool = False, **options) -> Pair:
     """The processor and collator of `task`. `options` are the task's knobs (see the factories below).
 

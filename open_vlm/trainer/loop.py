@@ -1,136 +1,164 @@
-"""The training loop: data → forward → loss over the global batch → step → metrics → checkpoint."""
+"""The training loop: data → forward → loss over the global batch → step → metrics → checkpoint.
+
+`Trainer` assembles the components from a `RunConfig` (model bundle, strategy, loader, optimizer, loss,
+checkpointer, metrics) and `fit()` runs the steps. Distribution lives in the strategy, persistence in the
+checkpointer, the sample order in the loader.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import random
+import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from open_vlm.checkpoint.checkpointer import (
-    Checkpointer,
-    load_train_state,
-    resolve_checkpoint,
-    rng_state,
-    set_rng_state,
-)
+from open_vlm.checkpoint.checkpointer import Checkpointer, read_meta, resolve_checkpoint
+from open_vlm.checkpoint.dcp_io import load_model_weights
+from open_vlm.checkpoint.model_io import model_files
+from open_vlm.checkpoint.resume import check_resumable
+from open_vlm.checkpoint.rng import rng_state, seed_everything, set_rng_state
 from open_vlm.config.load import dump_config
 from open_vlm.config.schema import RunConfig
 from open_vlm.data.build import build_loader
 from open_vlm.data.decode import normalize_images
-from open_vlm.models.losses import next_token_loss_sum
+from open_vlm.models.losses import build_loss
 from open_vlm.models.registry import build_model
-from open_vlm.runfolder import MetricsWriter
-from open_vlm.storage import local_dir
-from open_vlm.tokenize.registry import build_processor
+from open_vlm.tokenize.registry import build_processor, task_options
 from open_vlm.tokenize.tokenizers import load_tokenizer
+from open_vlm.trainer.metrics import MetricsLogger, ThroughputWindow, peak_memory_gb
 from open_vlm.trainer.optim import build_optimizer
+from open_vlm.trainer.parallel import (
+    all_reduce_sum,
+    apply_activation_checkpointing,
+    build_strategy,
+    init_distributed,
+)
+from open_vlm.trainer.signals import StopRequest
 
 log = logging.getLogger(__name__)
 
-MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "pixel_values")
 
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-@dataclass
+@dataclasses.dataclass
 class StepResult:
-    loss: float
+    loss: float  # mean over the global batch
     grad_norm: float
-    samples: int
-    tokens: int
+    samples: int  # this rank's samples
+    tokens: int  # this rank's real tokens
+    skipped: bool = False  # fp16 overflow: the optimizer step was skipped
 
 
 class Trainer:
-    """Assembles tokenizer, model, data, optimizer and checkpointer from a `RunConfig`, then trains."""
+    """Everything one training run needs, built from its config."""
 
     def __init__(self, cfg: RunConfig, run_folder: Path):
-        if cfg.train.strategy != "single":
-            raise NotImplementedError(f"train.strategy {cfg.train.strategy} is not built yet (issue: trainer)")
-        if cfg.train.precision != "fp32":
-            raise NotImplementedError(f"train.precision {cfg.train.precision} is not built yet (issue: trainer)")
-        self.cfg = cfg
-        self.run_folder = run_folder
-        self.device = torch.device("cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu")
+        self.cfg, self.run_folder = cfg, run_folder
+        self.info = init_distributed(cfg.train.device)
+        self.strategy = build_strategy(cfg.train, self.info)
+        if cfg.train.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
         seed_everything(cfg.train.seed)
         self.tokenizer = load_tokenizer(cfg.model.tokenizer) if cfg.model.tokenizer else None
         self.bundle = build_model(cfg.model, self.tokenizer)
-        self.model = self.bundle.model.to(self.device)
+        units = self.bundle.shard_units
+        if cfg.train.activation_checkpointing:
+            units = apply_activation_checkpointing(self.bundle.model, units)
+        self.model = self.strategy.wrap(self.bundle.model, units)
+        if cfg.train.compile:
+            self.model = torch.compile(self.model)
         self.model.train()
-        self.global_batch = cfg.train.global_batch_size or cfg.data.batch_size * cfg.train.accum_steps
-        if cfg.data.task != "prefix_lm":
-            raise NotImplementedError(
-                f"data.task {cfg.data.task}: the trainer feeds prefix_lm batches only (issue: trainer)"
-            )
-        processor, collator = build_processor(
-            cfg.data.task,
-            self.tokenizer,
-            num_image_tokens=self.bundle.num_image_tokens,
-            max_len=cfg.data.max_text_len,
-            prompt=cfg.data.prompt,
-            pad_to_multiple=cfg.data.pad_to_multiple,
-        )
-        self.loader = build_loader(
-            cfg.data,
-            seed=cfg.train.seed,
-            global_batch=self.global_batch,
-            image_size=self.bundle.image_size,
-            process=processor,
-            collate=collator,
-        )
-        self.optimizer, self.scheduler = build_optimizer(self.model, cfg.optim, cfg.train.max_steps)
+        world = self.info.world
+        self.global_batch = cfg.train.global_batch_size or cfg.data.batch_size * world * cfg.train.accum_steps
+        self.loader = self._build_loader()
+        self.optimizer, self.scheduler = build_optimizer(self.model, cfg.optim, cfg.train.max_steps, self.bundle.groups)
+        self.scaler = self.strategy.grad_scaler()
+        self.loss_fn = build_loss(cfg.train.loss, rank=self.info.rank, world_size=world)
         self.checkpointer = Checkpointer(
             cfg.checkpoint.dir or str(run_folder / "checkpoints"), cfg.checkpoint.keep_last
         )
-        self.metrics = MetricsWriter(run_folder / "metrics.jsonl")
-        self.step = 0
-        self.samples_seen = 0
-        self.tokens_seen = 0
+        self.metrics = MetricsLogger(cfg, run_folder, enabled=self.info.is_main)
+        self.step = self.samples_seen = self.tokens_seen = 0
 
-    # --- resume ------------------------------------------------------------------------------------
-    def maybe_resume(self) -> None:
-        choice = self.cfg.checkpoint.resume
+    def _build_loader(self):
+        cfg, bundle = self.cfg, self.bundle
+        task = cfg.data.task or bundle.task
+        options = task_options(
+            task,
+            num_image_tokens=bundle.num_image_tokens,
+            max_len=cfg.data.max_text_len,
+            prompt=cfg.data.prompt,
+            pad_to_multiple=cfg.data.pad_to_multiple,
+            seed=cfg.train.seed,
+        )
+        processor, collator = build_processor(task, self.tokenizer, **options)
+        return build_loader(
+            cfg.data,
+            seed=cfg.train.seed,
+            global_batch=self.global_batch,
+            image_size=bundle.image_size,
+            process=processor,
+            collate=collator,
+            rank=self.info.rank,
+            world=self.info.world,
+        )
+
+    # --- state -------------------------------------------------------------------------------------
+    def resume_or_init(self) -> None:
+        ck = self.cfg.checkpoint
         ckpt = None
-        if choice == "latest":
+        if ck.resume == "latest":
             ckpt = self.checkpointer.latest()
-        elif choice != "none":
-            ckpt = resolve_checkpoint(choice)
-        if ckpt is None:
-            log.info("starting from scratch (checkpoint.resume=%s)", choice)
-            self.metrics.truncate_after(0)  # a fresh run in an old folder starts a fresh metrics file
+        elif ck.resume != "none":
+            ckpt = resolve_checkpoint(ck.resume)
+        if ckpt is not None:
+            self.load(ckpt)
             return
-        self.load(ckpt)
+        if ck.init_from:
+            source = resolve_checkpoint(ck.init_from)
+            report = load_model_weights(source, self.model)
+            log.info(
+                "initialised %d tensors from %s; missing %s; unexpected %s",
+                report.loaded,
+                source,
+                report.missing or "none",
+                report.unexpected or "none",
+            )
+        log.info("starting at step 0 (checkpoint.resume=%s)", ck.resume)
+        self.metrics.writer.truncate_after(0)  # a fresh run in an old folder starts a fresh metrics file
 
     def load(self, ckpt: str) -> None:
-        # transformers maps saved names to module names (and re-ties weights) in from_pretrained: use it.
-        saved = type(self.model).from_pretrained(str(local_dir(ckpt) / "model"), local_files_only=True)
-        self.model.load_state_dict(saved.state_dict(), strict=True)
-        del saved
-        train_state, data_state = load_train_state(ckpt)
-        self.optimizer.load_state_dict(train_state["optimizer"])
-        self.scheduler.load_state_dict(train_state["scheduler"])
-        set_rng_state(train_state["rng"])
-        self.loader.load_state_dict(data_state)
-        self.step = train_state["step"]
-        self.samples_seen = train_state["samples_seen"]
-        self.tokens_seen = train_state["tokens_seen"]
-        self.metrics.truncate_after(self.step)
+        ck = self.cfg.checkpoint
+        check_resumable(read_meta(ckpt), self.cfg, allow=ck.allow_config_change)
+        extra, rng, data_state = self.checkpointer.load(ckpt, self.model, self.optimizer)
+        self.scheduler.load_state_dict(extra["scheduler"])
+        if self.scaler is not None and extra.get("scaler"):
+            self.scaler.load_state_dict(extra["scaler"])
+        self.step, self.samples_seen, self.tokens_seen = extra["step"], extra["samples_seen"], extra["tokens_seen"]
+        if ck.reset_data:
+            log.info("checkpoint.reset_data: keeping weights and optimizer, restarting the data order")
+        else:
+            try:
+                self.loader.load_state_dict(data_state)
+            except ValueError as err:
+                if not ck.allow_config_change:
+                    raise
+                log.warning("data order restarts: %s (checkpoint.allow_config_change)", err)
+        if rng is not None and data_state.get("world") == self.info.world:
+            set_rng_state(rng)
+        else:  # another world size: per-rank streams cannot carry over; derive them from the step
+            seed_everything(self.cfg.train.seed + 1_000_003 * self.step + self.info.rank)
+        self.checkpointer.protected = ckpt
+        self.metrics.writer.truncate_after(self.step)
         log.info("resumed from %s at step %d", ckpt, self.step)
 
     def save(self) -> str:
-        data_state = self.loader.state_dict()
-        train_state = {
-            "optimizer": self.optimizer.state_dict(),
+        data_state = self.loader.state_dict()  # collective
+        extra = {
             "scheduler": self.scheduler.state_dict(),
-            "rng": rng_state(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "step": self.step,
             "samples_seen": self.samples_seen,
             "tokens_seen": self.tokens_seen,
@@ -139,6 +167,8 @@ class Trainer:
             "samples_seen": self.samples_seen,
             "tokens_seen": self.tokens_seen,
             "model_kind": self.bundle.kind,
+            "world": self.info.world,
+            "strategy": self.strategy.name,
             "consumed": self.loader.consumed(data_state),
             "bad_samples": data_state["bad_samples"],
             "config": dump_config(self.cfg),
@@ -146,78 +176,124 @@ class Trainer:
         return self.checkpointer.save(
             self.step,
             model=self.model,
-            tokenizer=self.tokenizer,
-            train_state=train_state,
+            optimizer=self.optimizer,
+            extra=extra,
+            rng=rng_state(),
             data_state=data_state,
             meta=meta,
+            files=model_files(self.cfg, self.tokenizer) if self.info.is_main else {},
+            async_save=self.cfg.checkpoint.async_save,
         )
 
-    # --- training ----------------------------------------------------------------------------------
+    # --- one step ----------------------------------------------------------------------------------
+    def _to_device(self, batch: dict) -> dict:
+        out = {}
+        for key, value in batch.items():
+            if isinstance(value, torch.Tensor):
+                value = value.to(self.info.device, non_blocking=True)
+                if key == "pixel_values" and value.dtype == torch.uint8:
+                    value = normalize_images(value)
+            out[key] = value
+        return out
+
     def train_step(self, micro_batches: list[dict]) -> StepResult:
-        """One optimizer step over `micro_batches`; the loss is the mean over the step's supervised tokens."""
-        supervised = sum(b["num_supervised"] for b in micro_batches)
-        total = torch.zeros((), device=self.device)
-        for batch in micro_batches:
-            inputs = {k: batch[k].to(self.device, non_blocking=True) for k in MODEL_INPUTS}
-            inputs["pixel_values"] = normalize_images(inputs["pixel_values"])
-            logits = self.model(**inputs).logits
-            loss = next_token_loss_sum(logits, batch["labels"].to(self.device)) / max(supervised, 1)
-            loss.backward()
-            total += loss.detach()
-        clip = self.cfg.optim.grad_clip
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf"))
-        self.optimizer.step()
+        """One optimizer step; sum-reduced losses are divided by the global count (exact under accumulation)."""
+        strategy, scaler = self.strategy, self.scaler
+        accum = len(micro_batches)
+        normalizer = all_reduce_sum(sum(b["num_supervised"] for b in micro_batches), self.info.device)
+        total = torch.zeros((), device=self.info.device, dtype=torch.float64)
+        for i, batch in enumerate(micro_batches):
+            batch = self._to_device(batch)
+            with strategy.sync_context(self.model, sync=i == accum - 1), strategy.autocast():
+                out = self.loss_fn(self.bundle.forward(self.model, batch), batch)
+            if out.reduction == "sum":
+                loss = out.loss * strategy.grad_divisor / max(normalizer, 1.0)
+                total += out.loss.detach().double() / max(normalizer, 1.0)
+            else:
+                loss = out.loss / accum
+                total += out.loss.detach().double() / accum / self.info.world
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        scale_before = scaler.get_scale() if scaler is not None else None
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)
+        grad_norm = strategy.clip_grad_norm(self.model, self.cfg.optim.grad_clip)
+        if scaler is not None:
+            scaler.step(self.optimizer)
+            scaler.update()
+        else:
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        skipped = scaler is not None and scaler.get_scale() < scale_before
         return StepResult(
-            float(total),
-            float(grad_norm),
-            sum(len(b["input_ids"]) for b in micro_batches),
-            sum(b["num_tokens"] for b in micro_batches),
+            loss=all_reduce_sum(float(total), self.info.device),
+            grad_norm=grad_norm,
+            samples=sum(len(b["__meta__"]) for b in micro_batches),
+            tokens=sum(b["num_tokens"] for b in micro_batches),
+            skipped=skipped,
         )
 
-    def fit(self) -> None:
+    # --- the loop ----------------------------------------------------------------------------------
+    def fit(self) -> str:
+        """Train to `train.max_steps` (or until a stop signal); returns why it stopped."""
         cfg = self.cfg
-        (self.run_folder / "config.yaml").write_text(dump_config(cfg))
-        self.maybe_resume()
+        if self.info.is_main:
+            self.run_folder.mkdir(parents=True, exist_ok=True)
+            (self.run_folder / "config.yaml").write_text(dump_config(cfg))
+        self.resume_or_init()
+        stop = StopRequest().install()
         every_ckpt, every_log = cfg.checkpoint.every_steps, max(1, cfg.logging.every_steps)
         batches = iter(self.loader)
-        window = {"samples": 0, "tokens": 0, "data": 0.0, "start": time.perf_counter()}
-        while self.step < cfg.train.max_steps:
-            t0 = time.perf_counter()
-            micro = [next(batches) for _ in range(self.loader.accum_steps)]
-            window["data"] += time.perf_counter() - t0
-            result = self.train_step(micro)
-            self.step += 1
-            self.samples_seen += result.samples
-            self.tokens_seen += result.tokens
-            window["samples"] += result.samples
-            window["tokens"] += result.tokens
-            if self.step % every_log == 0 or self.step == cfg.train.max_steps:
-                elapsed = max(time.perf_counter() - window["start"], 1e-9)
-                record = {
-                    "step": self.step,
-                    "loss": result.loss,
-                    "lr": self.scheduler.get_last_lr()[0],
-                    "grad_norm": result.grad_norm,
-                    "samples_seen": self.samples_seen,
-                    "tokens_seen": self.tokens_seen,
-                    "samples_per_sec_per_device": window["samples"] / elapsed,
-                    "tokens_per_sec_per_device": window["tokens"] / elapsed,
-                    "data_wait_sec": window["data"],
-                    "step_time_sec": elapsed,
-                }
-                self.metrics.write(record)
-                log.info(
-                    "step %d/%d loss %.4f lr %.2e grad_norm %.3f %.1f samples/s",
-                    self.step,
-                    cfg.train.max_steps,
-                    result.loss,
-                    record["lr"],
-                    result.grad_norm,
-                    record["samples_per_sec_per_device"],
-                )
-                window = {"samples": 0, "tokens": 0, "data": 0.0, "start": time.perf_counter()}
-            if every_ckpt and self.step % every_ckpt == 0 and self.step < cfg.train.max_steps:
-                self.save()
-        self.save()
+        window, last_save = ThroughputWindow(), time.monotonic()
+        reason = "max_steps"
+        try:
+            while self.step < cfg.train.max_steps:
+                t0 = time.perf_counter()
+                micro = [next(batches) for _ in range(self.loader.accum_steps)]
+                window.data_wait += time.perf_counter() - t0
+                result = self.train_step(micro)
+                self.step += 1
+                samples = int(all_reduce_sum(result.samples, self.info.device))
+                self.samples_seen += samples
+                self.tokens_seen += int(all_reduce_sum(result.tokens, self.info.device))
+                window.samples += result.samples
+                window.tokens += result.tokens
+                self.metrics.step(self.step)
+                if self.step % every_log == 0 or self.step == cfg.train.max_steps:
+                    self.metrics.log(self._record(result, window))
+                    window.reset()
+                # Collective decisions: any rank's stop signal, rank 0's clock for timed saves.
+                if all_reduce_sum(float(stop.requested), self.info.device) > 0:
+                    reason = stop.reason or "signal"
+                    break
+                minutes = cfg.checkpoint.every_minutes
+                due_time = self.info.is_main and minutes > 0 and time.monotonic() - last_save > 60 * minutes
+                due_time = all_reduce_sum(float(due_time), self.info.device) > 0 if minutes > 0 else False
+                due_steps = every_ckpt and self.step % every_ckpt == 0
+                if (due_steps or due_time) and self.step < cfg.train.max_steps:
+                    self.save()
+                    last_save = time.monotonic()
+            self.save()
+            self.checkpointer.wait()
+        finally:
+            stop.uninstall()
+            self.metrics.close()
+        return reason
+
+    def _record(self, result: StepResult, window: ThroughputWindow) -> dict:
+        elapsed = window.elapsed()
+        return {
+            "step": self.step,
+            "loss": result.loss,
+            "lr": self.scheduler.get_last_lr()[0],
+            "grad_norm": result.grad_norm,
+            "samples_seen": self.samples_seen,
+            "tokens_seen": self.tokens_seen,
+            "samples_per_sec_per_device": window.samples / elapsed,
+            "tokens_per_sec_per_device": window.tokens / elapsed,
+            "data_wait_sec": window.data_wait,
+            "step_time_sec": elapsed,
+            "peak_memory_gb": peak_memory_gb(self.info.device),
+            "skipped_step": result.skipped,
+            "bad_samples": sum(self.loader.bad_samples.values()),
+        }

@@ -1,4 +1,4 @@
-"""AdamW with weight-decay exclusions, and the learning-rate schedule as a pure function."""
+"""AdamW with weight-decay exclusions and per-group learning rates; the LR schedule as a pure function."""
 
 from __future__ import annotations
 
@@ -10,40 +10,68 @@ import torch.nn as nn
 from open_vlm.config.schema import OptimConfig
 
 
+def warmup_steps(cfg: OptimConfig, max_steps: int) -> int:
+    """Warmup length in steps: `warmup_steps`, or `warmup_fraction` of the run."""
+    return cfg.warmup_steps or int(round(cfg.warmup_fraction * max_steps))
+
+
 def lr_factor(step: int, max_steps: int, cfg: OptimConfig) -> float:
-    """Multiplier of `cfg.lr` at optimizer step `step` (0-based): linear warmup, then decay to the floor."""
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
+    """Multiplier of the base LR at optimizer step `step` (0-based): linear warmup, then decay to the floor."""
+    warm = warmup_steps(cfg, max_steps)
+    if warm and step < warm:
+        return (step + 1) / warm
+    floor = cfg.min_lr_ratio
     if cfg.schedule == "constant":
         return 1.0
-    span = max(1, max_steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
-    floor = cfg.min_lr_ratio
+    if cfg.schedule == "inverse_sqrt":
+        return max(floor, math.sqrt(max(warm, 1) / (step + 1)))
+    progress = min(1.0, (step - warm) / max(1, max_steps - warm))
     if cfg.schedule == "linear":
         return floor + (1 - floor) * (1 - progress)
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))  # cosine
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Trainable parameters, with no weight decay on biases, norms and embeddings (1-D or embedding tables)."""
-    decay, no_decay = [], []
+def _group_of(name: str, groups: dict[str, list[str]], wanted: dict[str, float]) -> str | None:
+    """The most specific wanted group whose prefixes match `name`."""
+    best, best_len = None, -1
+    for group in wanted:
+        for prefix in groups.get(group, []):
+            if name.startswith(prefix) and len(prefix) > best_len:
+                best, best_len = group, len(prefix)
+    return best
+
+
+def param_groups(model: nn.Module, cfg: OptimConfig, groups: dict[str, list[str]] | None = None) -> list[dict]:
+    """Trainable parameters split by (LR group, decay): no weight decay on biases, norms and embeddings."""
+    groups = groups or {}
+    unknown = sorted(set(cfg.group_lr) - set(groups))
+    if unknown:
+        raise ValueError(f"optim.group_lr: unknown group(s) {unknown}; this model has {sorted(groups)}")
+    buckets: dict[tuple[str | None, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if param.ndim < 2 or "embed" in name or "norm" in name:
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+        clean = name.replace("_orig_mod.", "").replace("module.", "", 1)
+        decay = not (param.ndim < 2 or "embed" in clean or "norm" in clean)
+        buckets.setdefault((_group_of(clean, groups, cfg.group_lr), decay), []).append(param)
+    out = []
+    for (group, decay), params in sorted(buckets.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
+        out.append(
+            {
+                "params": params,
+                "weight_decay": cfg.weight_decay if decay else 0.0,
+                "lr": cfg.group_lr.get(group, cfg.lr) if group else cfg.lr,
+                "group": group or "default",
+            }
+        )
+    return out
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, max_steps: int):
+def build_optimizer(model: nn.Module, cfg: OptimConfig, max_steps: int, groups: dict[str, list[str]] | None = None):
+    """AdamW (fused on CUDA) over the trainable parameters, and a LambdaLR following `lr_factor`."""
     fused = torch.cuda.is_available() and all(p.is_cuda for p in model.parameters())
     optimizer = torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay),
+        param_groups(model, cfg, groups),
         lr=cfg.lr,
         betas=(cfg.beta1, cfg.beta2),
         eps=cfg.eps,

@@ -1,0 +1,69 @@
+"""What a checkpoint needs to rebuild its model without the training run's files, and the rebuild itself."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import fsspec
+
+from open_vlm.checkpoint.checkpointer import read_bytes, read_meta, resolve_checkpoint
+from open_vlm.checkpoint.dcp_io import load_model_weights
+from open_vlm.config.load import config_from_yaml_text
+from open_vlm.config.schema import RunConfig
+from open_vlm.storage import is_remote
+
+log = logging.getLogger(__name__)
+
+SPEC = "model/spec.json"
+
+
+def model_files(cfg: RunConfig, tokenizer) -> dict[str, bytes]:
+    """Files (path in the checkpoint → bytes) under `model/`: spec, model config text and tokenizer."""
+    files: dict[str, bytes] = {}
+    spec = {"kind": cfg.model.kind, "model": dataclasses.asdict(cfg.model), "config_file": None}
+    if cfg.model.config:
+        name = "model_config" + Path(cfg.model.config).suffix
+        with fsspec.open(cfg.model.config, "rb") as f:
+            files[f"model/{name}"] = f.read()
+        spec["config_file"] = name
+    if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+        with tempfile.TemporaryDirectory() as tmp:
+            tokenizer.save_pretrained(tmp)
+            for path in Path(tmp).rglob("*"):
+                if path.is_file():
+                    files[f"model/tokenizer/{path.relative_to(tmp).as_posix()}"] = path.read_bytes()
+        spec["tokenizer_dir"] = "tokenizer"
+    files[SPEC] = json.dumps(spec, indent=1).encode()
+    return files
+
+
+def load_model_from_checkpoint(path: str):
+    """(bundle, tokenizer, run config) of a checkpoint, a checkpoint dir or a run folder (local or URL)."""
+    from open_vlm.models.registry import build_model
+    from open_vlm.storage import local_dir
+    from open_vlm.tokenize.tokenizers import load_tokenizer
+
+    ckpt = resolve_checkpoint(path)
+    cfg = config_from_yaml_text(read_meta(ckpt)["config"])
+    spec = json.loads(read_bytes(f"{ckpt}/{SPEC}"))
+    model_cfg = dataclasses.replace(cfg.model, freeze=[], unfreeze=[], pretrained=None)
+    folder = local_dir(f"{ckpt}/model") if is_remote(ckpt) else Path(ckpt) / "model"
+    if spec.get("config_file"):
+        model_cfg.config = str(folder / spec["config_file"])
+    elif cfg.model.pretrained:
+        model_cfg.pretrained = cfg.model.pretrained  # the architecture comes from where training started
+    tokenizer = None
+    if spec.get("tokenizer_dir"):
+        tokenizer = load_tokenizer(str(folder / spec["tokenizer_dir"]))
+        model_cfg.tokenizer = str(folder / spec["tokenizer_dir"])
+    bundle = build_model(model_cfg, tokenizer)
+    report = load_model_weights(ckpt, bundle.model)
+    if report.missing or report.unexpected:
+        raise RuntimeError(
+            f"{ckpt}: weights do not match the model (missing {report.missing[:5]}, unexpected {report.unexpected[:5]})"
+        )
+    return bundle, tokenizer, cfg
