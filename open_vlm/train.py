@@ -6,6 +6,7 @@ import logging
 import sys
 
 from open_vlm.config.load import ConfigError, load_run_config
+from open_vlm.data.version import DataVersionError
 from open_vlm.runfolder import run_dir, setup_logging
 
 log = logging.getLogger("open_vlm.train")
@@ -29,7 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     except (NotImplementedError, ValueError) as err:
         log.error("%s", err)
         return 2
-    trainer.fit()
+    try:
+        trainer.fit()
+    except DataVersionError as err:  # resuming on changed data: refused before any step
+        log.error("%s", err)
+        return 2
     log.info("done: %d steps, %d samples", trainer.step, trainer.samples_seen)
     return 0
 

@@ -118,7 +118,7 @@ class Trainer:
         self.optimizer.load_state_dict(train_state["optimizer"])
         self.scheduler.load_state_dict(train_state["scheduler"])
         set_rng_state(train_state["rng"])
-        self.loader.load_state_dict(data_state)
+        self.loader.load_state_dict(data_state, allow_data_change=self.cfg.checkpoint.allow_data_change)
         self.step = train_state["step"]
         self.samples_seen = train_state["samples_seen"]
         self.tokens_seen = train_state["tokens_seen"]
@@ -140,6 +140,10 @@ class Trainer:
             "tokens_seen": self.tokens_seen,
             "model_kind": self.bundle.kind,
             "consumed": self.loader.consumed(data_state),
+            "data_sources": [  # name, catalog dataset and version of every source (see data/version.py)
+                {"name": name, "dataset": source.dataset, "version": version}
+                for name, source, version in zip(data_state["sources"], self.cfg.data.sources, data_state["versions"])
+            ],
             "bad_samples": data_state["bad_samples"],
             "config": dump_config(self.cfg),
         }
