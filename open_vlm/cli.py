@@ -1,4 +1,4 @@
-"""The `open-vlm` command: train, eval, view, generate, export, config."""
+"""The `open-vlm` command: train, eval, view, generate, export, config, data."""
 
 from __future__ import annotations
 
@@ -97,11 +97,18 @@ def _config(argv: list[str]) -> int:
     return 0
 
 
+def _data(argv: list[str]) -> int:
+    from open_vlm.data.catalog_cli import main
+
+    return main(argv)
+
+
 COMMANDS = {
     "train": (_train, "train a model: same as python -m open_vlm.train"),
     "view": (_view, "show a shard, manifest, run folder or checkpoint"),
     "generate": (_generate, "answer a prompt about an image from a checkpoint"),
     "config": (_config, "show or set the environment config (output root, S3 endpoint, wandb)"),
+    "data": (_data, "the dataset catalog: list, show, add, verify"),
 }
 
 

@@ -6,6 +6,7 @@ import logging
 import sys
 
 from open_vlm.config.load import ConfigError, load_run_config
+from open_vlm.data.version import DataVersionError
 from open_vlm.runfolder import run_dir, setup_logging
 
 log = logging.getLogger("open_vlm.train")
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         reason = trainer.fit()
-    except ResumeRefused as err:
+    except (ResumeRefused, DataVersionError) as err:  # resuming on changed config/data: refused before any step
         log.error("%s", err)
         return 2
     log.info("stopped (%s) at step %d, %d samples seen", reason, trainer.step, trainer.samples_seen)

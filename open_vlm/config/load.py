@@ -19,6 +19,7 @@ import yaml
 
 from open_vlm.config.env import EnvConfig, apply_process_env, load_env_config, run_defaults
 from open_vlm.config.schema import CHOICES, RunConfig, SourceConfig
+from open_vlm.data.catalog import CatalogError, resolve_sources
 
 
 class ConfigError(Exception):
@@ -208,8 +209,17 @@ def load_run_config(argv: list[str], env: EnvConfig | None = None) -> RunConfig:
         raise ConfigError(f"{err} (expected type: {_expected_type(str(err))})") from err
     finally:
         os.unlink(tmp.name)
+    _resolve_datasets(cfg)
     _check_choices(cfg)
     return cfg
+
+
+def _resolve_datasets(cfg: RunConfig) -> None:
+    """Fill `dataset:` sources from the catalog and check each source fits `data.task` (reads no shards)."""
+    try:
+        resolve_sources(cfg.data)
+    except CatalogError as err:
+        raise ConfigError(str(err)) from err
 
 
 def _expected_type(message: str) -> str:

@@ -21,18 +21,25 @@ class RunSection:
 class SourceConfig:
     """One data source: tar shards of one modality, mixed into the run by `weight`."""
 
-    name: str = ""
+    name: str = ""  # default: `dataset`, else source<i>
+    # A dataset from the catalog (open_vlm/data/catalog.py): fills `urls`, `modality` and `manifest` at load.
+    dataset: str | None = None
     # Brace-expandable pattern(s): "data/demo/demo-{000000..000003}.tar", "s3://bucket/x-{0..9}.tar".
     urls: list[str] = field(default_factory=list)
     weight: float = 1.0
     modality: str = "image_text"
     # Manifest (per-shard sample counts). Default: `<shard dir>/manifest.json`, built on first use.
     manifest: str | None = None
+    # Set at config load: the catalog file `dataset` came from. A resolved config (run folder, launched job)
+    # keeps its urls as written instead of looking the name up again.
+    catalog_file: str | None = None
 
 
 @dataclass
 class DataConfig:
     sources: list[SourceConfig] = field(default_factory=list)
+    # Extra dataset catalogs (paths or s3:// URLs), read after the repo's and the user's; later ones win.
+    catalogs: list[str] = field(default_factory=list)
     batch_size: int = 8  # per-device micro batch
     num_workers: int = 0
     prompt: str = "caption en"  # prefix used for image-caption samples
@@ -109,6 +116,9 @@ class CheckpointConfig:
     init_from: str | None = None  # load model weights only from this checkpoint (fresh optimizer, data, step)
     reset_data: bool = False  # resume weights + optimizer, but restart the data order
     allow_config_change: bool = False  # resume even if seed / sources / global batch changed
+    # Resume even when a source's dataset version differs from the checkpoint's (the position then names
+    # other samples); by default such a resume is refused.
+    allow_data_change: bool = False
 
 
 @dataclass

@@ -11,6 +11,7 @@ from open_vlm.config.schema import DataConfig, SourceConfig
 from open_vlm.data.loader import LoaderSettings, ShardLoader, Source
 from open_vlm.data.manifest import ShardManifest, build_manifest, read_manifest
 from open_vlm.data.shards import expand_urls
+from open_vlm.data.version import manifest_version
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,16 @@ def build_loader(
     if not cfg.sources:
         raise ValueError("data.sources is empty: give at least one source with urls")
     sources = [Source(s.name, s.modality, s.weight, source_manifest(s)) for s in cfg.sources]
+    for source_cfg, source in zip(cfg.sources, sources):
+        origin = f" (dataset {source_cfg.dataset} from {source_cfg.catalog_file})" if source_cfg.dataset else ""
+        log.info(
+            "source %s%s: %d samples in %d shards, version %s",
+            source.name,
+            origin,
+            source.manifest.num_samples,
+            len(source.manifest.shards),
+            manifest_version(source.manifest),
+        )
     settings = LoaderSettings(
         seed=seed,
         global_batch=global_batch,

@@ -22,6 +22,7 @@ from open_vlm.data.decode import decode_sample
 from open_vlm.data.manifest import ShardManifest
 from open_vlm.data.order import MixSchedule, SourceOrder, StreamCursor, rank_positions
 from open_vlm.data.stream import StreamReader
+from open_vlm.data.version import check_versions, manifest_version
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,8 @@ class ShardLoader:
             for i, src in enumerate(sources)
         ]
         self.state = _initial_state(self.orders)
+        # catalog: each source's dataset version (a hash of its manifest), saved in the state header
+        self.versions = [manifest_version(src.manifest) for src in sources]
         self.bad_samples: Counter[str] = Counter()
         self._reported = 0
         layout = settings.world * max(1, settings.num_workers)
@@ -243,11 +246,13 @@ class ShardLoader:
             return merge_rank_states(gathered)
         return local
 
-    def load_state_dict(self, sd: dict) -> None:
+    def load_state_dict(self, sd: dict, allow_data_change: bool = False) -> None:
         for key in ("seed", "num_streams", "window", "global_batch", "sources"):
             mine = self.state_dict_header()[key]
             if sd[key] != mine:
                 raise ValueError(f"data state was saved with {key}={sd[key]!r}, this run has {mine!r}")
+        # catalog: refuse a source whose dataset version changed (DataVersionError), unless allowed
+        check_versions(sd, self.state_dict_header(), allow_data_change)
         streams = [[list(row) for row in rows] for rows in sd["streams"]]  # ours to mutate, not the caller's
         self.state = LoaderState(sd["step"], list(sd["batches_taken"]), list(sd["positions"]), streams)
         self.bad_samples = Counter(sd.get("bad_samples", {}))
@@ -259,6 +264,7 @@ class ShardLoader:
             "window": self.settings.window,
             "global_batch": self.settings.global_batch,
             "sources": [src.name for src in self.sources],
+            "versions": list(self.versions),  # catalog: dataset version per source
         }
 
     def consumed(self, state: dict | None = None) -> list[dict]:

@@ -24,6 +24,7 @@ from open_vlm.config.load import dump_config
 from open_vlm.config.schema import RunConfig
 from open_vlm.data.build import build_loader
 from open_vlm.data.decode import normalize_images
+from open_vlm.data.version import DataVersionError
 from open_vlm.models.losses import build_loss
 from open_vlm.models.registry import build_model
 from open_vlm.tokenize.registry import build_processor, task_options
@@ -141,7 +142,9 @@ class Trainer:
             log.info("checkpoint.reset_data: keeping weights and optimizer, restarting the data order")
         else:
             try:
-                self.loader.load_state_dict(data_state)
+                self.loader.load_state_dict(data_state, allow_data_change=ck.allow_data_change)
+            except DataVersionError:
+                raise
             except ValueError as err:
                 if not ck.allow_config_change:
                     raise
@@ -170,6 +173,10 @@ class Trainer:
             "world": self.info.world,
             "strategy": self.strategy.name,
             "consumed": self.loader.consumed(data_state),
+            "data_sources": [  # name, catalog dataset and version of every source (see data/version.py)
+                {"name": name, "dataset": source.dataset, "version": version}
+                for name, source, version in zip(data_state["sources"], self.cfg.data.sources, data_state["versions"])
+            ],
             "bad_samples": data_state["bad_samples"],
             "config": dump_config(self.cfg),
         }

@@ -1,0 +1,169 @@
+"""`open-vlm data list|show|add|verify`: browse, register and check the datasets of the catalog."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from open_vlm.config.env import apply_process_env, load_env_config
+from open_vlm.data.catalog import (
+    NAME_PATTERN,
+    CatalogError,
+    DatasetEntry,
+    append_entry,
+    load_catalog,
+    read_catalog_file,
+    user_catalog_path,
+)
+from open_vlm.data.compat import DATASET_TASKS, MODALITY_TASKS, unknown_names
+from open_vlm.data.manifest import ShardManifest, read_manifest, write_manifest
+from open_vlm.data.shards import expand_urls
+from open_vlm.data.verify import verify_manifest
+from open_vlm.data.version import manifest_version
+
+log = logging.getLogger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="open-vlm data", description="The dataset catalog.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    extra = argparse.ArgumentParser(add_help=False)
+    extra.add_argument("--catalog", action="append", default=[], help="read this catalog file too (repeatable)")
+    sub.add_parser("list", parents=[extra], help="names, modality, tasks, samples, version")
+    show = sub.add_parser("show", parents=[extra], help="one dataset in full")
+    show.add_argument("name")
+    verify = sub.add_parser("verify", parents=[extra], help="re-check the shards against the manifest")
+    verify.add_argument("name")
+    verify.add_argument("--quick", action="store_true", help="compare sizes/etags only, read no shard")
+    add = sub.add_parser("add", help="build the manifest and register a dataset")
+    add.add_argument("name")
+    add.add_argument("urls", nargs="+", help="shard URLs or brace patterns (local or s3://)")
+    add.add_argument("--modality", required=True, choices=sorted(MODALITY_TASKS))
+    add.add_argument("--task", dest="tasks", action="append", default=[], help=f"one of {sorted(DATASET_TASKS)}")
+    add.add_argument("--description", default="")
+    add.add_argument("--manifest", default=None, help="default: manifest.json beside the first shard")
+    add.add_argument("--catalog", default=None, help=f"catalog file to write (default {user_catalog_path()})")
+    add.add_argument("--replace", action="store_true", help="overwrite an entry of that name in the file")
+    return parser
+
+
+def _manifest_summary(entry: DatasetEntry) -> tuple[ShardManifest | None, str]:
+    """The entry's manifest, or None and why it could not be read."""
+    try:
+        return read_manifest(entry.manifest_path()), ""
+    except FileNotFoundError:
+        return None, f"no manifest at {entry.manifest_path()}"
+    except (OSError, ValueError) as err:
+        return None, f"unreadable manifest {entry.manifest_path()}: {err}"
+
+
+def _list(args: argparse.Namespace) -> int:
+    catalog = load_catalog(args.catalog)
+    rows = [("name", "modality", "tasks", "samples", "version", "from")]
+    for name, entry in sorted(catalog.entries.items()):
+        manifest, _ = _manifest_summary(entry)
+        samples = str(manifest.num_samples) if manifest else "-"
+        version = manifest_version(manifest) if manifest else "-"
+        rows.append((name, entry.modality, ",".join(entry.tasks) or "-", samples, version, catalog.origin(name)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    catalog = load_catalog(args.catalog)
+    entry = catalog.get(args.name)
+    manifest, why = _manifest_summary(entry)
+    lines = [
+        ("name", entry.name),
+        ("description", entry.description or "-"),
+        ("modality", entry.modality),
+        ("tasks", ", ".join(entry.tasks) or "-"),
+        ("urls", " ".join(entry.urls)),
+        ("manifest", entry.manifest_path()),
+        ("from", " < ".join(catalog.origins[entry.name])),
+    ]
+    if manifest is None:
+        lines.append(("version", f"- ({why})"))
+    else:
+        version = manifest_version(manifest)
+        note = (
+            f" (registered as {entry.version}: the manifest changed since)"
+            if entry.version not in (None, version)
+            else ""
+        )
+        size = sum(s.size for s in manifest.shards)
+        lines += [("shards", str(len(manifest.shards))), ("samples", str(manifest.num_samples))]
+        lines += [("bytes", str(size)), ("version", version + note)]
+    for key, value in lines:
+        print(f"{key:12s} {value}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    entry = load_catalog(args.catalog).get(args.name)
+    manifest, why = _manifest_summary(entry)
+    if manifest is None:
+        print(f"error: {args.name}: {why}", file=sys.stderr)
+        return 2
+    problems = verify_manifest(manifest, expand_urls(entry.urls), quick=args.quick)
+    for problem in problems:
+        print(f"{problem.kind:10s} {problem.url}  ({problem.detail})")
+    print(f"{args.name}: {len(manifest.shards)} shard(s) checked, {len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+def _absolute(url: str) -> str:
+    """Local paths are stored absolute, so a user catalog works from any directory."""
+    return url if "://" in url else os.path.abspath(url)
+
+
+def _add(args: argparse.Namespace) -> int:
+    if not NAME_PATTERN.match(args.name):
+        raise CatalogError(f"bad dataset name {args.name!r} (letters, digits, _ . -)")
+    problem = unknown_names(args.modality, args.tasks)
+    if problem:
+        raise CatalogError(problem)
+    patterns = [_absolute(u) for u in args.urls]
+    manifest_path = _absolute(args.manifest) if args.manifest else None
+    entry = DatasetEntry(args.name, patterns, args.modality, args.tasks, args.description, manifest_path)
+    target = args.catalog or str(user_catalog_path())
+    if args.name in _existing(target) and not args.replace:  # before the (long) manifest build
+        raise CatalogError(f"{target} already has a dataset {args.name!r} (--replace to overwrite it)")
+    urls = expand_urls(patterns)
+    print(f"counting samples of {len(urls)} shard(s)...", file=sys.stderr)
+    manifest = write_manifest(urls, entry.manifest_path())
+    entry.version = manifest_version(manifest)
+    append_entry(target, entry, replace=args.replace)
+    print(
+        f"registered {entry.name}: {len(urls)} shard(s), {manifest.num_samples} samples, "
+        f"version {entry.version}; manifest {entry.manifest_path()}; catalog {target}"
+    )
+    return 0
+
+
+def _existing(path: str) -> dict[str, DatasetEntry]:
+    try:
+        return read_catalog_file(path)
+    except CatalogError:  # missing (created by the add) or bad: append_entry decides
+        return {}
+
+
+ACTIONS = {"list": _list, "show": _show, "verify": _verify, "add": _add}
+
+
+def main(argv: list[str]) -> int:
+    """Run one `open-vlm data` action; catalog errors exit 2 with one line."""
+    args = _parser().parse_args(argv)
+    apply_process_env(load_env_config())
+    try:
+        return ACTIONS[args.action](args)
+    except CatalogError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as err:  # a missing shard, a corrupt tar, a bad manifest
+        print(f"error: {err}", file=sys.stderr)
+        return 2
