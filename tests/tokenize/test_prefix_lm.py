@@ -69,8 +69,8 @@ def test_truncation_keeps_image_tokens_bos_separator_and_eos(word_tokenizer, n_p
 def test_loss_matches_transformers_paligemma(word_tokenizer):
     from open_vlm.config.schema import ModelConfig
     from open_vlm.data.decode import normalize_images
-    from open_vlm.models.registry import build_model
     from open_vlm.models.losses import next_token_loss_sum
+    from open_vlm.models.registry import build_model
 
     torch.manual_seed(0)
     bundle = build_model(ModelConfig(kind="paligemma", config="configs/models/paligemma_tiny.yaml"), word_tokenizer)
