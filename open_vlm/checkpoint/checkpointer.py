@@ -202,6 +202,8 @@ class Checkpointer:
         if future is not None:
             future.result()
         _barrier()
+        if os.environ.get("OPEN_VLM_CRASH_BEFORE_COMMIT") == name:  # fault injection for the atomicity tests
+            os._exit(137)
         if _rank() == 0:
             self._commit(staging, name)
             self.prune()

@@ -18,7 +18,7 @@ import fsspec
 import yaml
 
 from open_vlm.config.env import EnvConfig, apply_process_env, load_env_config, run_defaults
-from open_vlm.config.schema import CHOICES, RunConfig, SourceConfig
+from open_vlm.config.schema import CHOICES, RunConfig, SourceConfig, data_task
 from open_vlm.data.catalog import CatalogError, resolve_sources
 
 
@@ -217,7 +217,7 @@ def load_run_config(argv: list[str], env: EnvConfig | None = None) -> RunConfig:
 def _resolve_datasets(cfg: RunConfig) -> None:
     """Fill `dataset:` sources from the catalog and check each source fits `data.task` (reads no shards)."""
     try:
-        resolve_sources(cfg.data)
+        resolve_sources(cfg.data, task=data_task(cfg))
     except CatalogError as err:
         raise ConfigError(str(err)) from err
 

@@ -155,3 +155,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.schedule": ("cosine", "linear", "constant", "inverse_sqrt"),
     "logging.wandb.mode": ("online", "offline", "disabled"),
 }
+
+# The data task (processor) each model kind trains on unless `data.task` names another.
+MODEL_TASKS: dict[str, str] = {"paligemma": "prefix_lm", "vlm": "chat_lm", "siglip": "contrastive", "lxmert": "lxmert"}
+
+
+def data_task(cfg: RunConfig) -> str:
+    """The run's data task: `data.task`, or the model kind's own."""
+    return cfg.data.task or MODEL_TASKS.get(cfg.model.kind, "prefix_lm")

@@ -196,8 +196,11 @@ def _fill_from_catalog(source: SourceConfig, catalog: Catalog, where: str) -> li
     return entry.tasks
 
 
-def resolve_sources(data: DataConfig, repo_dir: Path | None = None) -> None:
-    """Fill `dataset:` sources from the catalog, then check every source fits `data.task` (`CatalogError`)."""
+def resolve_sources(data: DataConfig, repo_dir: Path | None = None, task: str | None = None) -> None:
+    """Fill `dataset:` sources from the catalog, then check every source fits the run's task (`CatalogError`).
+
+    `task` is the run's data task (`data.task`, or the model kind's own when that is empty)."""
+    task = task or data.task
 
     def needs_lookup(source: SourceConfig) -> bool:  # a resolved config keeps what it recorded
         return bool(source.dataset) and not (source.catalog_file and source.urls)
@@ -208,7 +211,7 @@ def resolve_sources(data: DataConfig, repo_dir: Path | None = None) -> None:
     for i, source in enumerate(data.sources):
         where = f"data.sources[{i}]"
         tasks = _fill_from_catalog(source, catalog, where) if needs_lookup(source) else []
-        problem = fit_problem(source.modality, tasks, data.task)
+        problem = fit_problem(source.modality, tasks, task)
         if problem:
             label = f"dataset {source.dataset!r}" if source.dataset else "source"
-            raise CatalogError(f"{where}: {label} does not fit data.task {data.task}: {problem}")
+            raise CatalogError(f"{where}: {label} does not fit data.task {task}: {problem}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from open_vlm.config.schema import CHOICES
 
-DATA_TASKS: tuple[str, ...] = CHOICES["data.task"]
+DATA_TASKS: tuple[str, ...] = tuple(t for t in CHOICES["data.task"] if t)  # "" means the model's own
 
 # Catalog tasks (what a dataset is meant for) -> the data tasks (processors) that can train on it.
 # Image-caption pairs are also what contrastive (CLIP/SigLIP) training consumes.

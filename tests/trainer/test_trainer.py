@@ -1,0 +1,68 @@
+"""The trainer in process: fp16 + grad scaler overflow handling; SIGTERM → checkpoint and exit 0."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from open_vlm.checkpoint.checkpointer import Checkpointer
+from open_vlm.config.load import load_run_config
+from tests.conftest import REPO
+from tests.trainer.runs import ENV, folder, metrics, write_config
+
+
+def test_fp16_overflow_skips_the_step_and_lowers_the_scale(tmp_path, demo_dir):
+    from open_vlm.trainer.loop import Trainer
+
+    config = write_config(tmp_path, demo_dir, "fp16", train={"precision": "fp16", "max_steps": 4})
+    cfg = load_run_config(["--config", str(config)])
+    trainer = Trainer(cfg, folder(tmp_path, "fp16"))
+    assert trainer.scaler is not None
+    batches = iter(trainer.loader)
+    trainer.train_step([next(batches) for _ in range(trainer.loader.accum_steps)])  # a normal step
+
+    params = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    scale = trainer.scaler.get_scale()
+    victim = next(p for p in trainer.model.parameters() if p.requires_grad)
+    handle = victim.register_hook(lambda g: torch.full_like(g, float("inf")))
+    result = trainer.train_step([next(batches) for _ in range(trainer.loader.accum_steps)])
+    handle.remove()
+    assert result.skipped
+    assert trainer.scaler.get_scale() < scale
+    for name, p in trainer.model.named_parameters():
+        assert torch.equal(p.detach(), params[name]), f"{name} changed in a skipped step"
+
+    result = trainer.train_step([next(batches) for _ in range(trainer.loader.accum_steps)])
+    assert not result.skipped and torch.isfinite(torch.tensor(result.loss))
+    assert any(not torch.equal(p.detach(), params[n]) for n, p in trainer.model.named_parameters())
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_exits_0(tmp_path, demo_dir):
+    config = write_config(tmp_path, demo_dir, "term", train={"max_steps": 10_000})
+    metrics_path = folder(tmp_path, "term") / "metrics.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "open_vlm.train", "--config", str(config)],
+        cwd=REPO,
+        env={**os.environ, **ENV},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if metrics_path.exists() and len(metrics_path.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    assert "SIGTERM" in err
+    last_step = metrics(tmp_path, "term")[-1]["step"]
+    saved = Checkpointer(str(folder(tmp_path, "term") / "checkpoints")).list_complete()
+    assert [step for step, _ in saved] == [last_step]
+    assert 3 <= last_step < 10_000
