@@ -60,6 +60,33 @@ def train(config: Path, *overrides: str, procs: int = 1, env: dict | None = None
     return out
 
 
+def descendants(pid: int) -> list[int]:
+    """All processes below `pid` (torchrun starts its workers in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and everything below it, at once (a machine dying, as far as the run can tell)."""
+    for victim in [pid, *descendants(pid)]:
+        try:
+            os.kill(victim, 9)
+        except ProcessLookupError:
+            pass
+
+
 def train_until_killed(config: Path, metrics_path: Path, kill_after: int, *overrides: str, procs: int = 1, env=None):
     """Start training and SIGKILL the whole process group once `kill_after` steps are logged."""
     args = [*TORCHRUN, f"--nproc_per_node={procs}"] if procs > 1 else []
@@ -74,7 +101,7 @@ def train_until_killed(config: Path, metrics_path: Path, kill_after: int, *overr
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if metrics_path.exists() and len(metrics_path.read_text().splitlines()) >= kill_after:
-            os.killpg(proc.pid, 9)
+            kill_tree(proc.pid)
             break
         time.sleep(0.02)
     proc.wait()

@@ -1,0 +1,100 @@
+"""Exact and elastic resume under real torchrun (2 gloo ranks), local and on S3."""
+
+import shutil
+
+import fsspec
+import pytest
+import s3fs
+import torch
+
+from open_vlm.checkpoint.checkpointer import Checkpointer
+from open_vlm.checkpoint.model_io import load_model_from_checkpoint
+from tests.trainer.runs import folder, metrics, train, train_until_killed, write_config
+
+EXACT_KEYS = ("loss", "lr", "grad_norm", "samples_seen", "tokens_seen")
+
+
+def two_sources(demo_dir):
+    urls = str(demo_dir / "demo-{000000..000003}.tar")
+    return [
+        {"name": "shapes_a", "urls": [urls], "weight": 0.7},
+        {"name": "shapes_b", "urls": [urls], "weight": 0.3},
+    ]
+
+
+def assert_same_steps(reference, resumed, steps):
+    ref = {m["step"]: m for m in reference}
+    got = {m["step"]: m for m in resumed}
+    assert sorted(got) == sorted(ref)
+    for step in steps:
+        for key in EXACT_KEYS:
+            assert got[step][key] == ref[step][key], (step, key, got[step][key], ref[step][key])
+
+
+def kill_and_resume(tmp, demo_dir, name, ckpt_dir, procs=2, **sections):
+    """Uninterrupted run vs SIGKILL after step 6 + resume from step 4 (12 steps, checkpoints every 4)."""
+    sections.setdefault("train", {}).update(max_steps=12)
+    sections.setdefault("checkpoint", {}).update(every_steps=4)
+    full = write_config(tmp, demo_dir, name + "_full", **sections)
+    train(full, procs=procs)
+    sections["checkpoint"] = {**sections["checkpoint"], "dir": ckpt_dir}
+    config = write_config(tmp, demo_dir, name, **sections)
+    train_until_killed(config, folder(tmp, name) / "metrics.jsonl", 6, procs=procs)
+    checkpointer = Checkpointer(ckpt_dir)
+    for step, url in checkpointer.list_complete():  # as if the crash came right after step 4's save
+        if step > 4:
+            fs, path = fsspec.core.url_to_fs(url)
+            fs.rm(path, recursive=True)
+    assert [s for s, _ in checkpointer.list_complete()] == [4]
+    out = train(config, procs=procs)
+    assert "resumed from" in out.stderr and "step_00000004" in out.stderr
+    assert_same_steps(metrics(tmp, name + "_full"), metrics(tmp, name), range(1, 13))
+
+
+@pytest.mark.slow
+def test_exact_resume_ddp_two_sources(tmp_path, demo_dir):
+    kill_and_resume(
+        tmp_path, demo_dir, "ddp", str(tmp_path / "ckpt_ddp"),
+        train={"strategy": "ddp"}, data={"sources": two_sources(demo_dir), "num_workers": 1},
+    )
+
+
+@pytest.mark.slow
+def test_exact_resume_on_s3_with_fp16_fsdp(tmp_path, demo_dir, s3_bucket):
+    kill_and_resume(
+        tmp_path, demo_dir, "s3", f"s3://{s3_bucket}/run/checkpoints",
+        train={"strategy": "fsdp", "precision": "fp16"}, data={"sources": two_sources(demo_dir)},
+    )
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.mark.slow
+def test_elastic_resume_2_to_1_and_3(tmp_path, demo_dir):
+    base = {"train": {"strategy": "ddp", "max_steps": 3, "global_batch_size": 12}, "data": {"batch_size": 2}}
+    config = write_config(tmp_path, demo_dir, "elastic", **base, checkpoint={"dir": str(tmp_path / "ck2")})
+    train(config, procs=2)
+    saved_step, saved = Checkpointer(str(tmp_path / "ck2")).list_complete()[-1]
+    reference = load_model_from_checkpoint(saved)[0].model.state_dict()
+    for procs, strategy in ((1, "single"), (3, "fsdp")):
+        ckdir = tmp_path / f"ck{procs}"
+        shutil.copytree(tmp_path / "ck2", ckdir)
+        name = f"elastic{procs}"
+        cfg = write_config(
+            tmp_path, demo_dir, name,
+            train={**base["train"], "strategy": strategy, "max_steps": 5}, data=base["data"],
+            checkpoint={"dir": str(ckdir), "every_steps": 0},
+        )
+        out = train(cfg, procs=procs)
+        assert f"resumed from {ckdir}/step_{saved_step:08d}" in out.stderr
+        steps = [m["step"] for m in metrics(tmp_path, name)]
+        assert steps == [4, 5]
+        assert metrics(tmp_path, name)[-1]["samples_seen"] == 5 * 12
+    # The state loaded at another world size is the saved one, bit for bit.
+    from open_vlm.checkpoint.dcp_io import load_model_weights
+
+    model = load_model_from_checkpoint(saved)[0].model
+    for p in model.parameters():
+        p.data.zero_()
+    load_model_weights(saved, model)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, reference[key]), key
