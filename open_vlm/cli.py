@@ -1,4 +1,4 @@
-"""The `open-vlm` command: train, eval, view, generate, export, config, data."""
+"""The `open-vlm` command: train, eval, extract, view, generate, export, config, data."""
 
 from __future__ import annotations
 
@@ -7,14 +7,24 @@ import json
 import sys
 
 NOT_BUILT = {
-    "eval": "held-out loss/perplexity and classification metrics",
     "export": "export to stock transformers folders",
-    "extract": "feature extraction to region_features shards",
 }
 
 
 def _train(argv: list[str]) -> int:
     from open_vlm.train import main
+
+    return main(argv)
+
+
+def _extract(argv: list[str]) -> int:
+    from open_vlm.extract.run import main
+
+    return main(argv)
+
+
+def _eval(argv: list[str]) -> int:
+    from open_vlm.evaluation.run import main
 
     return main(argv)
 
@@ -25,11 +35,13 @@ def _view(argv: list[str]) -> int:
     )
     parser.add_argument("path")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--out", default=None, help="region_features shard: where to write the boxes PNG")
+    parser.add_argument("--index", type=int, default=0, help="region_features shard: which sample to draw")
     args = parser.parse_args(argv)
     from open_vlm.view import render, view
 
     try:
-        info = view(args.path)
+        info = view(args.path, boxes_png=args.out, index=args.index)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -105,7 +117,9 @@ def _data(argv: list[str]) -> int:
 
 COMMANDS = {
     "train": (_train, "train a model: same as python -m open_vlm.train"),
-    "view": (_view, "show a shard, manifest, run folder or checkpoint"),
+    "eval": (_eval, "evaluate a model: classification metrics (eval.kind)"),
+    "extract": (_extract, "extract region/grid features into region_features shards"),
+    "view": (_view, "show a shard, manifest, run folder or checkpoint (draws extracted boxes)"),
     "generate": (_generate, "answer a prompt about an image from a checkpoint"),
     "config": (_config, "show or set the environment config (output root, S3 endpoint, wandb)"),
     "data": (_data, "the dataset catalog: list, show, add, verify"),

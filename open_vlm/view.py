@@ -12,11 +12,18 @@ from open_vlm.data.manifest import read_manifest
 from open_vlm.data.shards import iter_tar_samples, open_url
 
 
-def view_shard(url: str, limit: int = 5) -> dict:
+def view_shard(url: str, limit: int = 5, boxes_png: str | None = None, index: int = 0) -> dict:
+    """Counts, fields and the first samples; for a `region_features` shard that kept its images, sample `index`
+    with its boxes drawn is written to a PNG (`boxes_png`, default in the temp dir) and its path returned."""
     suffixes: Counter[str] = Counter()
     keys, count, errors = [], 0, []
+    drawn = None
     with open_url(url) as stream:
         for sample in iter_tar_samples(stream, url, on_error=lambda kind, where, err: errors.append(str(err))):
+            if count == index and "boxes.npy" in sample:
+                from open_vlm.extract.draw import draw_sample_png
+
+                drawn = draw_sample_png(sample, url, boxes_png)
             count += 1
             suffixes.update(k for k in sample if not k.startswith("__"))
             if len(keys) < limit:
@@ -35,6 +42,7 @@ def view_shard(url: str, limit: int = 5) -> dict:
         "fields": dict(suffixes),
         "first": keys,
         "errors": errors,
+        **({"boxes_png": drawn} if drawn else {}),
     }
 
 
@@ -70,11 +78,11 @@ def view_run(path: str) -> dict:
     }
 
 
-def view(path: str) -> dict:
+def view(path: str, boxes_png: str | None = None, index: int = 0) -> dict:
     fs, root = fsspec.core.url_to_fs(path)
     root = root.rstrip("/")
     if path.endswith((".tar", ".tar.gz", ".tgz")):
-        return view_shard(path)
+        return view_shard(path, boxes_png=boxes_png, index=index)
     if path.endswith(".json") and not fs.isdir(root):
         return view_manifest(path)
     if fs.exists(f"{root}/{MARKER}") or fs.exists(f"{root}/meta.json"):
@@ -92,6 +100,8 @@ def render(info: dict) -> str:
         lines.append(f"  {info['num_samples']} samples; fields: {info['fields']}")
         lines += [f"  {s}" for s in info["first"]]
         lines += [f"  error: {e}" for e in info["errors"]]
+        if info.get("boxes_png"):
+            lines.append(f"  boxes drawn: {info['boxes_png']}")
     elif kind == "manifest":
         lines.append(f"  {info['num_shards']} shards, {info['num_samples']} samples")
         lines += [f"  {s['url']}: {s['num_samples']} samples, {s['size']} bytes" for s in info["shards"][:20]]

@@ -136,6 +136,57 @@ class LoggingConfig:
 
 
 @dataclass
+class RegionExtractorConfig:
+    """`extract.extractor region`: a torchvision Faster R-CNN; K RoI-pooled features per image."""
+
+    backbone: str = "resnet50_fpn"  # resnet50_fpn | resnet18_fpn | mobilenet_v3_large_fpn
+    weights: str | None = None  # state dict (.pt/.pth/.safetensors), local or s3://; None: random init (tests)
+    num_classes: int = 91  # including background (COCO: 91)
+    representation_size: int = 1024  # box-head width: the feature size D when feature=box_head
+    feature: str = "box_head"  # box_head: the fc7 features | roi_pool: RoIAlign output averaged (D = FPN width)
+    min_size: int = 600  # the detector's resize (shorter side), as bottom-up-attention
+    max_size: int = 1000
+    score_thresh: float = 0.2  # a region survives with a class score >= this after per-class NMS
+    nms_iou: float = 0.5  # first NMS IoU threshold; raised by nms_iou_step toward 1.0 until K survive
+    nms_iou_step: float = 0.1
+    rpn_pre_nms_top_n: int = 6000  # proposals per level before the RPN's NMS
+    rpn_post_nms_top_n: int = 300  # proposals kept after it (the candidates for the K regions)
+    rpn_nms_thresh: float = 0.7
+
+
+@dataclass
+class ExtractConfig:
+    """`open-vlm extract`: image shards in, `region_features` shards (+ manifest) out."""
+
+    extractor: str = "region"  # region (Faster R-CNN) | grid (the `model` section's SigLIP/CLIP patches)
+    urls: list[str] = field(default_factory=list)  # input image shards, brace-expandable, local or s3://
+    out: str = ""  # output folder, local or s3://: one shard per input shard (same file name) + manifest.json
+    num_regions: int = 36  # K boxes per image (region); grid gives one per patch
+    batch_size: int = 4  # images per forward pass (batches never span shards: resumed output is identical)
+    device: str = "auto"  # auto | cpu | cuda
+    keep_image: bool = False  # store the source image bytes in the output samples (open-vlm view draws boxes)
+    strip_leading_zeros: bool = False  # image_id "000000397133" -> "397133" (keys are never changed)
+    seed: int = 0  # random init of an extractor without weights
+    region: RegionExtractorConfig = field(default_factory=RegionExtractorConfig)
+
+
+@dataclass
+class EvalConfig:
+    """`open-vlm eval`: `kind` picks the evaluation (open_vlm/evaluation/run.py registry)."""
+
+    kind: str = "classification"
+    task: str = "zero_shot"  # zero_shot (siglip/clip + class names) | vqa (lxmert QA head, class_names = answers)
+    class_names: list[str] = field(default_factory=list)
+    prompt: str = "a photo of a {}."  # zero_shot: text per class
+    label_field: str = "label"  # json field with the label: a class name, an index, or a list (multi_label)
+    question_field: str = "question"  # vqa: json field with the question; falls back to the caption
+    multi_label: bool = False  # sigmoid(score) >= threshold per class instead of the argmax
+    threshold: float = 0.5
+    max_samples: int = 0  # 0: every sample of data.sources
+    num_regions: int = 36  # vqa: regions per image fed to LXMERT
+
+
+@dataclass
 class RunConfig:
     run: RunSection = field(default_factory=RunSection)
     data: DataConfig = field(default_factory=DataConfig)
@@ -144,6 +195,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -154,6 +207,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.frozen_dtype": ("fp32", "bf16"),
     "optim.schedule": ("cosine", "linear", "constant", "inverse_sqrt"),
     "logging.wandb.mode": ("online", "offline", "disabled"),
+    "extract.extractor": ("region", "grid"),
+    "extract.device": ("auto", "cpu", "cuda"),
+    "extract.region.feature": ("box_head", "roi_pool"),
+    "eval.task": ("zero_shot", "vqa"),
 }
 
 # The data task (processor) each model kind trains on unless `data.task` names another.

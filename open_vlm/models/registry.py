@@ -79,4 +79,4 @@ def build_model(cfg: ModelConfig, tokenizer=None) -> ModelBundle:
 
 
 def _import_builders() -> None:
-    from open_vlm.models import lxmert, paligemma, siglip, vlm  # noqa: F401  (each registers itself)
+    from open_vlm.models import clip, lxmert, paligemma, siglip, vlm  # noqa: F401  (each registers itself)

@@ -84,14 +84,14 @@ class LxmertProcessor:
         candidates[0] = candidates[-1] = False
         rng = seeded_rng(self.seed, "mlm", sample["__key__"])
         masked, labels = mask_tokens(ids, candidates, rng, self.mask_id, self.random_ids, self.mlm_prob)
-        out = {"input_ids": masked, "token_type_ids": torch.zeros_like(ids), "masked_lm_labels": labels}
+        out = {"input_ids": masked, "token_type_ids": torch.zeros_like(ids), "labels": labels}
         out.update(pad_regions(sample["features"], sample["boxes"], self.num_regions))
         return out
 
 
 def unmasked_ids(sample: dict) -> torch.Tensor:
     """The text ids before MLM corruption (the labels hold the originals where tokens were picked)."""
-    labels = sample["masked_lm_labels"]
+    labels = sample["labels"]
     return torch.where(labels != IGNORE, labels, sample["input_ids"])
 
 
@@ -99,7 +99,7 @@ def unmasked_ids(sample: dict) -> torch.Tensor:
 class LxmertCollator:
     """Draws ITM negatives, pads text to the longest (or a multiple), stacks regions.
 
-    Batch: `input_ids`, `token_type_ids`, `attention_mask`, `masked_lm_labels` (-100 on padding),
+    Batch: `input_ids`, `token_type_ids`, `attention_mask`, `labels` (-100 on padding),
     `visual_feats` (B, K, D), `visual_pos` (B, K, 4), `visual_attention_mask` (B, K), `matched_label` (B,),
     `num_tokens` (real text tokens), `num_supervised` (MLM targets; MLM has no next-token shift).
     """
@@ -130,15 +130,15 @@ class LxmertCollator:
             if j is not None:  # the other caption, uncorrupted and without MLM targets
                 s["input_ids"] = originals[j]
                 s["token_type_ids"] = samples[j]["token_type_ids"]
-                s["masked_lm_labels"] = torch.full_like(originals[j], IGNORE)
+                s["labels"] = torch.full_like(originals[j], IGNORE)
             mixed.append(s)
-        pad_values = {"input_ids": self.pad_id, "token_type_ids": 0, "masked_lm_labels": IGNORE}
+        pad_values = {"input_ids": self.pad_id, "token_type_ids": 0, "labels": IGNORE}
         stack = ("visual_feats", "visual_pos", "visual_attention_mask", "matched_label")
         collate = SequenceCollator(
             pad_values,
             "right",
             self.pad_to_multiple,
-            label_key="masked_lm_labels",
+            label_key="labels",
             shift_labels=False,
             stack_keys=stack,
         )

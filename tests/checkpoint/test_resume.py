@@ -54,16 +54,24 @@ def kill_and_resume(tmp, demo_dir, name, ckpt_dir, procs=2, **sections):
 @pytest.mark.slow
 def test_exact_resume_ddp_two_sources(tmp_path, demo_dir):
     kill_and_resume(
-        tmp_path, demo_dir, "ddp", str(tmp_path / "ckpt_ddp"),
-        train={"strategy": "ddp"}, data={"sources": two_sources(demo_dir), "num_workers": 1},
+        tmp_path,
+        demo_dir,
+        "ddp",
+        str(tmp_path / "ckpt_ddp"),
+        train={"strategy": "ddp"},
+        data={"sources": two_sources(demo_dir), "num_workers": 1},
     )
 
 
 @pytest.mark.slow
 def test_exact_resume_on_s3_with_fp16_fsdp(tmp_path, demo_dir, s3_bucket):
     kill_and_resume(
-        tmp_path, demo_dir, "s3", f"s3://{s3_bucket}/run/checkpoints",
-        train={"strategy": "fsdp", "precision": "fp16"}, data={"sources": two_sources(demo_dir)},
+        tmp_path,
+        demo_dir,
+        "s3",
+        f"s3://{s3_bucket}/run/checkpoints",
+        train={"strategy": "fsdp", "precision": "fp16"},
+        data={"sources": two_sources(demo_dir)},
     )
     s3fs.S3FileSystem.clear_instance_cache()
 
@@ -80,8 +88,11 @@ def test_elastic_resume_2_to_1_and_3(tmp_path, demo_dir):
         shutil.copytree(tmp_path / "ck2", ckdir)
         name = f"elastic{procs}"
         cfg = write_config(
-            tmp_path, demo_dir, name,
-            train={**base["train"], "strategy": strategy, "max_steps": 5}, data=base["data"],
+            tmp_path,
+            demo_dir,
+            name,
+            train={**base["train"], "strategy": strategy, "max_steps": 5},
+            data=base["data"],
             checkpoint={"dir": str(ckdir), "every_steps": 0},
         )
         out = train(cfg, procs=procs)

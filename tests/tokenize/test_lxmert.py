@@ -21,9 +21,9 @@ def test_masks_are_a_pure_function_of_seed_and_key(word_tokenizer):
     proc = LxmertProcessor(word_tokenizer, num_regions=4, max_len=42, seed=7)
     a, again = proc(sample("k1")), LxmertProcessor(word_tokenizer, num_regions=4, max_len=42, seed=7)(sample("k1"))
     assert all(torch.equal(a[k], again[k]) for k in a)
-    assert not torch.equal(a["masked_lm_labels"], proc(sample("k2"))["masked_lm_labels"])
+    assert not torch.equal(a["labels"], proc(sample("k2"))["labels"])
     other_seed = LxmertProcessor(word_tokenizer, num_regions=4, max_len=42, seed=8)(sample("k1"))
-    assert not torch.equal(a["masked_lm_labels"], other_seed["masked_lm_labels"])
+    assert not torch.equal(a["labels"], other_seed["labels"])
 
 
 def test_masking_rules_and_80_10_10_rates(word_tokenizer):
@@ -33,7 +33,7 @@ def test_masking_rules_and_80_10_10_rates(word_tokenizer):
     picked = masked = replaced = 0
     for i in range(200):
         out = proc(sample(f"key{i}"))
-        ids, labels = out["input_ids"], out["masked_lm_labels"]
+        ids, labels = out["input_ids"], out["labels"]
         assert ids[0] == CLS and ids[-1] == SEP and labels[0] == IGNORE and labels[-1] == IGNORE
         chosen = labels != IGNORE
         assert torch.equal(labels[chosen], original[chosen])  # targets are the original tokens
@@ -70,7 +70,7 @@ def test_itm_negatives_take_another_caption_deterministically(word_tokenizer):
     originals = [[CLS, *words(t), SEP] for t in texts]
     batch = LxmertCollator(PAD, seed=3, negative_prob=1.0)(samples)
     assert batch["matched_label"].tolist() == [0, 0, 0, 0]
-    assert batch["num_supervised"] == 0 and (batch["masked_lm_labels"] == IGNORE).all()
+    assert batch["num_supervised"] == 0 and (batch["labels"] == IGNORE).all()
     for row in range(4):
         n = int(batch["attention_mask"][row].sum())
         text = batch["input_ids"][row, :n].tolist()
@@ -79,7 +79,7 @@ def test_itm_negatives_take_another_caption_deterministically(word_tokenizer):
 
     matched = LxmertCollator(PAD, negative_prob=0.0)(samples)
     assert matched["matched_label"].tolist() == [1, 1, 1, 1]
-    assert matched["num_supervised"] == sum(int((s["masked_lm_labels"] != IGNORE).sum()) for s in samples)
+    assert matched["num_supervised"] == sum(int((s["labels"] != IGNORE).sum()) for s in samples)
 
     draws = [LxmertCollator(PAD, seed=s)(samples)["matched_label"].tolist() for s in range(8)]
     assert draws[0] == LxmertCollator(PAD, seed=0)(samples)["matched_label"].tolist()
@@ -111,6 +111,6 @@ def test_batch_feeds_transformers_lxmert(word_tokenizer):
     batch = LxmertCollator(PAD, seed=1)(batch_samples(word_tokenizer, ["a red square", "a blue circle", "the top"]))
     keys = ("input_ids", "token_type_ids", "attention_mask", "visual_feats", "visual_pos", "visual_attention_mask")
     out = LxmertForPreTraining(config)(
-        **{k: batch[k] for k in keys}, masked_lm_labels=batch["masked_lm_labels"], matched_label=batch["matched_label"]
+        **{k: batch[k] for k in keys}, labels=batch["labels"], matched_label=batch["matched_label"]
     )
     assert torch.isfinite(out.loss)

@@ -1,0 +1,1 @@
+"""Evaluation (`open-vlm eval`): kinds in a registry (`run.py`), classification metrics, reports and plots."""

@@ -1,0 +1,98 @@
+"""`open-vlm eval --config X.yaml [--kind KIND]`: evaluation kinds in a registry (`eval.kind`).
+
+A kind is `fn(cfg, run_folder) -> summary dict`; `classification` is built in. Another kind (held-out loss /
+perplexity) registers itself with `@register_eval_kind("loss")` and is listed in `_import_kinds`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from open_vlm.config.load import ConfigError, dump_config, load_run_config
+from open_vlm.config.schema import RunConfig
+from open_vlm.runfolder import run_dir, setup_logging
+
+log = logging.getLogger("open_vlm.eval")
+
+EvalKind = Callable[[RunConfig, Path], dict]
+_KINDS: dict[str, EvalKind] = {}
+
+
+def register_eval_kind(name: str) -> Callable[[EvalKind], EvalKind]:
+    def add(fn: EvalKind) -> EvalKind:
+        _KINDS[name] = fn
+        return fn
+
+    return add
+
+
+def eval_kinds() -> list[str]:
+    return sorted(_KINDS)
+
+
+@register_eval_kind("classification")
+def run_classification(cfg: RunConfig, folder: Path) -> dict:
+    """Predict, score (metrics.py), write `eval-<task>.{json,txt,png}` in the run folder, log to wandb."""
+    import torch
+
+    from open_vlm.evaluation.classify import decide, predict
+    from open_vlm.evaluation.metrics import multi_label_report, single_label_report
+    from open_vlm.evaluation.report import log_wandb, render_table, write_report
+
+    options = cfg.eval
+    device = torch.device("cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu")
+    torch.manual_seed(cfg.train.seed)  # a model built from model.config alone is then the same every time
+    preds = predict(cfg, device)
+    if not preds.keys:
+        raise ValueError(f"no labelled samples to evaluate (skipped: {dict(preds.skipped)})")
+    scores = np.stack(preds.scores)
+    predicted = decide(scores, options.multi_label, options.threshold)
+    if options.multi_label:
+        report = multi_label_report(np.stack(preds.labels), predicted, options.class_names)
+    else:
+        report = single_label_report(np.array(preds.labels), predicted, options.class_names)
+    report.update(kind="classification", task=options.task, skipped=dict(preds.skipped))
+    paths = write_report(report, folder, f"eval-{options.task}")
+    wandb_dir = log_wandb(cfg, report, paths, folder)
+    return {
+        "report": report,
+        "paths": {k: str(v) for k, v in paths.items()},
+        "wandb": wandb_dir,
+        "table": render_table(report),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--kind" in argv:  # shorthand for --eval.kind
+        argv[argv.index("--kind")] = "--eval.kind"
+    try:
+        cfg = load_run_config(argv)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    kind = cfg.eval.kind
+    if kind not in _KINDS:
+        close = difflib.get_close_matches(kind, eval_kinds(), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        print(f"error: eval.kind: unknown kind '{kind}'{hint} (known: {eval_kinds()})", file=sys.stderr)
+        return 2
+    folder = run_dir(cfg.run.output_dir, cfg.run.project, cfg.run.name)
+    setup_logging(folder, cfg.run.project, "eval", cfg.logging.level)
+    (folder / "config.yaml").write_text(dump_config(cfg))
+    try:
+        summary = _KINDS[kind](cfg, folder)
+    except (ValueError, FileNotFoundError) as err:
+        log.error("%s", err)
+        return 2
+    if "table" in summary:
+        print(summary["table"])
+    for name, path in summary.get("paths", {}).items():
+        print(f"{name}: {path}")
+    return 0
