@@ -29,8 +29,8 @@ demo: $(BASE) $(DEMO_DATA)
 	$(VENV)/bin/open-vlm generate --checkpoint runs/demo/tiny-paligemma --image data/demo/examples/*.jpg
 
 lint: $(DEV)
-	$(VENV)/bin/ruff check open_vlm launch tools tests bench
-	$(VENV)/bin/ruff format --check open_vlm launch tools tests bench
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: $(DEV) lint
 	$(PY) -m pytest -q

@@ -200,7 +200,7 @@ def resolve_sources(data: DataConfig, repo_dir: Path | None = None, task: str | 
     """Fill `dataset:` sources from the catalog, then check every source fits the run's task (`CatalogError`).
 
     `task` is the run's data task (`data.task`, or the model kind's own when that is empty)."""
-    task = task or data.task
+    task = task or data.task or "prefix_lm"  # callers without a run config: the default model's task
 
     def needs_lookup(source: SourceConfig) -> bool:  # a resolved config keeps what it recorded
         return bool(source.dataset) and not (source.catalog_file and source.urls)

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 class StepResult:
     loss: float  # mean over the global batch
     grad_norm: float
+    lr: float  # the learning rate this step used (first parameter group)
     samples: int  # this rank's samples
     tokens: int  # this rank's real tokens
     skipped: bool = False  # fp16 overflow: the optimizer step was skipped
@@ -224,6 +225,7 @@ class Trainer:
         if scaler is not None:
             scaler.unscale_(self.optimizer)
         grad_norm = strategy.clip_grad_norm(self.model, self.cfg.optim.grad_clip)
+        lr = self.optimizer.param_groups[0]["lr"]
         if scaler is not None:
             scaler.step(self.optimizer)
             scaler.update()
@@ -235,6 +237,7 @@ class Trainer:
         return StepResult(
             loss=all_reduce_sum(float(total), self.info.device),
             grad_norm=grad_norm,
+            lr=lr,
             samples=sum(len(b["__meta__"]) for b in micro_batches),
             tokens=sum(b["num_tokens"] for b in micro_batches),
             skipped=skipped,
@@ -292,7 +295,7 @@ class Trainer:
         return {
             "step": self.step,
             "loss": result.loss,
-            "lr": self.scheduler.get_last_lr()[0],
+            "lr": result.lr,
             "grad_norm": result.grad_norm,
             "samples_seen": self.samples_seen,
             "tokens_seen": self.tokens_seen,
