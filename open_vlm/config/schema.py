@@ -174,7 +174,11 @@ class ExtractConfig:
 class EvalConfig:
     """`open-vlm eval`: `kind` picks the evaluation (open_vlm/evaluation/run.py registry)."""
 
-    kind: str = "classification"
+    kind: str = "classification"  # classification | loss (held-out loss / perplexity, retrieval for contrastive)
+    every_steps: int = 0  # during training: held-out loss every N steps (0: off)
+    sources: list[SourceConfig] = field(default_factory=list)  # held-out shards (default for `eval`: data.sources)
+    max_batches: int = 16  # held-out global batches per evaluation (0: one pass over eval.sources' first epoch)
+    checkpoint: str | None = None  # `open-vlm eval --checkpoint`: the checkpoint / run folder to evaluate
     task: str = "zero_shot"  # zero_shot (siglip/clip + class names) | vqa (lxmert QA head, class_names = answers)
     class_names: list[str] = field(default_factory=list)
     prompt: str = "a photo of a {}."  # zero_shot: text per class

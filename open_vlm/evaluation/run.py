@@ -68,10 +68,39 @@ def run_classification(cfg: RunConfig, folder: Path) -> dict:
     }
 
 
+@register_eval_kind("loss")
+def run_heldout(cfg: RunConfig, folder: Path) -> dict:
+    """Held-out loss / perplexity (retrieval R@k for contrastive models) of `eval.checkpoint`."""
+    import json
+
+    import torch
+
+    from open_vlm.checkpoint.model_io import load_model_from_checkpoint
+    from open_vlm.evaluation.heldout import HeldOutEvaluator
+
+    if not cfg.eval.checkpoint:
+        raise ValueError("eval.kind loss needs a checkpoint: --checkpoint PATH (a checkpoint or run folder)")
+    bundle, tokenizer, trained = load_model_from_checkpoint(cfg.eval.checkpoint)
+    # Tokenization and loss as in training; the shards and batch count as this invocation says.
+    trained.eval.sources = cfg.eval.sources or cfg.data.sources or trained.eval.sources
+    trained.eval.max_batches = cfg.eval.max_batches
+    device = torch.device("cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu")
+    result = HeldOutEvaluator(trained, bundle, tokenizer).evaluate(bundle.model.to(device), device)
+    report = {"kind": "loss", "checkpoint": cfg.eval.checkpoint, **result}
+    path = folder / "eval-loss.json"
+    path.write_text(json.dumps(report, indent=1))
+    table = "\n".join(f"{k:24s} {v:.6g}" for k, v in result.items())
+    return {"report": report, "paths": {"json": str(path)}, "table": table}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--kind" in argv:  # shorthand for --eval.kind
         argv[argv.index("--kind")] = "--eval.kind"
+    if "--checkpoint" in argv:  # shorthand for --eval.checkpoint; without a kind it means held-out loss
+        argv[argv.index("--checkpoint")] = "--eval.checkpoint"
+        if "--eval.kind" not in argv:
+            argv += ["--eval.kind", "loss"]
     try:
         cfg = load_run_config(argv)
     except ConfigError as err:

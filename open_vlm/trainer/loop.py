@@ -82,6 +82,11 @@ class Trainer:
             cfg.checkpoint.dir or str(run_folder / "checkpoints"), cfg.checkpoint.keep_last
         )
         self.metrics = MetricsLogger(cfg, run_folder, enabled=self.info.is_main)
+        self.evaluator = None
+        if cfg.eval.every_steps:
+            from open_vlm.evaluation.heldout import HeldOutEvaluator
+
+            self.evaluator = HeldOutEvaluator(cfg, self.bundle, self.tokenizer, self.info.rank, self.info.world)
         self.step = self.samples_seen = self.tokens_seen = 0
 
     def _build_loader(self):
@@ -269,8 +274,9 @@ class Trainer:
                 window.samples += result.samples
                 window.tokens += result.tokens
                 self.metrics.step(self.step)
-                if self.step % every_log == 0 or self.step == cfg.train.max_steps:
-                    self.metrics.log(self._record(result, window))
+                evaluated = self._maybe_evaluate()
+                if evaluated or self.step % every_log == 0 or self.step == cfg.train.max_steps:
+                    self.metrics.log({**self._record(result, window), **evaluated})
                     window.reset()
                 # Collective decisions: any rank's stop signal, rank 0's clock for timed saves.
                 if all_reduce_sum(float(stop.requested), self.info.device) > 0:
@@ -289,6 +295,13 @@ class Trainer:
             stop.uninstall()
             self.metrics.close()
         return reason
+
+    def _maybe_evaluate(self) -> dict:
+        every = self.cfg.eval.every_steps
+        if self.evaluator is None or self.step % every:
+            return {}
+        device = self.info.device
+        return self.evaluator.evaluate(self.model, device, all_reduce=lambda v: all_reduce_sum(v, device))
 
     def _record(self, result: StepResult, window: ThroughputWindow) -> dict:
         elapsed = window.elapsed()

@@ -1,0 +1,111 @@
+"""Held-out evaluation: loss and perplexity on shards the run does not train on; retrieval for contrastive.
+
+The held-out order is the loader's, seeded by the run seed, so every evaluation sees the same batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+
+import torch
+
+from open_vlm.config.schema import RunConfig
+from open_vlm.data.build import build_loader
+from open_vlm.data.decode import normalize_images
+from open_vlm.models.losses import build_loss
+from open_vlm.tokenize.registry import build_processor, task_options
+
+log = logging.getLogger(__name__)
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device)
+            if key == "pixel_values" and value.dtype == torch.uint8:
+                value = normalize_images(value)
+        out[key] = value
+    return out
+
+
+def recall_at_k(image: torch.Tensor, text: torch.Tensor, ks=(1, 5, 10)) -> dict[str, float]:
+    """Image→text and text→image recall@k for paired, L2-normalised features (row i matches row i)."""
+    sims = image @ text.T
+    target = torch.arange(len(sims))
+    out = {}
+    for name, matrix in (("image_to_text", sims), ("text_to_image", sims.T)):
+        ranks = (matrix > matrix[target, target][:, None]).sum(dim=1)  # how many beat the true pair
+        for k in ks:
+            out[f"{name}_r@{k}"] = float((ranks < k).float().mean())
+    return out
+
+
+class HeldOutEvaluator:
+    """Mean loss (and perplexity for next-token losses) over `eval.max_batches` held-out global batches."""
+
+    def __init__(self, cfg: RunConfig, bundle, tokenizer, rank: int = 0, world: int = 1):
+        self.cfg, self.bundle = cfg, bundle
+        sources = cfg.eval.sources or cfg.data.sources
+        if not sources:
+            raise ValueError("eval.sources (or data.sources) is empty: nothing to evaluate on")
+        data = dataclasses.replace(cfg.data, sources=sources, num_workers=min(cfg.data.num_workers, 1))
+        task = cfg.data.task or bundle.task
+        options = task_options(
+            task,
+            num_image_tokens=bundle.num_image_tokens,
+            max_len=cfg.data.max_text_len,
+            prompt=cfg.data.prompt,
+            pad_to_multiple=cfg.data.pad_to_multiple,
+            seed=cfg.train.seed,
+        )
+        processor, collator = build_processor(task, tokenizer, **options)
+        self.global_batch = data.batch_size * world
+        self.loader = build_loader(
+            data,
+            seed=cfg.train.seed,
+            global_batch=self.global_batch,
+            image_size=bundle.image_size,
+            process=processor,
+            collate=collator,
+            rank=rank,
+            world=world,
+        )
+        self.start = self.loader.local_state_dict()  # every evaluation replays the same batches
+        self.loss_fn = build_loss(cfg.train.loss, rank=rank, world_size=world)
+        self.num_batches = cfg.eval.max_batches or max(1, self.loader_samples() // self.global_batch)
+
+    def loader_samples(self) -> int:
+        return min(src.manifest.num_samples for src in self.loader.sources)
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, device: torch.device, all_reduce=lambda x: x) -> dict[str, float]:
+        """Evaluate `model` (wrapped or not); `all_reduce` sums a number over ranks."""
+        was_training = model.training
+        model.eval()
+        total = count = 0.0
+        features: dict[str, list[torch.Tensor]] = {"image": [], "text": []}
+        self.loader.load_state_dict(self.start)
+        batches = iter(self.loader)
+        for _ in range(self.num_batches):
+            batch = _to_device(next(batches), device)
+            outputs = self.bundle.forward(model, batch)
+            out = self.loss_fn(outputs, batch)
+            weight = out.count if out.reduction == "sum" else 1
+            total += float(out.loss) if out.reduction == "sum" else float(out.loss)
+            count += weight
+            if "image_features" in outputs:
+                features["image"].append(torch.nn.functional.normalize(outputs["image_features"].float(), dim=-1))
+                features["text"].append(torch.nn.functional.normalize(outputs["text_features"].float(), dim=-1))
+        if was_training:
+            model.train()
+        total, count = all_reduce(total), all_reduce(count)
+        loss = total / max(count, 1.0)
+        result = {"eval_loss": loss}
+        if self.cfg.train.loss == "next_token":
+            result["eval_perplexity"] = math.exp(min(loss, 50.0))
+        if features["image"]:
+            result.update(recall_at_k(torch.cat(features["image"]), torch.cat(features["text"])))
+        return result
