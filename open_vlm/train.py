@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from open_vlm.config.load import ConfigError, load_run_config
+from open_vlm.config.load import ConfigError, ignored_keys, load_run_config
 from open_vlm.data.version import DataVersionError
 from open_vlm.runfolder import run_dir, setup_logging
 
@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     folder = run_dir(cfg.run.output_dir, cfg.run.project, cfg.run.name)
     log_path = setup_logging(folder, cfg.run.project, "train", cfg.logging.level)
     log.info("run folder %s (log %s)", folder, log_path)
+    ignored = ignored_keys(argv, "train")
+    if ignored:
+        log.warning("train ignores these config keys: %s", ", ".join(ignored))
 
     from open_vlm.checkpoint.resume import ResumeRefused
     from open_vlm.trainer.loop import Trainer  # heavy imports after the config is known to be good

@@ -191,6 +191,25 @@ def _check_choices(cfg: RunConfig) -> None:
             source.urls = [source.urls]
 
 
+# Sections each command does not read: setting keys there is allowed (one file serves several commands)
+# but worth a warning, since it changes nothing.
+IGNORED_SECTIONS = {
+    "train": ("extract",),
+    "eval": ("optim", "extract"),
+    "extract": ("optim", "checkpoint", "eval"),
+}
+
+
+def ignored_keys(argv: list[str], command: str) -> list[str]:
+    """The keys given in the config file or on the command line that `command` does not read."""
+    config_path, overrides = split_args(argv)
+    values = read_yaml(config_path) if config_path else {}
+    given = [f"{section}.{key}" for section, body in values.items() if isinstance(body, dict) for key in body]
+    given += [a[2:].split("=", 1)[0] for a in overrides if a.startswith("--")]
+    skip = IGNORED_SECTIONS.get(command, ())
+    return sorted({key for key in given if key.split(".", 1)[0] in skip})
+
+
 def load_run_config(argv: list[str], env: EnvConfig | None = None) -> RunConfig:
     """Resolve the run config from `--config FILE` and overrides in `argv`."""
     env = load_env_config() if env is None else env

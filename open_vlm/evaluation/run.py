@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from open_vlm.config.load import ConfigError, dump_config, load_run_config
+from open_vlm.config.load import ConfigError, dump_config, ignored_keys, load_run_config
 from open_vlm.config.schema import RunConfig
 from open_vlm.runfolder import run_dir, setup_logging
 
@@ -114,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     folder = run_dir(cfg.run.output_dir, cfg.run.project, cfg.run.name)
     setup_logging(folder, cfg.run.project, "eval", cfg.logging.level)
+    ignored = ignored_keys(argv, "eval")
+    if ignored:
+        log.warning("eval ignores these config keys: %s", ", ".join(ignored))
     (folder / "config.yaml").write_text(dump_config(cfg))
     try:
         summary = _KINDS[kind](cfg, folder)

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from open_vlm.config.load import ConfigError, dump_config, load_run_config
+from open_vlm.config.load import ConfigError, dump_config, ignored_keys, load_run_config
 from open_vlm.config.schema import RunConfig
 from open_vlm.data.decode import IMAGE_SUFFIXES, SampleError, decode_text
 from open_vlm.data.manifest import read_manifest, write_manifest
@@ -188,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     folder = run_dir(cfg.run.output_dir, cfg.run.project, cfg.run.name)
     setup_logging(folder, cfg.run.project, "extract", cfg.logging.level, rank=rank)
+    ignored = ignored_keys(argv, "extract")
+    if ignored:
+        log.warning("extract ignores these config keys: %s", ", ".join(ignored))
     if rank == 0:
         (folder / "config.yaml").write_text(dump_config(cfg))
     if world > 1 and not torch.distributed.is_initialized():

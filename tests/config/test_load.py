@@ -95,3 +95,15 @@ def test_cli_exit_code_and_message(tmp_path):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_run_config(["--config", str(tmp_path / "nope.yaml")])
+
+
+def test_ignored_keys_are_named(tmp_path):
+    from open_vlm.config.load import ignored_keys
+
+    path = write(tmp_path, {"optim": {"lr": 0.1}, "train": {"seed": 1}, "extract": {"num_regions": 4}})
+    assert ignored_keys(["--config", path, "--checkpoint.every_steps", "3"], "extract") == [
+        "checkpoint.every_steps",
+        "optim.lr",
+    ]
+    assert ignored_keys(["--config", path], "eval") == ["extract.num_regions", "optim.lr"]
+    assert ignored_keys(["--config", path], "train") == ["extract.num_regions"]
