@@ -25,6 +25,7 @@ def resume_fingerprint(cfg: RunConfig) -> dict:
             for s in cfg.data.sources
         ],
         "data.num_streams": cfg.data.num_streams,
+        "data.mixing": cfg.data.mixing,
         "data.shuffle_window": cfg.data.shuffle_window,
         "model.kind": cfg.model.kind,
     }

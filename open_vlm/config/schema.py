@@ -45,6 +45,9 @@ class DataConfig:
     prompt: str = "caption en"  # prefix used for image-caption samples
     max_text_len: int = 32  # max tokens of prefix + suffix (image tokens excluded)
     shuffle_window: int = 32  # samples per seeded shuffle window inside a shard piece
+    # batch: each step's global batch from one source | sample: sources mixed per sample (all sources feed
+    # data.task, so their samples batch together)
+    mixing: str = "batch"
     num_streams: int = 64  # canonical streams P per source (fixed per run; ranks x workers should divide it)
     strict: bool = False  # fail on the first bad shard/sample instead of skipping it
     # processor + collator (open_vlm/tokenize/registry.py); "" = the model's own task. Sources may be pretokenized.
@@ -206,6 +209,7 @@ class RunConfig:
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.task": ("", "prefix_lm", "chat_lm", "causal_lm", "contrastive", "lxmert"),
     "train.strategy": ("single", "ddp", "fsdp"),
+    "data.mixing": ("batch", "sample"),
     "train.precision": ("fp32", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
     "model.frozen_dtype": ("fp32", "bf16"),

@@ -78,5 +78,6 @@ def build_loader(
         window=cfg.shuffle_window,
         image_size=image_size,
         strict=cfg.strict,
+        mix_per_sample=cfg.mixing == "sample",
     )
     return ShardLoader(sources, settings, process, collate)

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from open_vlm.data.consumed import consumed_record
 from open_vlm.data.decode import decode_sample
 from open_vlm.data.manifest import ShardManifest
-from open_vlm.data.order import MixSchedule, SourceOrder, StreamCursor, rank_positions
+from open_vlm.data.order import MixSchedule, SourceOrder, StreamCursor
 from open_vlm.data.stream import StreamReader
 from open_vlm.data.version import check_versions, manifest_version
 
@@ -50,6 +50,7 @@ class LoaderSettings:
     image_size: int = 224
     strict: bool = False
     prefetch_factor: int = 4
+    mix_per_sample: bool = False  # mix sources per sample (same modality) instead of per batch
 
     def check(self) -> None:
         per_rank, rest = divmod(self.global_batch, self.world)
@@ -96,13 +97,11 @@ class _RankSamples(IterableDataset):
         readers: dict[tuple[int, int], StreamReader] = {}
         i, step = 0, st.step
         while True:
-            src = schedule.pick(step, taken)
-            taken[src] += 1
-            for j in rank_positions(positions[src], s.global_batch, s.rank, s.world):
+            plan = schedule.global_batch(step, taken, positions, s.global_batch, s.mix_per_sample)
+            for src, j in plan[s.rank :: s.world]:  # rank r takes every R-th sample of the global batch
                 if i % workers == worker:
                     yield self._make(src, j, readers)
                 i += 1
-            positions[src] += s.global_batch
             step += 1
 
     def _reader(self, src: int, stream: int, readers: dict) -> StreamReader:
@@ -201,16 +200,16 @@ class ShardLoader:
         """Micro-batches; after each group of `accum_steps`, the state has advanced by one step."""
         samples = iter(self._dataloader())
         s = self.settings
+        schedule = MixSchedule([x.weight for x in self.sources])
         while True:
-            src = MixSchedule([x.weight for x in self.sources]).pick(self.state.step, self.state.batches_taken)
             for micro_step in range(self.accum_steps):
                 micro = [next(samples) for _ in range(s.micro_batch)]
                 for sample in micro:
                     self._account(sample["__meta__"])
                 if micro_step == self.accum_steps - 1:  # the step's data is all taken: advance first
-                    self.state.batches_taken[src] += 1
-                    self.state.positions[src] += s.global_batch
-                    self.state.step += 1
+                    st = self.state
+                    schedule.global_batch(st.step, st.batches_taken, st.positions, s.global_batch, s.mix_per_sample)
+                    st.step += 1
                 yield self.collate(micro)
 
     def _account(self, meta: dict) -> None:
@@ -247,9 +246,9 @@ class ShardLoader:
         return local
 
     def load_state_dict(self, sd: dict, allow_data_change: bool = False) -> None:
-        for key in ("seed", "num_streams", "window", "global_batch", "sources"):
+        for key in ("seed", "num_streams", "window", "global_batch", "sources", "mixing"):
             mine = self.state_dict_header()[key]
-            if sd[key] != mine:
+            if sd.get(key, "batch" if key == "mixing" else None) != mine:
                 raise ValueError(f"data state was saved with {key}={sd[key]!r}, this run has {mine!r}")
         # catalog: refuse a source whose dataset version changed (DataVersionError), unless allowed
         check_versions(sd, self.state_dict_header(), allow_data_change)
@@ -265,6 +264,7 @@ class ShardLoader:
             "global_batch": self.settings.global_batch,
             "sources": [src.name for src in self.sources],
             "versions": list(self.versions),  # catalog: dataset version per source
+            "mixing": "sample" if self.settings.mix_per_sample else "batch",
         }
 
     def consumed(self, state: dict | None = None) -> list[dict]:

@@ -130,6 +130,28 @@ class MixSchedule:
         deficits = [w * (step + 1) - taken for w, taken in zip(self.weights, batches_taken)]
         return int(np.argmax(deficits))  # ties → lowest index
 
+    def global_batch(
+        self, step: int, batches_taken: list[int], positions: list[int], size: int, per_sample: bool = False
+    ) -> list[tuple[int, int]]:
+        """(source, source position) of each sample of step `step`'s global batch; advances the counters.
+
+        Per batch (default): the whole batch from the source with the largest batch deficit. Per sample: each
+        sample from the source with the largest sample deficit (exact to one sample over any prefix)."""
+        if not per_sample:
+            src = self.pick(step, batches_taken)
+            batches_taken[src] += 1
+            start = positions[src]
+            positions[src] += size
+            return [(src, start + t) for t in range(size)]
+        out = []
+        total = sum(positions)
+        for _ in range(size):
+            src = int(np.argmax([w * (total + 1) - n for w, n in zip(self.weights, positions)]))
+            out.append((src, positions[src]))
+            positions[src] += 1
+            total += 1
+        return out
+
     def sources(self, start_step: int, batches_taken: list[int], num_steps: int) -> list[int]:
         taken = list(batches_taken)
         out = []
@@ -138,8 +160,3 @@ class MixSchedule:
             taken[s] += 1
             out.append(s)
         return out
-
-
-def rank_positions(start: int, global_batch: int, rank: int, world: int) -> range:
-    """Source positions a rank takes from a global batch that starts at source position `start`."""
-    return range(start + rank, start + global_batch, world)

@@ -130,3 +130,21 @@ def test_consumed_record_counts_what_was_read(two_sources):
         assert c["complete"] == (c["samples_read"] >= c["num_samples"])
     state = loader.state_dict()
     assert by_source["a"] == state["positions"][0] and by_source["b"] == state["positions"][1]
+
+
+def test_per_sample_mixing_resumes_exactly_and_mixes_within_batches(two_sources):
+    loader = make_loader(two_sources, mix_per_sample=True, num_workers=2)
+    it = iter(loader)
+    reference, states = [], []
+    for _ in range(30):
+        states.append(loader.state_dict())
+        reference.append([next(it) for _ in range(loader.accum_steps)])
+    sources = [s for step in reference for b in step for s in b["sources"]]
+    assert abs(sources.count("a") / len(sources) - 0.7) <= 1 / len(sources) + 1e-9
+    assert any(len(set(b["sources"])) == 2 for step in reference for b in step)  # mixed inside a batch
+    fresh = make_loader(two_sources, mix_per_sample=True)
+    fresh.load_state_dict(states[11])
+    got = take(fresh, 2 * 10)
+    assert [b["keys"] for b in got] == [b["keys"] for step in reference[11:21] for b in step]
+    with pytest.raises(ValueError, match="mixing"):
+        make_loader(two_sources).load_state_dict(states[11])

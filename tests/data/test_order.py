@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from open_vlm.data.manifest import ShardInfo, ShardManifest
-from open_vlm.data.order import MixSchedule, SourceOrder, StreamCursor, rank_positions, source_pieces
+from open_vlm.data.order import MixSchedule, SourceOrder, StreamCursor, source_pieces
 
 
 def manifest(counts):
@@ -99,8 +99,21 @@ def test_schedule_resumes_from_counts():
     assert schedule.sources(20, taken, 30) == full[20:]
 
 
-def test_rank_positions_partition_a_global_batch():
-    for world in (1, 2, 3, 4):
-        parts = [list(rank_positions(24, 12, r, world)) for r in range(world)]
-        assert sorted(sum(parts, [])) == list(range(24, 36))
-        assert len({len(p) for p in parts}) == 1
+def test_global_batch_plans_per_batch_and_per_sample():
+    schedule = MixSchedule([0.7, 0.2, 0.1])
+    taken, positions = [0, 0, 0], [0, 0, 0]
+    plan = schedule.global_batch(0, taken, positions, 12)
+    assert plan == [(0, t) for t in range(12)] and taken == [1, 0, 0] and positions == [12, 0, 0]
+    for world in (1, 2, 3, 4):  # rank shares partition the batch and are equally long
+        parts = [plan[r::world] for r in range(world)]
+        assert sorted(sum(parts, [])) == plan and len({len(p) for p in parts}) == 1
+    taken, positions = [0, 0, 0], [0, 0, 0]
+    picks = []
+    for step in range(84):  # 1,008 samples
+        plan = schedule.global_batch(step, taken, positions, 12, per_sample=True)
+        picks += [src for src, _ in plan]
+    counts = np.zeros(3)
+    for n, src in enumerate(picks):
+        counts[src] += 1
+        assert np.all(np.abs(counts - np.array(schedule.weights) * (n + 1)) < 1.0 + 1e-9)  # exact to a sample
+    assert positions == [int(c) for c in counts] and taken == [0, 0, 0]
