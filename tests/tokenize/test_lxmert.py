@@ -108,7 +108,10 @@ def test_batch_feeds_transformers_lxmert(word_tokenizer):
         task_obj_predict=False,
         task_qa=False,
     )
-    batch = LxmertCollator(PAD, seed=1)(batch_samples(word_tokenizer, ["a red square", "a blue circle", "the top"]))
+    texts = ["a red square on the left", "a blue circle on the right", "the top left green triangle"]
+    batch = LxmertCollator(PAD, seed=1)(batch_samples(word_tokenizer, texts))
+    # HF's MLM term is a mean over masked tokens (NaN with none; our `lxmert` loss guards that case).
+    assert (batch["labels"] != -100).any()
     keys = ("input_ids", "token_type_ids", "attention_mask", "visual_feats", "visual_pos", "visual_attention_mask")
     out = LxmertForPreTraining(config)(
         **{k: batch[k] for k in keys}, labels=batch["labels"], matched_label=batch["matched_label"]
