@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from open_vlm.config.schema import OptimConfig
+from open_vlm.models.freeze import owner_group
 
 
 def warmup_steps(cfg: OptimConfig, max_steps: int) -> int:
@@ -31,16 +32,6 @@ def lr_factor(step: int, max_steps: int, cfg: OptimConfig) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))  # cosine
 
 
-def _group_of(name: str, groups: dict[str, list[str]], wanted: dict[str, float]) -> str | None:
-    """The most specific wanted group whose prefixes match `name`."""
-    best, best_len = None, -1
-    for group in wanted:
-        for prefix in groups.get(group, []):
-            if name.startswith(prefix) and len(prefix) > best_len:
-                best, best_len = group, len(prefix)
-    return best
-
-
 def param_groups(model: nn.Module, cfg: OptimConfig, groups: dict[str, list[str]] | None = None) -> list[dict]:
     """Trainable parameters split by (LR group, decay): no weight decay on biases, norms and embeddings."""
     groups = groups or {}
@@ -53,7 +44,8 @@ def param_groups(model: nn.Module, cfg: OptimConfig, groups: dict[str, list[str]
             continue
         clean = name.replace("_orig_mod.", "").replace("module.", "", 1)
         decay = not (param.ndim < 2 or "embed" in clean or "norm" in clean)
-        buckets.setdefault((_group_of(clean, groups, cfg.group_lr), decay), []).append(param)
+        group = owner_group(clean, {g: groups[g] for g in cfg.group_lr})
+        buckets.setdefault((None if group == "other" else group, decay), []).append(param)
     out = []
     for (group, decay), params in sorted(buckets.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
         out.append(
