@@ -12,6 +12,7 @@ Local checkpoints are staged in `.step_<N>.partial-*` and renamed into place; re
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -58,6 +59,7 @@ def _broadcast(value):
     return box[0]
 
 
+@functools.cache  # the code this process runs does not change under it; saves a subprocess per save
 def git_sha() -> str | None:
     try:
         out = subprocess.run(
@@ -68,6 +70,7 @@ def git_sha() -> str | None:
         return None
 
 
+@functools.cache  # ~80 ms of metadata parsing that would otherwise stall every (async) save
 def library_versions() -> dict:
     import importlib.metadata as md
 
@@ -184,7 +187,7 @@ class Checkpointer:
         if _rank() == 0:
             write_bytes(f"{staging}/extra.pt", torch_bytes(extra))
             write_bytes(f"{staging}/data.json", json.dumps(data_state).encode())
-            full_meta = {**meta, "step": step, "git_sha": git_sha(), "versions": library_versions()}
+            full_meta = {**meta, "step": step, "git_sha": git_sha(), "versions": dict(library_versions())}
             write_bytes(f"{staging}/meta.json", json.dumps(full_meta, indent=1, sort_keys=True).encode())
             for rel, data in files.items():
                 write_bytes(f"{staging}/{rel}", data)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import posixpath
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
@@ -94,15 +95,28 @@ def describe_shard(url: str) -> ShardInfo:
     return ShardInfo(url=url, num_samples=count, size=stream.size, checksum=f"md5:{stream.md5.hexdigest()}", etag=etag)
 
 
-def build_manifest(urls: list[str], workers: int = 8) -> ShardManifest:
-    """Describe every shard in parallel (I/O bound: threads), keeping the given order."""
+def build_manifest(
+    urls: list[str], workers: int = 8, on_shard: Callable[[ShardInfo], None] | None = None
+) -> ShardManifest:
+    """Describe every shard in parallel (I/O bound: threads), keeping the given order.
+
+    `on_shard` is called with each shard's info as soon as it is done (progress reporting)."""
+
+    def describe(url: str) -> ShardInfo:
+        info = describe_shard(url)
+        if on_shard is not None:
+            on_shard(info)
+        return info
+
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(urls)))) as pool:
-        return ShardManifest(list(pool.map(describe_shard, urls)))
+        return ShardManifest(list(pool.map(describe, urls)))
 
 
-def write_manifest(urls: list[str], out: str, workers: int = 8) -> ShardManifest:
+def write_manifest(
+    urls: list[str], out: str, workers: int = 8, on_shard: Callable[[ShardInfo], None] | None = None
+) -> ShardManifest:
     """Build a manifest and write it to `out` (local or fsspec URL); URLs next to it are stored relative."""
-    manifest = build_manifest(urls, workers)
+    manifest = build_manifest(urls, workers, on_shard)
     base = posixpath.dirname(str(out))
     with fsspec.open(str(out), "w") as f:
         f.write(manifest.to_json(relative_to=base))

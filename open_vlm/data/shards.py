@@ -52,6 +52,82 @@ def split_key(name: str) -> tuple[str, str]:
     return name[:dot], name[dot + 1 :].lower()
 
 
+_BLOCK = 512
+_FILE_TYPES = (b"0", b"\0", b"7")  # regular files, as tarfile's isfile()
+
+
+def _header_ok(header: bytes) -> bool:
+    try:
+        stored = int(header[148:156].rstrip(b" \0") or b"0", 8)
+    except ValueError:
+        return False
+    unsigned = sum(header) - sum(header[148:156]) + 8 * 32
+    return stored == unsigned
+
+
+def _pax_path(data: bytes) -> str | None:
+    """The `path` record of a pax extended header (records are "<len> key=value\n")."""
+    pos = 0
+    while pos < len(data):
+        space = data.find(b" ", pos)
+        if space < 0:
+            return None
+        length = int(data[pos:space])
+        key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
+        if key == b"path":
+            return value.decode("utf-8")
+        pos += length
+    return None
+
+
+def seek_to_sample(stream: IO[bytes], index: int) -> bool:
+    """Position a seekable tar stream at the header of sample `index` (0-based), reading headers only.
+
+    Groups members into samples exactly as `iter_tar_samples` does. Returns False (the stream position is
+    then undefined) for anything unusual — GNU long names, sparse files, a bad checksum, the end of the
+    archive, a compressed tar — so the caller falls back to reading the samples in order.
+    """
+    key: str | None = None
+    seen = 0
+    pending_name: str | None = None
+    start = stream.tell()
+    while True:
+        offset = stream.tell()
+        header = stream.read(_BLOCK)
+        if len(header) < _BLOCK or header == bytes(_BLOCK) or not _header_ok(header):
+            return False
+        kind = header[156:157]
+        try:
+            size = int(header[124:136].rstrip(b" \0") or b"0", 8)
+        except ValueError:
+            return False
+        padded = -(-size // _BLOCK) * _BLOCK
+        if kind == b"x":  # pax header for the next member: it may carry the real path
+            data = stream.read(padded)[:size]
+            try:
+                pending_name = _pax_path(data)
+            except ValueError:
+                return False
+            continue
+        if kind not in _FILE_TYPES and kind not in (b"1", b"2", b"3", b"4", b"5", b"6"):
+            return False  # GNU long names/sparse, global pax headers...: leave it to tarfile
+        name = pending_name
+        if name is None:
+            name = header[0:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            prefix = header[345:500].split(b"\0", 1)[0] if header[257:262] == b"ustar" else b""
+            if prefix:
+                name = prefix.decode("utf-8", "surrogateescape") + "/" + name
+        pending_name = None
+        if kind in _FILE_TYPES:
+            member_key, suffix = split_key(name)
+            if suffix and not member_key.split("/")[-1].startswith("__") and member_key != key:
+                if seen == index:
+                    stream.seek(offset)
+                    return stream.tell() > start or index == 0
+                key, seen = member_key, seen + 1
+        stream.seek(padded, 1)
+
+
 def iter_tar_samples(
     stream: IO[bytes], url: str, on_error: Callable[[str, str, Exception], None] | None = None
 ) -> Iterator[dict]:

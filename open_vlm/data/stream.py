@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from open_vlm.data.decode import SampleError
 from open_vlm.data.order import SourceOrder, StreamCursor
-from open_vlm.data.shards import iter_tar_samples, open_url
+from open_vlm.data.shards import iter_tar_samples, open_url, seek_to_sample
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,13 @@ class StreamOutput:
     cursor: StreamCursor  # the stream's cursor after this output
     sample: dict  # decoded sample
     holes: list[Hole]  # slots skipped since the previous output of this stream
+
+
+def _seekable(stream) -> bool:
+    try:
+        return bool(stream.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 class StreamReader:
@@ -125,8 +132,15 @@ class StreamReader:
             return
         errors: list[Exception] = []
         with stream:
+            skip = start
+            if start > 0 and _seekable(stream):
+                # Jump to the piece by reading tar headers only; anything unusual re-reads from the start.
+                if seek_to_sample(stream, start):
+                    skip = 0
+                else:
+                    stream.seek(0)
             samples = iter_tar_samples(stream, url, on_error=lambda kind, where, err: errors.append(err))
-            for sample in itertools.islice(samples, start, end):
+            for sample in itertools.islice(samples, skip, skip + expected):
                 produced += 1
                 yield sample
         if produced < expected:
