@@ -90,6 +90,7 @@ def seek_to_sample(stream: IO[bytes], index: int) -> bool:
     key: str | None = None
     seen = 0
     pending_name: str | None = None
+    pending_offset = 0  # where the pax header of the next member starts: a seek must land there
     start = stream.tell()
     while True:
         offset = stream.tell()
@@ -108,10 +109,12 @@ def seek_to_sample(stream: IO[bytes], index: int) -> bool:
                 pending_name = _pax_path(data)
             except ValueError:
                 return False
+            pending_offset = offset
             continue
         if kind not in _FILE_TYPES and kind not in (b"1", b"2", b"3", b"4", b"5", b"6"):
             return False  # GNU long names/sparse, global pax headers...: leave it to tarfile
         name = pending_name
+        member_offset = offset if name is None else pending_offset
         if name is None:
             name = header[0:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
             prefix = header[345:500].split(b"\0", 1)[0] if header[257:262] == b"ustar" else b""
@@ -122,7 +125,7 @@ def seek_to_sample(stream: IO[bytes], index: int) -> bool:
             member_key, suffix = split_key(name)
             if suffix and not member_key.split("/")[-1].startswith("__") and member_key != key:
                 if seen == index:
-                    stream.seek(offset)
+                    stream.seek(member_offset)
                     return stream.tell() > start or index == 0
                 key, seen = member_key, seen + 1
         stream.seek(padded, 1)
