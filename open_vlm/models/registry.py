@@ -22,7 +22,9 @@ ForwardFn = Callable[[nn.Module, Mapping[str, torch.Tensor]], Outputs]
 def lm_forward(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> Outputs:
     """Forward of a (vision-)language model: the batch's model inputs in, `{"logits": ...}` out."""
     keys = ("input_ids", "token_type_ids", "attention_mask", "pixel_values")
-    return {"logits": model(**{k: batch[k] for k in keys if k in batch}).logits}
+    # No KV cache in training/eval forwards: it costs memory, and recomputed (checkpointed) layers would
+    # append to it twice.
+    return {"logits": model(**{k: batch[k] for k in keys if k in batch}, use_cache=False).logits}
 
 
 @dataclass
