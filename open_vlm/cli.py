@@ -6,9 +6,7 @@ import argparse
 import json
 import sys
 
-NOT_BUILT = {
-    "export": "export to stock transformers folders",
-}
+NOT_BUILT: dict[str, str] = {}
 
 
 def _train(argv: list[str]) -> int:
@@ -51,7 +49,7 @@ def _view(argv: list[str]) -> int:
 
 def _generate(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="open-vlm generate", description="Answer a prompt about an image.")
-    parser.add_argument("--checkpoint", required=True, help="checkpoint, checkpoint dir or run folder (local or s3://)")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint, run folder or exported folder (or s3://)")
     parser.add_argument("--image", required=True, nargs="+", help="image file(s); several make a batch")
     parser.add_argument("--prompt", default=None, help="default: the prompt the model was trained with")
     parser.add_argument("--max-new-tokens", type=int, default=20)
@@ -59,27 +57,56 @@ def _generate(argv: list[str]) -> int:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=None, help="sampling seed (same seed, same answers)")
+    parser.add_argument("--no-cache", action="store_true", help="recompute every position each step (slow)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    from open_vlm.inference.generate import Generator
+    from open_vlm.inference.wrapper import OpenVLM
 
     try:
-        generator = Generator.from_checkpoint(args.checkpoint, device=args.device)
-    except FileNotFoundError as err:
+        model = OpenVLM.from_pretrained(args.checkpoint, device=args.device)
+        answers = model.generate(
+            args.image,
+            [args.prompt] * len(args.image) if args.prompt else None,
+            max_new_tokens=args.max_new_tokens,
+            do_sample=args.sample,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            seed=args.seed,
+            use_cache=not args.no_cache,
+        )
+    except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    answers = generator.generate(
-        args.image,
-        [args.prompt] * len(args.image) if args.prompt else None,
-        max_new_tokens=args.max_new_tokens,
-        do_sample=args.sample,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-    )
     for image, answer in zip(args.image, answers):
         print(f"{image}: {answer}")
     return 0
+
+
+def _export(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="open-vlm export", description="Write a checkpoint as a folder stock transformers loads."
+    )
+    parser.add_argument("checkpoint", help="checkpoint, checkpoint dir or run folder (local or s3://)")
+    parser.add_argument("out_dir", help="output folder (local or s3://)")
+    parser.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="default: as trained")
+    args = parser.parse_args(argv)
+    from open_vlm.inference.export import export
+
+    try:
+        folder = export(args.checkpoint, args.out_dir, args.dtype)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"exported {args.checkpoint} to {folder}")
+    return 0
+
+
+def _embed(argv: list[str]) -> int:
+    from open_vlm.inference.embed import main
+
+    return main(argv)
 
 
 def _config(argv: list[str]) -> int:
@@ -121,6 +148,8 @@ COMMANDS = {
     "extract": (_extract, "extract region/grid features into region_features shards"),
     "view": (_view, "show a shard, manifest, run folder or checkpoint (draws extracted boxes)"),
     "generate": (_generate, "answer a prompt about an image from a checkpoint"),
+    "export": (_export, "write a checkpoint as a stock transformers folder (+ tokenizer, processor)"),
+    "embed": (_embed, "image or text embeddings of a siglip/clip checkpoint"),
     "config": (_config, "show or set the environment config (output root, S3 endpoint, wandb)"),
     "data": (_data, "the dataset catalog: list, show, add, verify"),
 }

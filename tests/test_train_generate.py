@@ -140,6 +140,6 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
     assert out.returncode == 2 and "no complete checkpoint" in out.stderr
 
 
-def test_not_built_commands_say_so():
-    out = run_cli("-m", "open_vlm.cli", "export", "x", "y")
-    assert out.returncode == 2 and "not built yet" in out.stderr
+def test_unknown_command_names_the_nearest():
+    out = run_cli("-m", "open_vlm.cli", "exprt", "x", "y")
+    assert out.returncode == 2 and "did you mean 'export'" in out.stderr

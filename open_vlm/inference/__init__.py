@@ -1,0 +1,1 @@
+"""Inference: `OpenVLM` (wrapper.py), decoding (generate.py), export (export.py), embeddings (embed.py)."""

@@ -1,0 +1,39 @@
+"""`open-vlm embed`: L2-normalised image or text embeddings of a contrastive model (siglip, clip) to stdout or .npy."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="open-vlm embed", description="Embed images or texts (siglip, clip).")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint, run folder or exported folder (or s3://)")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--image", nargs="+", help="image file(s)")
+    what.add_argument("--text", nargs="+", help="text(s)")
+    parser.add_argument("--out", default=None, help="write a (N, D) float32 .npy here instead of printing")
+    parser.add_argument("--device", default="cpu")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse(argv)
+    from open_vlm.inference.wrapper import OpenVLM
+
+    try:
+        model = OpenVLM.from_pretrained(args.checkpoint, device=args.device)
+        vectors = model.encode_image(args.image) if args.image else model.encode_text(args.text)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    array = vectors.cpu().numpy().astype(np.float32)
+    if args.out:
+        np.save(args.out, array)
+        print(f"wrote {array.shape[0]}x{array.shape[1]} embeddings to {args.out}")
+        return 0
+    for name, row in zip(args.image or args.text, array):
+        print(f"{name}: {' '.join(f'{x:.6f}' for x in row)}")
+    return 0

@@ -1,0 +1,111 @@
+"""`open-vlm export`: folders that stock transformers classes load (no remote code) with the same outputs as ours."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from open_vlm import OpenVLM
+from open_vlm.inference.wrapper import EXPORT_FILE, load
+from tests.models.conftest import token_ids
+
+ATOL = 1e-5
+
+
+def stock(kind: str):
+    import transformers
+
+    names = {
+        "paligemma": "PaliGemmaForConditionalGeneration",
+        "siglip": "SiglipModel",
+        "lxmert": "LxmertForPreTraining",
+    }
+    return getattr(transformers, names[kind])
+
+
+def assert_plain_transformers_folder(folder):
+    config = json.loads((folder / "config.json").read_text())
+    assert "auto_map" not in config  # nothing for trust_remote_code to run
+    assert [p.name for p in folder.glob("*.safetensors")] == ["model.safetensors"]  # consolidated
+
+
+@pytest.mark.parametrize("kind", ["paligemma", "siglip", "lxmert"])
+def test_stock_class_loads_the_export_with_our_outputs(trained, exported, examples, kind):
+    folder = exported(kind)
+    assert_plain_transformers_folder(folder)
+    theirs = stock(kind).from_pretrained(str(folder), local_files_only=True).eval()
+    ours = load(str(trained(kind))).model.eval()
+    assert type(theirs) is type(ours)
+    info = json.loads((folder / EXPORT_FILE).read_text())
+    assert info["kind"] == kind and info["step"] == 6 and info["source"].endswith("step_00000006")
+    with torch.no_grad():
+        if kind == "lxmert":
+            batch = {
+                "input_ids": token_ids(2, 8, ours.config.vocab_size),
+                "visual_feats": torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(0)),
+                "visual_pos": torch.rand(2, 5, 4, generator=torch.Generator().manual_seed(1)),
+            }
+            a, b = ours(**batch), theirs(**batch)
+            torch.testing.assert_close(a.prediction_logits, b.prediction_logits, atol=ATOL, rtol=0)
+            torch.testing.assert_close(a.cross_relationship_score, b.cross_relationship_score, atol=ATOL, rtol=0)
+            return
+        model = OpenVLM.from_pretrained(trained(kind))
+        pixels = model.processor.pixel_values(examples)
+        if kind == "paligemma":
+            batch = {**model.processor.prompts([None, "caption", None, None]), "pixel_values": pixels}
+            torch.testing.assert_close(theirs(**batch).logits, ours(**batch).logits, atol=ATOL, rtol=0)
+            torch.testing.assert_close(theirs(**batch).logits, model.model(**batch).logits, atol=ATOL, rtol=0)
+        else:
+            batch = {**model.processor.texts(["a red square", "a blue circle on the left"]), "pixel_values": pixels}
+            torch.testing.assert_close(
+                theirs(**batch).logits_per_image, ours(**batch).logits_per_image, atol=ATOL, rtol=0
+            )
+
+
+def test_exported_paligemma_processor_loads_offline(exported, examples):
+    from PIL import Image
+    from transformers import AutoProcessor, PaliGemmaProcessor
+
+    folder = exported("paligemma")
+    processor = AutoProcessor.from_pretrained(str(folder), local_files_only=True)
+    assert isinstance(processor, PaliGemmaProcessor)
+    model = OpenVLM.from_pretrained(folder)
+    settings = model.processor.settings
+    assert processor.image_seq_length == settings.num_image_tokens
+    image = Image.open(examples[0]).convert("RGB").resize((settings.image_size,) * 2)
+    inputs = processor(images=[image], text=["caption en"], return_tensors="pt")
+    # same statistics and size as training: the exact-size image gives the same pixels
+    torch.testing.assert_close(inputs["pixel_values"], model.processor.pixel_values([image]), atol=1e-6, rtol=0)
+    ours = model.processor.prompts(["caption en"])["input_ids"][0].tolist()
+    ids = inputs["input_ids"][0].tolist()
+    assert ids[: settings.num_image_tokens] == ours[: settings.num_image_tokens]  # image tokens, then BOS
+    assert ids[settings.num_image_tokens] == ours[settings.num_image_tokens] == processor.tokenizer.bos_token_id
+
+
+def test_vlm_export(trained, exported, examples):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = exported("vlm")
+    ours = OpenVLM.from_pretrained(trained("vlm"))
+    again = OpenVLM.from_pretrained(folder)
+    assert again.generate_ids(examples, None) == ours.generate_ids(examples, None)
+    lm = AutoModelForCausalLM.from_pretrained(str(folder / "language_model"), local_files_only=True).eval()
+    AutoTokenizer.from_pretrained(str(folder / "language_model"), local_files_only=True)
+    ids = token_ids(2, 9, lm.config.vocab_size)
+    with torch.no_grad():
+        torch.testing.assert_close(lm(ids).logits, ours.model.language_model(ids).logits, atol=ATOL, rtol=0)
+
+
+def test_export_round_trips_through_open_vlm(exported, trained, examples):
+    folder = exported("siglip")
+    a, b = OpenVLM.from_pretrained(folder), OpenVLM.from_pretrained(trained("siglip"))
+    assert a.processor.settings == b.processor.settings
+    np.testing.assert_allclose(a.encode_image(examples), b.encode_image(examples), atol=ATOL)
+
+
+def test_export_of_nothing_is_a_clear_error(tmp_path):
+    from tests.conftest import run_cli
+
+    out = run_cli("-m", "open_vlm.cli", "export", str(tmp_path / "none"), str(tmp_path / "out"))
+    assert out.returncode == 2 and "no complete checkpoint" in out.stderr
