@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-NOT_BUILT: dict[str, str] = {}
+from open_vlm.names import did_you_mean
 
 
 def _train(argv: list[str]) -> int:
@@ -123,10 +123,7 @@ def _config(argv: list[str]) -> int:
         try:
             path = env.set_user_value(args.key, args.value)
         except KeyError:
-            import difflib
-
-            close = difflib.get_close_matches(args.key, env.env_keys(), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
+            hint = did_you_mean(args.key, env.env_keys())
             print(f"error: unknown environment config key '{args.key}'{hint}", file=sys.stderr)
             return 2
         print(f"{args.key} = {args.value} (written to {path})")
@@ -161,18 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: open-vlm COMMAND [ARGS...]\n\ncommands:")
         for name, (_, text) in COMMANDS.items():
             print(f"  {name:10s} {text}")
-        for name, text in NOT_BUILT.items():
-            print(f"  {name:10s} (not built yet) {text}")
         return 0
     command, rest = argv[0], argv[1:]
-    if command in NOT_BUILT:
-        print(f"error: 'open-vlm {command}' ({NOT_BUILT[command]}) is not built yet", file=sys.stderr)
-        return 2
     if command not in COMMANDS:
-        import difflib
-
-        close = difflib.get_close_matches(command, list(COMMANDS) + list(NOT_BUILT), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
+        hint = did_you_mean(command, COMMANDS)
         print(f"error: unknown command '{command}'{hint}", file=sys.stderr)
         return 2
     return COMMANDS[command][0](rest)

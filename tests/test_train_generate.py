@@ -3,9 +3,9 @@
 import json
 
 import pytest
-import yaml
 
 from tests.conftest import REPO, run_cli
+from tests.trainer import runs
 
 METRIC_FIELDS = {
     "step",
@@ -18,28 +18,16 @@ METRIC_FIELDS = {
 }
 
 
-def write_config(tmp_path, demo_dir, name, **train):
-    cfg = {
-        "run": {"project": "t", "name": name, "output_dir": str(tmp_path / "runs")},
-        "data": {
-            "sources": [{"name": "shapes", "urls": [str(demo_dir / "demo-{000000..000003}.tar")], "weight": 1.0}],
-            "batch_size": 4,
-            "max_text_len": 16,
-            "num_streams": 8,
-        },
-        "model": {
-            "kind": "paligemma",
-            "config": str(REPO / "configs/models/paligemma_tiny.yaml"),
-            "tokenizer": str(demo_dir / "tokenizer"),
-        },
-        "optim": {"lr": 3e-3, "warmup_steps": 2},
-        "train": {"seed": 0, "max_steps": 16, **train},
-        "checkpoint": {"every_steps": 4},
-        "logging": {"every_steps": 1},
-    }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+def write_config(tmp_path, demo_dir, name):
+    """16 steps of 4 samples, a checkpoint every 4 steps."""
+    return runs.write_config(
+        tmp_path,
+        demo_dir,
+        name,
+        data={"batch_size": 4},
+        train={"max_steps": 16, "global_batch_size": 4},
+        checkpoint={"every_steps": 4},
+    )
 
 
 def read_metrics(path):

@@ -7,6 +7,7 @@ single), because the state dicts come from `get_state_dict`, which speaks in uns
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 
 import torch.distributed.checkpoint as dcp
@@ -79,6 +80,8 @@ def load_model_weights(url: str, model: nn.Module) -> WeightsReport:
     model_sd = get_model_state_dict(model)
     wanted = {k: v for k, v in model_sd.items() if k in saved}
     report = WeightsReport(len(wanted), sorted(set(model_sd) - saved), sorted(saved - set(model_sd)))
-    dcp.load({"model": wanted}, storage_reader=reader, planner=DefaultLoadPlanner(allow_partial_load=True))
+    with warnings.catch_warnings():  # loading in one process without a process group is the intent here
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load({"model": wanted}, storage_reader=reader, planner=DefaultLoadPlanner(allow_partial_load=True))
     set_model_state_dict(model, wanted, options=StateDictOptions(strict=False))
     return report

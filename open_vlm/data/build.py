@@ -81,3 +81,47 @@ def build_loader(
         mix_per_sample=cfg.mixing == "sample",
     )
     return ShardLoader(sources, settings, process, collate)
+
+
+def build_model_loader(
+    data: DataConfig, *, seed: int, global_batch: int, bundle, tokenizer, rank: int = 0, world: int = 1
+) -> ShardLoader:
+    """A loader over `data` whose samples are tokenized for `bundle`'s task (or `data.task`)."""
+    from open_vlm.tokenize.registry import build_processor, task_options
+
+    task = data.task or bundle.task
+    options = task_options(
+        task,
+        num_image_tokens=bundle.num_image_tokens,
+        max_len=data.max_text_len,
+        prompt=data.prompt,
+        pad_to_multiple=data.pad_to_multiple,
+        seed=seed,
+    )
+    processor, collator = build_processor(task, tokenizer, **options)
+    return build_loader(
+        data,
+        seed=seed,
+        global_batch=global_batch,
+        image_size=bundle.image_size,
+        process=processor,
+        collate=collator,
+        rank=rank,
+        world=world,
+    )
+
+
+def batch_to_device(batch: dict, device) -> dict:
+    """Tensors of a batch on `device`; uint8 images become normalised float pixels there."""
+    import torch
+
+    from open_vlm.data.decode import normalize_images
+
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, non_blocking=True)
+            if key == "pixel_values" and value.dtype == torch.uint8:
+                value = normalize_images(value)
+        out[key] = value
+    return out

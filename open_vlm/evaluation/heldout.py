@@ -12,23 +12,10 @@ import math
 import torch
 
 from open_vlm.config.schema import RunConfig
-from open_vlm.data.build import build_loader
-from open_vlm.data.decode import normalize_images
+from open_vlm.data.build import batch_to_device, build_model_loader
 from open_vlm.models.losses import build_loss
-from open_vlm.tokenize.registry import build_processor, task_options
 
 log = logging.getLogger(__name__)
-
-
-def _to_device(batch: dict, device: torch.device) -> dict:
-    out = {}
-    for key, value in batch.items():
-        if isinstance(value, torch.Tensor):
-            value = value.to(device)
-            if key == "pixel_values" and value.dtype == torch.uint8:
-                value = normalize_images(value)
-        out[key] = value
-    return out
 
 
 def recall_at_k(image: torch.Tensor, text: torch.Tensor, ks=(1, 5, 10)) -> dict[str, float]:
@@ -52,24 +39,13 @@ class HeldOutEvaluator:
         if not sources:
             raise ValueError("eval.sources (or data.sources) is empty: nothing to evaluate on")
         data = dataclasses.replace(cfg.data, sources=sources, num_workers=min(cfg.data.num_workers, 1))
-        task = cfg.data.task or bundle.task
-        options = task_options(
-            task,
-            num_image_tokens=bundle.num_image_tokens,
-            max_len=cfg.data.max_text_len,
-            prompt=cfg.data.prompt,
-            pad_to_multiple=cfg.data.pad_to_multiple,
-            seed=cfg.train.seed,
-        )
-        processor, collator = build_processor(task, tokenizer, **options)
         self.global_batch = data.batch_size * world
-        self.loader = build_loader(
+        self.loader = build_model_loader(
             data,
             seed=cfg.train.seed,
             global_batch=self.global_batch,
-            image_size=bundle.image_size,
-            process=processor,
-            collate=collator,
+            bundle=bundle,
+            tokenizer=tokenizer,
             rank=rank,
             world=world,
         )
@@ -90,7 +66,7 @@ class HeldOutEvaluator:
         self.loader.load_state_dict(self.start)
         batches = iter(self.loader)
         for _ in range(self.num_batches):
-            batch = _to_device(next(batches), device)
+            batch = batch_to_device(next(batches), device)
             outputs = self.bundle.forward(model, batch)
             out = self.loss_fn(outputs, batch)
             weight = out.count if out.reduction == "sum" else 1

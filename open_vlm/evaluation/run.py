@@ -6,7 +6,6 @@ perplexity) registers itself with `@register_eval_kind("loss")` and is listed in
 
 from __future__ import annotations
 
-import difflib
 import logging
 import sys
 from collections.abc import Callable
@@ -16,6 +15,7 @@ import numpy as np
 
 from open_vlm.config.load import ConfigError, dump_config, ignored_keys, load_run_config
 from open_vlm.config.schema import RunConfig
+from open_vlm.names import did_you_mean
 from open_vlm.runfolder import run_dir, setup_logging
 
 log = logging.getLogger("open_vlm.eval")
@@ -108,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     kind = cfg.eval.kind
     if kind not in _KINDS:
-        close = difflib.get_close_matches(kind, eval_kinds(), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
+        hint = did_you_mean(kind, eval_kinds())
         print(f"error: eval.kind: unknown kind '{kind}'{hint} (known: {eval_kinds()})", file=sys.stderr)
         return 2
     folder = run_dir(cfg.run.output_dir, cfg.run.project, cfg.run.name)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -12,6 +11,7 @@ import torch
 from PIL import Image
 
 from open_vlm.config.schema import RunConfig
+from open_vlm.names import lookup
 
 
 @dataclass
@@ -51,10 +51,4 @@ def build_extractor(cfg: RunConfig, device: torch.device) -> Extractor:
     from open_vlm.extract import grid, region  # noqa: F401  (each registers itself)
 
     name = cfg.extract.extractor
-    try:
-        factory = _EXTRACTORS[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, list(_EXTRACTORS), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ValueError(f"unknown extract.extractor '{name}'{hint} (known: {sorted(_EXTRACTORS)})") from None
-    return factory(cfg, device)
+    return lookup(_EXTRACTORS, name, "extract.extractor")(cfg, device)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from open_vlm.names import lookup
 
 IGNORE = -100  # label of positions that are not supervised (prefix, image tokens, padding)
 
@@ -43,13 +44,7 @@ def register_loss(name: str):
 
 def build_loss(name: str, **options) -> LossFn:
     """The loss `name` (`next_token`, `clip`, `siglip`, `lxmert`) built with `options` (rank, world_size...)."""
-    try:
-        factory = _LOSSES[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, list(_LOSSES), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ValueError(f"unknown train.loss '{name}'{hint} (known: {sorted(_LOSSES)})") from None
-    return factory(**options)
+    return lookup(_LOSSES, name, "train.loss")(**options)
 
 
 def loss_names() -> list[str]:

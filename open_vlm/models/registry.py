@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -11,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from open_vlm.config.schema import ModelConfig
+from open_vlm.names import lookup
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +69,7 @@ def build_model(cfg: ModelConfig, tokenizer=None) -> ModelBundle:
     from open_vlm.models.freeze import freeze_from_config
 
     _import_builders()
-    try:
-        builder = _BUILDERS[cfg.kind]
-    except KeyError:
-        close = difflib.get_close_matches(cfg.kind, list(_BUILDERS), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ValueError(f"unknown model.kind '{cfg.kind}'{hint} (known: {sorted(_BUILDERS)})") from None
-    bundle = builder(cfg, tokenizer)
+    bundle = lookup(_BUILDERS, cfg.kind, "model.kind")(cfg, tokenizer)
     freeze_from_config(bundle, cfg)
     return bundle
 

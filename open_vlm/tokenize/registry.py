@@ -8,10 +8,10 @@ sees, after the next-token shift for causal tasks) and `__meta__` (passed throug
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable
 
+from open_vlm.names import lookup
 from open_vlm.tokenize.causal import CausalLMProcessor, PackedCausalLMCollator, causal_lm_collator
 from open_vlm.tokenize.chat import ChatProcessor, ChatTemplate, chat_collator
 from open_vlm.tokenize.contrastive import ContrastiveCollator, ContrastiveProcessor
@@ -47,12 +47,7 @@ def build_processor(task: str, tokenizer, *, pretokenized: bool = False, **optio
     The processor tokenizes decoded samples, except those of sources with modality `pretokenized` (written by
     `tools/tokenize_shards.py`), which it reads back as stored: same collator, same batches.
     `pretokenized=True` returns the reading processor alone (every source pre-tokenized, no tokenizer used)."""
-    try:
-        factory = _TASKS[task]
-    except KeyError:
-        close = difflib.get_close_matches(task, list(_TASKS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown task {task!r}{hint} (known: {task_names()})") from None
+    factory = lookup(_TASKS, task, "task")
     accepted = [p for p in inspect.signature(factory).parameters if p != "tokenizer"]
     unknown = sorted(set(options) - set(accepted))
     if unknown:

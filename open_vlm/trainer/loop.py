@@ -22,12 +22,10 @@ from open_vlm.checkpoint.resume import check_resumable
 from open_vlm.checkpoint.rng import rng_state, seed_everything, set_rng_state
 from open_vlm.config.load import dump_config
 from open_vlm.config.schema import RunConfig
-from open_vlm.data.build import build_loader
-from open_vlm.data.decode import normalize_images
+from open_vlm.data.build import batch_to_device, build_model_loader
 from open_vlm.data.version import DataVersionError
 from open_vlm.models.losses import build_loss
 from open_vlm.models.registry import build_model
-from open_vlm.tokenize.registry import build_processor, task_options
 from open_vlm.tokenize.tokenizers import load_tokenizer
 from open_vlm.trainer.metrics import MetricsLogger, ThroughputWindow, peak_memory_gb
 from open_vlm.trainer.optim import build_optimizer
@@ -90,24 +88,12 @@ class Trainer:
         self.step = self.samples_seen = self.tokens_seen = 0
 
     def _build_loader(self):
-        cfg, bundle = self.cfg, self.bundle
-        task = cfg.data.task or bundle.task
-        options = task_options(
-            task,
-            num_image_tokens=bundle.num_image_tokens,
-            max_len=cfg.data.max_text_len,
-            prompt=cfg.data.prompt,
-            pad_to_multiple=cfg.data.pad_to_multiple,
-            seed=cfg.train.seed,
-        )
-        processor, collator = build_processor(task, self.tokenizer, **options)
-        return build_loader(
-            cfg.data,
-            seed=cfg.train.seed,
+        return build_model_loader(
+            self.cfg.data,
+            seed=self.cfg.train.seed,
             global_batch=self.global_batch,
-            image_size=bundle.image_size,
-            process=processor,
-            collate=collator,
+            bundle=self.bundle,
+            tokenizer=self.tokenizer,
             rank=self.info.rank,
             world=self.info.world,
         )
@@ -199,16 +185,6 @@ class Trainer:
         )
 
     # --- one step ----------------------------------------------------------------------------------
-    def _to_device(self, batch: dict) -> dict:
-        out = {}
-        for key, value in batch.items():
-            if isinstance(value, torch.Tensor):
-                value = value.to(self.info.device, non_blocking=True)
-                if key == "pixel_values" and value.dtype == torch.uint8:
-                    value = normalize_images(value)
-            out[key] = value
-        return out
-
     def train_step(self, micro_batches: list[dict]) -> StepResult:
         """One optimizer step; sum-reduced losses are divided by the global count (exact under accumulation)."""
         strategy, scaler = self.strategy, self.scaler
@@ -216,7 +192,7 @@ class Trainer:
         normalizer = all_reduce_sum(sum(b["num_supervised"] for b in micro_batches), self.info.device)
         total = torch.zeros((), device=self.info.device, dtype=torch.float64)
         for i, batch in enumerate(micro_batches):
-            batch = self._to_device(batch)
+            batch = batch_to_device(batch, self.info.device)
             with strategy.sync_context(self.model, sync=i == accum - 1), strategy.autocast():
                 out = self.loss_fn(self.bundle.forward(self.model, batch), batch)
             if out.reduction == "sum":
