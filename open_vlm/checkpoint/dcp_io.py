@@ -25,6 +25,9 @@ from open_vlm.storage import is_remote
 
 log = logging.getLogger(__name__)
 
+# Saving or loading in one process without a process group is what a single-process run means to do.
+warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+
 
 def writer_for(url: str):
     if is_remote(url):
@@ -80,8 +83,6 @@ def load_model_weights(url: str, model: nn.Module) -> WeightsReport:
     model_sd = get_model_state_dict(model)
     wanted = {k: v for k, v in model_sd.items() if k in saved}
     report = WeightsReport(len(wanted), sorted(set(model_sd) - saved), sorted(saved - set(model_sd)))
-    with warnings.catch_warnings():  # loading in one process without a process group is the intent here
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load({"model": wanted}, storage_reader=reader, planner=DefaultLoadPlanner(allow_partial_load=True))
+    dcp.load({"model": wanted}, storage_reader=reader, planner=DefaultLoadPlanner(allow_partial_load=True))
     set_model_state_dict(model, wanted, options=StateDictOptions(strict=False))
     return report
