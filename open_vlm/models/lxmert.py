@@ -9,8 +9,7 @@ import torch.nn as nn
 
 from open_vlm.config.schema import ModelConfig
 from open_vlm.models.registry import ModelBundle, Outputs, register_model
-from open_vlm.models.spec import read_model_config
-from open_vlm.storage import local_dir
+from open_vlm.models.spec import pretrained_or_config
 
 GROUPS = {
     "embeddings": ["lxmert.embeddings."],
@@ -56,10 +55,4 @@ def build_lxmert(cfg: ModelConfig, tokenizer) -> ModelBundle:
     """LXMERT from `cfg.pretrained` or `cfg.config`."""
     from transformers import LxmertForPreTraining
 
-    if cfg.pretrained:
-        model = LxmertForPreTraining.from_pretrained(str(local_dir(cfg.pretrained)), local_files_only=True)
-    elif cfg.config:
-        model = LxmertForPreTraining(lxmert_config(read_model_config(cfg.config), tokenizer))
-    else:
-        raise ValueError("model.kind lxmert needs model.pretrained or model.config")
-    return bundle(model)
+    return bundle(pretrained_or_config(LxmertForPreTraining, cfg, tokenizer, lxmert_config))

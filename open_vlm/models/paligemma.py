@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from open_vlm.config.schema import ModelConfig
 from open_vlm.models.registry import ModelBundle, register_model
-from open_vlm.models.spec import read_model_config
-from open_vlm.storage import local_dir
+from open_vlm.models.spec import pretrained_or_config
 
 
 def paligemma_config(spec: dict, tokenizer):
@@ -62,10 +61,4 @@ def build_paligemma(cfg: ModelConfig, tokenizer) -> ModelBundle:
     """PaliGemma from `cfg.pretrained` or `cfg.config`."""
     from transformers import PaliGemmaForConditionalGeneration
 
-    if cfg.pretrained:
-        model = PaliGemmaForConditionalGeneration.from_pretrained(str(local_dir(cfg.pretrained)), local_files_only=True)
-    elif cfg.config:
-        model = PaliGemmaForConditionalGeneration(paligemma_config(read_model_config(cfg.config), tokenizer))
-    else:
-        raise ValueError("model.kind paligemma needs model.pretrained or model.config")
-    return bundle(model)
+    return bundle(pretrained_or_config(PaliGemmaForConditionalGeneration, cfg, tokenizer, paligemma_config))

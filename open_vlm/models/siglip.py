@@ -9,8 +9,7 @@ import torch.nn as nn
 
 from open_vlm.config.schema import ModelConfig
 from open_vlm.models.registry import ModelBundle, Outputs, register_model
-from open_vlm.models.spec import read_model_config
-from open_vlm.storage import local_dir
+from open_vlm.models.spec import pretrained_or_config
 
 GROUPS = {
     "vision": ["vision_model."],
@@ -72,14 +71,8 @@ def build_siglip(cfg: ModelConfig, tokenizer) -> ModelBundle:
     """SigLIP from `cfg.pretrained`, an open_clip checkpoint (`cfg.open_clip_model`) or `cfg.config`."""
     from transformers import SiglipModel
 
-    if cfg.pretrained:
-        model = SiglipModel.from_pretrained(str(local_dir(cfg.pretrained)), local_files_only=True)
-    elif cfg.open_clip_model:
+    if cfg.open_clip_model and not cfg.pretrained:
         from open_vlm.models.open_clip_siglip import siglip_from_open_clip
 
-        model = siglip_from_open_clip(cfg.open_clip_model, cfg.open_clip_checkpoint)
-    elif cfg.config:
-        model = SiglipModel(siglip_config(read_model_config(cfg.config), tokenizer))
-    else:
-        raise ValueError("model.kind siglip needs model.pretrained, model.open_clip_model or model.config")
-    return bundle(model)
+        return bundle(siglip_from_open_clip(cfg.open_clip_model, cfg.open_clip_checkpoint))
+    return bundle(pretrained_or_config(SiglipModel, cfg, tokenizer, siglip_config))

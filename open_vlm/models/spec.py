@@ -31,3 +31,15 @@ def decoder_layers(lm: nn.Module) -> list[nn.Module]:
         if isinstance(module, nn.ModuleList) and len(module) == want:
             return list(module)
     raise ValueError(f"no ModuleList of {want} layers in {type(lm).__name__}")
+
+
+def pretrained_or_config(model_cls, cfg, tokenizer, make_config) -> nn.Module:
+    """`model_cls` from `cfg.pretrained` (a save_pretrained dir, local or URL) or, for random init, from
+    `make_config(<cfg.config file contents>, tokenizer)`."""
+    from open_vlm.storage import local_dir
+
+    if cfg.pretrained:
+        return model_cls.from_pretrained(str(local_dir(cfg.pretrained)), local_files_only=True)
+    if cfg.config:
+        return model_cls(make_config(read_model_config(cfg.config), tokenizer))
+    raise ValueError(f"model.kind {cfg.kind} needs model.pretrained or model.config")
