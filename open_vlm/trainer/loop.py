@@ -31,6 +31,7 @@ from open_vlm.trainer.metrics import MetricsLogger, ThroughputWindow, peak_memor
 from open_vlm.trainer.optim import build_optimizer
 from open_vlm.trainer.parallel import (
     all_reduce_sum,
+    all_reduce_sums,
     apply_activation_checkpointing,
     build_strategy,
     init_distributed,
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class StepResult:
-    loss: float  # mean over the global batch
+    loss: float  # this rank's share of the mean over the global batch (summed over ranks in `fit`)
     grad_norm: float
     lr: float  # the learning rate this step used (first parameter group)
     samples: int  # this rank's samples
@@ -216,7 +217,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         skipped = scaler is not None and scaler.get_scale() < scale_before
         return StepResult(
-            loss=all_reduce_sum(float(total), self.info.device),
+            loss=float(total),
             grad_norm=grad_norm,
             lr=lr,
             samples=sum(len(b["__meta__"]) for b in micro_batches),
@@ -244,9 +245,16 @@ class Trainer:
                 window.data_wait += time.perf_counter() - t0
                 result = self.train_step(micro)
                 self.step += 1
-                samples = int(all_reduce_sum(result.samples, self.info.device))
-                self.samples_seen += samples
-                self.tokens_seen += int(all_reduce_sum(result.tokens, self.info.device))
+                # One collective per step for the numbers and the decisions every rank must share: the loss,
+                # the counts, any rank's stop signal, and rank 0's clock for timed saves.
+                minutes = cfg.checkpoint.every_minutes
+                due_time = self.info.is_main and minutes > 0 and time.monotonic() - last_save > 60 * minutes
+                result.loss, samples, tokens, stops, due = all_reduce_sums(
+                    [result.loss, result.samples, result.tokens, float(stop.requested), float(due_time)],
+                    self.info.device,
+                )
+                self.samples_seen += int(samples)
+                self.tokens_seen += int(tokens)
                 window.samples += result.samples
                 window.tokens += result.tokens
                 self.metrics.step(self.step)
@@ -254,15 +262,11 @@ class Trainer:
                 if evaluated or self.step % every_log == 0 or self.step == cfg.train.max_steps:
                     self.metrics.log({**self._record(result, window), **evaluated})
                     window.reset()
-                # Collective decisions: any rank's stop signal, rank 0's clock for timed saves.
-                if all_reduce_sum(float(stop.requested), self.info.device) > 0:
+                if stops > 0:
                     reason = stop.reason or "signal"
                     break
-                minutes = cfg.checkpoint.every_minutes
-                due_time = self.info.is_main and minutes > 0 and time.monotonic() - last_save > 60 * minutes
-                due_time = all_reduce_sum(float(due_time), self.info.device) > 0 if minutes > 0 else False
                 due_steps = every_ckpt and self.step % every_ckpt == 0
-                if (due_steps or due_time) and self.step < cfg.train.max_steps:
+                if (due_steps or due > 0) and self.step < cfg.train.max_steps:
                     self.save()
                     last_save = time.monotonic()
             self.save()

@@ -58,6 +58,15 @@ def all_reduce_sum(value: float | int, device: torch.device) -> float:
     return float(tensor)
 
 
+def all_reduce_sums(values: list[float], device: torch.device) -> list[float]:
+    """Sum several Python numbers over ranks in one collective (no-op single process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [float(v) for v in values]
+    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
