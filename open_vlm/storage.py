@@ -31,3 +31,17 @@ def local_dir(url: str) -> Path:
         tmp.rename(target)
         (target / ".complete").touch()
     return target
+
+
+def read_yaml_mapping(path: str) -> dict:
+    """A YAML file (local or URL) whose top level is a mapping; FileNotFoundError / ValueError otherwise."""
+    import yaml
+
+    try:
+        with fsspec.open(path, "r") as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: invalid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return data

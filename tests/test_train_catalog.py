@@ -3,37 +3,20 @@
 import json
 import shutil
 
-import pytest
 import yaml
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import run_cli
 from tests.data.test_version import rewrite_shard
+from tests.trainer import runs
 
 
 def write_config(tmp_path, demo_dir, catalog, max_steps):
-    cfg = {
-        "run": {"project": "t", "name": "cat", "output_dir": str(tmp_path / "runs")},
-        "data": {
-            "sources": [{"dataset": "shapes", "weight": 1.0}],
-            "catalogs": [str(catalog)],
-            "batch_size": 2,
-            "max_text_len": 16,
-            "num_streams": 4,
-        },
-        "model": {
-            "kind": "paligemma",
-            "config": str(REPO / "configs/models/paligemma_tiny.yaml"),
-            "tokenizer": str(demo_dir / "tokenizer"),
-        },
-        "train": {"seed": 0, "max_steps": max_steps},
-        "logging": {"every_steps": 1},
-    }
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
+    """The tiny run of tests/trainer/runs.py, its one source named through the catalog."""
+    data = {"sources": [{"dataset": "shapes", "weight": 1.0}], "catalogs": [str(catalog)], "num_streams": 4}
+    train = {"max_steps": max_steps, "global_batch_size": 0}
+    return str(runs.write_config(tmp_path, demo_dir, "cat", data=data, train=train))
 
 
-@pytest.mark.slow
 def test_checkpoint_records_versions_and_resume_on_changed_data_is_refused(tmp_path, demo_dir):
     shards = tmp_path / "shards"
     shards.mkdir()

@@ -14,12 +14,12 @@ import typing
 from typing import Any
 
 import draccus
-import fsspec
 import yaml
 
 from open_vlm.config.env import EnvConfig, apply_process_env, load_env_config, run_defaults
 from open_vlm.config.schema import CHOICES, RunConfig, SourceConfig, data_task
 from open_vlm.data.catalog import CatalogError, resolve_sources
+from open_vlm.storage import read_yaml_mapping
 
 
 class ConfigError(Exception):
@@ -125,15 +125,11 @@ def check_keys(values: dict, cls: type = RunConfig, prefix: str = "") -> None:
 def read_yaml(path: str) -> dict:
     """Read a YAML config from a local path or fsspec URL."""
     try:
-        with fsspec.open(path, "r") as f:
-            data = yaml.safe_load(f) or {}
+        return read_yaml_mapping(path)
     except FileNotFoundError as err:
         raise ConfigError(f"config file not found: {path}") from err
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    return data
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
 
 
 def _deep_merge(base: dict, top: dict) -> dict:

@@ -30,6 +30,7 @@ from open_vlm.config.env import user_config_path
 from open_vlm.config.schema import DataConfig, SourceConfig
 from open_vlm.data.compat import fit_problem, unknown_names
 from open_vlm.data.shards import expand_urls
+from open_vlm.storage import read_yaml_mapping
 
 log = logging.getLogger(__name__)
 
@@ -131,14 +132,11 @@ def parse_entry(name: str, values: object, where: str) -> DatasetEntry:
 def read_catalog_file(path: str) -> dict[str, DatasetEntry]:
     """The entries of one catalog file (local or fsspec URL); a missing file is an error."""
     try:
-        with fsspec.open(path, "r") as f:
-            data = yaml.safe_load(f) or {}
+        data = read_yaml_mapping(path)
     except FileNotFoundError as err:
         raise CatalogError(f"catalog file not found: {path}") from err
-    except yaml.YAMLError as err:
-        raise CatalogError(f"{path}: invalid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise CatalogError(f"{path}: expected a mapping of dataset names to entries")
+    except ValueError as err:
+        raise CatalogError(f"{err} (dataset names to entries)") from err
     return {str(name): parse_entry(name, values, path) for name, values in data.items()}
 
 
