@@ -33,6 +33,19 @@ def local_dir(url: str) -> Path:
     return target
 
 
+def write_atomic(url: str, data: bytes) -> None:
+    """Write `data` to `url` so that readers see the old file or the new one, never a part (S3: one PUT)."""
+    if is_remote(url):
+        with fsspec.open(url, "wb") as f:
+            f.write(data)
+        return
+    path = Path(url.removeprefix("file://"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
 def read_yaml_mapping(path: str) -> dict:
     """A YAML file (local or URL) whose top level is a mapping; FileNotFoundError / ValueError otherwise."""
     import yaml

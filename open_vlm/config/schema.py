@@ -48,6 +48,9 @@ class DataConfig:
     # batch: each step's global batch from one source | sample: sources mixed per sample (all sources feed
     # data.task, so their samples batch together)
     mixing: str = "batch"
+    # mixing sample: samples per mixing group (each group is one source; a multiple of ranks x workers keeps
+    # every shard on one worker). 0: 8 when it divides the global batch, else the whole batch.
+    mix_group: int = 0
     num_streams: int = 64  # canonical streams P per source (fixed per run; ranks x workers should divide it)
     strict: bool = False  # fail on the first bad shard/sample instead of skipping it
     # processor + collator (open_vlm/tokenize/registry.py); "" = the model's own task. Sources may be pretokenized.

@@ -5,42 +5,56 @@ from __future__ import annotations
 import logging
 import posixpath
 
+import braceexpand
 import fsspec
 
 from open_vlm.config.schema import DataConfig, SourceConfig
 from open_vlm.data.loader import LoaderSettings, ShardLoader, Source
-from open_vlm.data.manifest import ShardManifest, build_manifest, read_manifest
+from open_vlm.data.manifest import ShardManifest, build_manifest, read_manifest, save_manifest
+from open_vlm.data.manifest_index import training_manifest, write_index
 from open_vlm.data.shards import expand_urls
 from open_vlm.data.version import manifest_version
 
 log = logging.getLogger(__name__)
 
 
-def source_manifest(cfg: SourceConfig) -> ShardManifest:
-    """The manifest for a source's shards, in the order the URLs are given.
+def _first_url(patterns: list[str]) -> str:
+    return next(iter(braceexpand.braceexpand(patterns[0])))
 
-    Reads `cfg.manifest` or `manifest.json` beside the first shard; shards it lacks are counted now and
-    the result cached beside the shards when that location is writable.
+
+def source_manifest(cfg: SourceConfig) -> ShardManifest:
+    """The (counts-only) manifest of a source's shards, in the order its URL patterns give them.
+
+    Reads `cfg.manifest` or `manifest.json` beside the first shard, through its binary index (manifest_index.py):
+    a manifest built from exactly these patterns needs no URL expansion at all. Shards the manifest lacks are
+    counted now and the merged manifest cached beside the shards when that location is writable.
     """
-    urls = expand_urls(cfg.urls)
-    path = cfg.manifest or posixpath.join(posixpath.dirname(urls[0]), "manifest.json")
-    known: dict = {}
+    path = cfg.manifest or posixpath.join(posixpath.dirname(_first_url(cfg.urls)), "manifest.json")
     fs, fs_path = fsspec.core.url_to_fs(path)
+    known: ShardManifest | None = None
     if fs.exists(fs_path):
-        known = read_manifest(path).by_url()
-    missing = [u for u in urls if u not in known]
+        known, same_patterns = training_manifest(path, cfg.urls)
+        if same_patterns:
+            return known
+    urls = expand_urls(cfg.urls)
+    if known is not None and len(urls) == len(known) and all(a == b for a, b in zip(urls, known.urls)):
+        write_index(known, path, patterns=cfg.urls)  # remember: the next process skips the expansion
+        return known
+    # Another order, a subset, or shards the manifest lacks: the full manifest (its sizes and checksums make
+    # the subset's version), new shards counted and appended to it.
+    full = read_manifest(path) if known is not None else ShardManifest()
+    where = {url: i for i, url in enumerate(full.urls)}
+    missing = [u for u in urls if u not in where]
     if missing:
         log.info("source %s: counting samples of %d shard(s) without a manifest entry", cfg.name, len(missing))
-        for info in build_manifest(missing).shards:
-            known[info.url] = info
-        merged = ShardManifest([known[u] for u in urls])
+        full = ShardManifest(full.shards + build_manifest(missing).shards)
+        where = {url: i for i, url in enumerate(full.urls)}
         try:
-            with fsspec.open(path, "w") as f:
-                f.write(merged.to_json(relative_to=posixpath.dirname(path)))
+            save_manifest(full, path)
             log.info("source %s: manifest cached at %s", cfg.name, path)
         except OSError as err:
             log.warning("source %s: could not cache the manifest at %s (%s)", cfg.name, path, err)
-    return ShardManifest([known[u] for u in urls])
+    return full.select([where[u] for u in urls])
 
 
 def build_loader(
@@ -64,7 +78,7 @@ def build_loader(
             source.name,
             origin,
             source.manifest.num_samples,
-            len(source.manifest.shards),
+            len(source.manifest),
             manifest_version(source.manifest),
         )
     settings = LoaderSettings(
@@ -79,6 +93,7 @@ def build_loader(
         image_size=image_size,
         strict=cfg.strict,
         mix_per_sample=cfg.mixing == "sample",
+        mix_group=cfg.mix_group,
     )
     return ShardLoader(sources, settings, process, collate)
 

@@ -1,32 +1,38 @@
-"""The training data loader: mixed sources → this rank's micro-batches, with exact, elastic state.
+"""The training data loader: mixed sources → this rank's micro-batches, with an exact, world-free state.
 
-Workers yield single processed samples in this rank's order (worker w makes the rank's samples i with
-i % K == w; torch's DataLoader returns them round-robin, so the main process sees them in order) and the
-main process batches them. The main process therefore knows exactly what was consumed: its state is a
-few integers per stream, independent of prefetching, and restoring it restarts the workers there.
+Per step, every worker computes the step's plan (plan.py), takes its share of this rank's slots, reads and
+decodes exactly those samples (order.py, stream.py) and sends them as one packed chunk (chunks.py). The main
+process receives the K chunks of the step in worker order, puts the samples back in slot order, fills each
+bad sample's row with a copy of a good row marked invalid (`__valid__: False`: the collators give it no
+supervision), collates the micro-batches and advances the state. The state is a few integers (the step,
+groups and positions per source): the same on every rank, valid at any world size, restored without replay.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from open_vlm.data import chunks
 from open_vlm.data.consumed import consumed_record
-from open_vlm.data.decode import decode_sample
+from open_vlm.data.decode import SampleError, decode_sample
 from open_vlm.data.manifest import ShardManifest
-from open_vlm.data.order import MixSchedule, SourceOrder, StreamCursor
-from open_vlm.data.stream import StreamReader
+from open_vlm.data.order import SourceOrder
+from open_vlm.data.plan import Planner, PlanState, StepPlan
+from open_vlm.data.stream import HOLE_KINDS, Hole, StreamReader
 from open_vlm.data.version import check_versions, manifest_version
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+MAX_LOGGED_HOLES = 20  # per kind and process; the counts are exact regardless
 
 
 @dataclass
@@ -49,101 +55,95 @@ class LoaderSettings:
     window: int = 32
     image_size: int = 224
     strict: bool = False
-    prefetch_factor: int = 4
-    mix_per_sample: bool = False  # mix sources per sample (same modality) instead of per batch
+    prefetch_steps: int = 2  # steps each worker prepares ahead
+    mix_per_sample: bool = False  # mix sources inside a batch, in groups of `mix_group` samples
+    mix_group: int = 0  # samples per mixing group with mix_per_sample (0: see `group`)
+    multiprocessing_context: str | None = None  # fork (Linux default) | spawn | forkserver
 
     def check(self) -> None:
         per_rank, rest = divmod(self.global_batch, self.world)
-        if rest or per_rank % self.micro_batch:
+        if self.micro_batch <= 0 or rest or per_rank % self.micro_batch:
             raise ValueError(
                 f"global batch {self.global_batch} must be world ({self.world}) x micro batch "
                 f"({self.micro_batch}) x accumulation steps"
             )
 
-
-@dataclass
-class LoaderState:
-    """Where the run stands in the data: everything needed to continue the exact order."""
-
-    step: int = 0
-    batches_taken: list[int] = field(default_factory=list)  # per source
-    positions: list[int] = field(default_factory=list)  # samples taken per source (n_s)
-    # per source, per stream: [q_next, epoch, deal_index, slot]
-    streams: list[list[list[int]]] = field(default_factory=list)
+    @property
+    def group(self) -> int:
+        """Samples per mixing group: the whole global batch, or `mix_group` (default 8, or G if 8 does not divide)."""
+        if not self.mix_per_sample:
+            return self.global_batch
+        if self.mix_group:
+            return self.mix_group
+        return 8 if self.global_batch % 8 == 0 else self.global_batch
 
 
-def _initial_state(orders: list[SourceOrder]) -> LoaderState:
-    return LoaderState(
-        0,
-        [0] * len(orders),
-        [0] * len(orders),
-        [[[0, 0, 0, 0] for _ in range(o.num_streams)] for o in orders],
-    )
+def _own_process_group(worker_id: int) -> None:
+    """Keep DataLoader workers out of the stop signals meant for the trainer.
+
+    torchrun (and a terminal's Ctrl-C) signal the whole process group: workers would die mid-step and the rank
+    would fail instead of checkpointing. In a group of their own they stop when the trainer shuts the loader down
+    (or, if the trainer is killed outright, through the DataLoader's parent watchdog). Ignoring the signals
+    instead would make them unstoppable by multiprocessing's exit-time terminate().
+    """
+    os.setpgrp()
 
 
-class _RankSamples(IterableDataset):
-    """Runs in each worker: computes this rank's sample order from the state and makes its share."""
+def _per_source(value, n: int, what: str) -> list:
+    values = list(value) if isinstance(value, list | tuple) else [value] * n
+    if len(values) != n:
+        raise ValueError(f"{len(values)} {what} for {n} sources")
+    return values
 
-    def __init__(self, sources, orders, settings, state, process):
+
+class _RankSteps(IterableDataset):
+    """Runs in each worker: yields, per step from `state`, this worker's share of the rank's samples."""
+
+    def __init__(self, sources, orders, settings: LoaderSettings, state: PlanState, processors):
         self.sources, self.orders, self.settings, self.state = sources, orders, settings, state
-        self.process = process
+        self.processors = processors
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        s, st = self.settings, self.state
-        schedule = MixSchedule([src.weight for src in self.sources])
-        taken, positions = list(st.batches_taken), list(st.positions)
+        s = self.settings
+        planner = Planner([src.weight for src in self.sources], s.seed, s.global_batch, s.group)
+        state = self.state.copy()
         readers: dict[tuple[int, int], StreamReader] = {}
-        i, step = 0, st.step
         while True:
-            plan = schedule.global_batch(step, taken, positions, s.global_batch, s.mix_per_sample)
-            for src, j in plan[s.rank :: s.world]:  # rank r takes every R-th sample of the global batch
-                if i % workers == worker:
-                    yield self._make(src, j, readers)
-                i += 1
-            step += 1
+            plan = planner.next_step(state)
+            mine = plan.rank_slots(s.rank, s.world)[worker::workers]
+            samples, metas = [], []
+            for source, position in mine:
+                sample, meta = self._make(source, position, readers)
+                samples.append(sample)
+                metas.append(meta)
+            yield {"step": plan.step, "worker": worker, "samples": chunks.pack(samples), "meta": metas}
 
-    def _reader(self, src: int, stream: int, readers: dict) -> StreamReader:
-        reader = readers.get((src, stream))
+    def _make(self, src: int, position: int, readers: dict) -> tuple[dict | None, dict]:
+        order, source = self.orders[src], self.sources[src]
+        slot = order.slot(position)
+        reader = readers.get((src, slot.stream))
         if reader is None:
-            q, epoch, deal_index, slot = self.state.streams[src][stream]
-            source, image_size = self.sources[src], self.settings.image_size
-            reader = StreamReader(
-                self.orders[src],
-                stream,
-                StreamCursor(epoch, deal_index, slot),
-                q,
-                decode=lambda raw: decode_sample(raw, source.modality, image_size),
-                strict=self.settings.strict,
-            )
-            readers[(src, stream)] = reader
-        return reader
+            reader = readers[(src, slot.stream)] = StreamReader(order, source.manifest.urls)
+        raw = reader.fetch(slot)
+        meta = {"source": src, "position": position, "epoch": slot.epoch, "stream": slot.stream}
+        if isinstance(raw, Hole):
+            return self._hole(meta, raw)
+        meta.update(key=raw["__key__"], url=raw["__url__"])
+        try:
+            decoded = decode_sample(raw, source.modality, self.settings.image_size)
+            decoded["__url__"] = raw["__url__"]
+            sample = self.processors[src](decoded, source)
+        except SampleError as err:
+            return self._hole(meta, Hole(err.kind, raw["__url__"], raw["__key__"], str(err)))
+        return sample, meta
 
-    def _make(self, src: int, j: int, readers: dict) -> dict:
-        order = self.orders[src]
-        stream, q = j % order.num_streams, j // order.num_streams
-        reader = self._reader(src, stream, readers)
-        holes = []
-        while True:  # skip outputs of this stream owned by other workers/ranks (only when layouts don't divide)
-            out = next(reader)
-            if out.q == q:
-                break
-            if out.q > q:
-                raise RuntimeError(f"stream {stream} of source {src} is past position {j}")
-        holes.extend(out.holes)
-        sample = self.process(out.sample, self.sources[src])
-        sample["__meta__"] = {
-            "source": src,
-            "stream": stream,
-            "q": q,
-            "epoch": out.epoch,
-            "cursor": (out.cursor.epoch, out.cursor.deal_index, out.cursor.slot),
-            "key": out.sample["__key__"],
-            "url": out.sample["__url__"],
-            "holes": [(h.kind, h.url, h.key, h.message) for h in holes],
-        }
-        return sample
+    def _hole(self, meta: dict, hole: Hole) -> tuple[None, dict]:
+        if self.settings.strict:
+            where = f"{hole.url}{' key ' + hole.key if hole.key else ''}"
+            raise RuntimeError(f"bad data ({hole.kind}) at {where}: {hole.message} (data.strict is on)")
+        return None, {**meta, "key": hole.key, "url": hole.url, "hole": (hole.kind, hole.message)}
 
 
 class ShardLoader:
@@ -153,31 +153,40 @@ class ShardLoader:
         self,
         sources: list[Source],
         settings: LoaderSettings,
-        process: Callable[[dict, Source], dict],
-        collate: Callable[[list[dict]], dict],
+        process: Callable[[dict, Source], dict] | list[Callable],
+        collate: Callable[[list[dict]], dict] | list[Callable],
     ):
         settings.check()
         self.sources, self.settings = sources, settings
-        self.process, self.collate = process, collate
+        self.processors = _per_source(process, len(sources), "processors")
+        self.collators = _per_source(collate, len(sources), "collators")
+        if settings.mix_per_sample and len({id(c) for c in self.collators}) > 1:
+            raise ValueError("data.mixing sample puts several sources in one batch: they must share one collator")
+        self.planner = Planner([src.weight for src in sources], settings.seed, settings.global_batch, settings.group)
         self.orders = [
-            SourceOrder(src.manifest, settings.seed, i, settings.num_streams, settings.window)
+            SourceOrder(src.manifest.counts, settings.seed, i, settings.num_streams, settings.window)
             for i, src in enumerate(sources)
         ]
-        self.state = _initial_state(self.orders)
-        # catalog: each source's dataset version (a hash of its manifest), saved in the state header
-        self.versions = [manifest_version(src.manifest) for src in sources]
+        self.state = self.planner.initial()
+        self.versions = [manifest_version(src.manifest) for src in sources]  # catalog: saved in the header
         self.bad_samples: Counter[str] = Counter()
-        self._reported = 0
-        layout = settings.world * max(1, settings.num_workers)
-        for order, src in zip(self.orders, sources):
-            if order.num_streams % layout or settings.global_batch % layout:
+        self._logged: Counter[str] = Counter()
+        self._bad_run = [0] * len(sources)  # consecutive bad samples per source (an all-bad source stops)
+        self._spare: dict[int, dict] = {}  # per source: a good processed sample, for all-bad micro-batches
+        self._warn_shared_reads()
+
+    def _warn_shared_reads(self) -> None:
+        s = self.settings
+        layout = s.world * max(1, s.num_workers)
+        for order, src in zip(self.orders, self.sources):
+            if order.num_streams % layout or s.group % layout:
                 log.warning(
-                    "source %s: %d streams and global batch %d are not multiples of ranks x workers = %d; "
-                    "the order is unchanged but some shards are read by more than one worker",
+                    "source %s: ranks x workers = %d does not divide its %d streams and mixing groups of %d: "
+                    "the order is unchanged, but some shards are read (not decoded) by several workers",
                     src.name,
-                    order.num_streams,
-                    settings.global_batch,
                     layout,
+                    order.num_streams,
+                    s.group,
                 )
 
     @property
@@ -186,51 +195,122 @@ class ShardLoader:
         return s.global_batch // s.world // s.micro_batch
 
     def _dataloader(self) -> DataLoader:
-        dataset = _RankSamples(self.sources, self.orders, self.settings, self.state, self.process)
-        workers = self.settings.num_workers
+        s = self.settings
+        dataset = _RankSteps(self.sources, self.orders, s, self.state, self.processors)
         return DataLoader(
             dataset,
             batch_size=None,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            prefetch_factor=self.settings.prefetch_factor if workers > 0 else None,
+            num_workers=s.num_workers,
+            prefetch_factor=s.prefetch_steps if s.num_workers > 0 else None,
+            worker_init_fn=_own_process_group,
+            # The loader never draws from the global torch RNG (the model's dropout stream stays its own).
+            generator=torch.Generator().manual_seed(s.seed),
+            multiprocessing_context=s.multiprocessing_context if s.num_workers > 0 else None,
         )
 
     def __iter__(self) -> Iterator[dict]:
         """Micro-batches; after each group of `accum_steps`, the state has advanced by one step."""
-        samples = iter(self._dataloader())
-        s = self.settings
-        schedule = MixSchedule([x.weight for x in self.sources])
+        parts = iter(self._dataloader())
+        workers = max(1, self.settings.num_workers)
+        micro = self.settings.micro_batch
         while True:
-            for micro_step in range(self.accum_steps):
-                micro = [next(samples) for _ in range(s.micro_batch)]
-                for sample in micro:
-                    self._account(sample["__meta__"])
-                if micro_step == self.accum_steps - 1:  # the step's data is all taken: advance first
-                    st = self.state
-                    schedule.global_batch(st.step, st.batches_taken, st.positions, s.global_batch, s.mix_per_sample)
-                    st.step += 1
-                yield self.collate(micro)
+            step_chunks = [next(parts) for _ in range(workers)]
+            samples, metas = self._merge(step_chunks)
+            plan = self.planner.next_step(self.state)  # the step's data is all here: advance first
+            self._account(plan, metas)
+            for a in range(self.accum_steps):
+                rows = slice(a * micro, (a + 1) * micro)
+                yield self._collate(samples[rows], metas[rows])
 
-    def _account(self, meta: dict) -> None:
-        row = self.state.streams[meta["source"]][meta["stream"]]
-        if meta["q"] + 1 > row[0]:
-            row[:] = [meta["q"] + 1, *meta["cursor"]]
-        for kind, url, key, message in meta["holes"]:
-            self.bad_samples[kind] += 1
-            log.warning("skipped bad data (%s) in %s%s: %s", kind, url, f" key {key}" if key else "", message)
+    def _merge(self, step_chunks: list[dict]) -> tuple[list[dict | None], list[dict]]:
+        """The rank's samples of one step in slot order (worker w made slots t with t % K == w)."""
+        workers = len(step_chunks)
+        per_worker = [(chunks.unpack(c["samples"]), c["meta"]) for c in step_chunks]
+        total = sum(len(m) for _, m in per_worker)
+        samples: list[dict | None] = [None] * total
+        metas: list[dict] = [{}] * total
+        for w, (got, meta) in enumerate(per_worker):
+            samples[w::workers], metas[w::workers] = got, meta
+        return samples, metas
+
+    def _account(self, plan: StepPlan, metas: list[dict]) -> None:
+        for meta in metas:
+            src = meta["source"]
+            if "hole" not in meta:
+                self._bad_run[src] = 0
+                continue
+            kind, message = meta["hole"]
+            self.bad_samples[kind if kind in HOLE_KINDS else "other"] += 1
+            self._bad_run[src] += 1
+            if self._logged[kind] < MAX_LOGGED_HOLES:
+                self._logged[kind] += 1
+                key = f" key {meta['key']}" if meta.get("key") else ""
+                more = (
+                    " (further ones of this kind are counted, not logged)"
+                    if self._logged[kind] == MAX_LOGGED_HOLES
+                    else ""
+                )
+                log.warning("skipped bad data (%s) in %s%s: %s%s", kind, meta["url"], key, message, more)
+            limit = min(self.orders[src].total, 1000)
+            if self._bad_run[src] >= limit:
+                raise RuntimeError(
+                    f"source {self.sources[src].name}: the last {self._bad_run[src]} samples were all bad "
+                    f"(counts so far: {dict(self.bad_samples)}; last: {kind} in {meta['url']}: {message})"
+                )
+
+    def _collate(self, samples: list[dict | None], metas: list[dict]) -> dict:
+        """Collate one micro-batch; a bad sample's row is a copy of a good row, marked `__valid__: False`."""
+        rows = []
+        good = [i for i, s in enumerate(samples) if s is not None]
+        for i, (sample, meta) in enumerate(zip(samples, metas)):
+            if sample is not None:
+                self._spare[meta["source"]] = sample
+                rows.append({**sample, "__meta__": meta})
+                continue
+            donor = min(good, key=lambda g: (abs(g - i), g)) if good else None
+            template = samples[donor] if donor is not None else self._template(meta["source"])
+            rows.append({**template, "__valid__": False, "__meta__": meta})
+        return self.collators[metas[0]["source"]](rows)
+
+    def _template(self, src: int) -> dict:
+        """A good processed sample of source `src` to give an all-bad micro-batch its shape (never trained on)."""
+        if src not in self._spare:
+            self._spare[src] = self._read_ahead(src)
+        return self._spare[src]
+
+    def _read_ahead(self, src: int) -> dict:
+        dataset = _RankSteps(self.sources, self.orders, self.settings, self.state, self.processors)
+        readers: dict = {}
+        start = self.state.positions[src]
+        for position in range(start, start + min(self.orders[src].total, 1000)):
+            sample, _ = dataset._make(src, position, readers)
+            if sample is not None:
+                return sample
+        raise RuntimeError(f"source {self.sources[src].name}: no good sample in the next 1000 positions")
 
     # --- state -------------------------------------------------------------------------------------
+    def state_dict_header(self) -> dict:
+        s = self.settings
+        return {
+            "seed": s.seed,
+            "num_streams": [o.num_streams for o in self.orders],
+            "window": s.window,
+            "global_batch": s.global_batch,
+            "sources": [src.name for src in self.sources],
+            "versions": list(self.versions),  # catalog: dataset version per source
+            "mixing": "sample" if s.mix_per_sample else "batch",
+            "mix_group": s.group,
+        }
+
     def local_state_dict(self) -> dict:
-        """This rank's view of the state (its streams only are current); see `state_dict`."""
-        state = self.state
+        """This rank's state: the position is the same on every rank; `bad_samples` counts this rank's."""
+        st = self.state
         return {
             "version": STATE_VERSION,
             **self.state_dict_header(),
-            "step": state.step,
-            "batches_taken": list(state.batches_taken),
-            "positions": list(state.positions),
-            "streams": [[list(row) for row in rows] for rows in state.streams],
+            "step": st.step,
+            "groups_taken": list(st.groups_taken),
+            "positions": list(st.positions),
             "bad_samples": dict(self.bad_samples),
             "world": self.settings.world,
             "num_workers": self.settings.num_workers,
@@ -240,56 +320,36 @@ class ShardLoader:
         """The global loader state (collective under torch.distributed: every rank must call it)."""
         local = self.local_state_dict()
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            gathered: list = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, local)
-            return merge_rank_states(gathered)
+            device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+            counts = torch.tensor([float(self.bad_samples.get(k, 0)) for k in HOLE_KINDS], device=device)
+            dist.all_reduce(counts)
+            local["bad_samples"] = {k: int(v) for k, v in zip(HOLE_KINDS, counts.tolist()) if v}
         return local
 
     def load_state_dict(self, sd: dict, allow_data_change: bool = False) -> None:
-        for key in ("seed", "num_streams", "window", "global_batch", "sources", "mixing"):
-            mine = self.state_dict_header()[key]
-            if sd.get(key, "batch" if key == "mixing" else None) != mine:
-                raise ValueError(f"data state was saved with {key}={sd[key]!r}, this run has {mine!r}")
-        # catalog: refuse a source whose dataset version changed (DataVersionError), unless allowed
-        check_versions(sd, self.state_dict_header(), allow_data_change)
-        streams = [[list(row) for row in rows] for rows in sd["streams"]]  # ours to mutate, not the caller's
-        self.state = LoaderState(sd["step"], list(sd["batches_taken"]), list(sd["positions"]), streams)
-        self.bad_samples = Counter(sd.get("bad_samples", {}))
-
-    def state_dict_header(self) -> dict:
-        return {
-            "seed": self.settings.seed,
-            "num_streams": [o.num_streams for o in self.orders],
-            "window": self.settings.window,
-            "global_batch": self.settings.global_batch,
-            "sources": [src.name for src in self.sources],
-            "versions": list(self.versions),  # catalog: dataset version per source
-            "mixing": "sample" if self.settings.mix_per_sample else "batch",
-        }
+        if sd.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"the data state is format {sd.get('version', 1)}, this loader reads format {STATE_VERSION} (the "
+                "sample order changed in open_vlm's data order v2, so the old position names other samples); "
+                "resume with --checkpoint.reset_data true to keep the weights and optimizer and restart the data"
+            )
+        mine = self.state_dict_header()
+        for key in (*mine, "step", "groups_taken", "positions"):
+            if key not in sd:
+                raise ValueError(f"the data state has no {key!r}: it is damaged or not an open_vlm loader state")
+        for key in ("seed", "num_streams", "window", "global_batch", "sources", "mixing", "mix_group"):
+            if sd[key] != mine[key]:
+                raise ValueError(f"data state was saved with {key}={sd[key]!r}, this run has {mine[key]!r}")
+        check_versions(sd, mine, allow_data_change)  # catalog: a changed dataset version is refused
+        self.state = PlanState(int(sd["step"]), [int(x) for x in sd["groups_taken"]], [int(x) for x in sd["positions"]])
+        # The saved counts are the whole run's: one rank carries them on, or every resume would multiply them.
+        self.bad_samples = Counter(sd.get("bad_samples", {}) if self.settings.rank == 0 else {})
+        self._bad_run = [0] * len(self.sources)
 
     def consumed(self, state: dict | None = None) -> list[dict]:
-        """Per tar file touched: url, source, epoch, samples_read, complete (from a state dict)."""
-        state = state or self.state_dict()
-        return consumed_record(self.orders, [s.name for s in self.sources], state["streams"])
-
-
-def merge_rank_states(states: list[dict]) -> dict:
-    """Combine the state dicts that each rank computed locally into the global one."""
-    merged = dict(states[0])
-    merged["streams"] = _merge_streams([s["streams"] for s in states])
-    merged["bad_samples"] = dict(sum((Counter(s["bad_samples"]) for s in states), Counter()))
-    return merged
-
-
-def _merge_streams(per_rank: list[list[list[list[int]]]]) -> list[list[list[int]]]:
-    """Each stream's state is the one of the rank that consumed furthest into it (largest q)."""
-    merged = [[list(row) for row in rows] for rows in per_rank[0]]
-    for other in per_rank[1:]:
-        for s, rows in enumerate(other):
-            for p, row in enumerate(rows):
-                if row[0] > merged[s][p][0]:
-                    merged[s][p] = list(row)
-    return merged
+        """Which tar files the state has read, how far, which complete (compact: see consumed.py)."""
+        state = state or self.local_state_dict()
+        return consumed_record(self.orders, self.sources, state["positions"])
 
 
 def default_collate_fn(samples: list[dict]) -> dict:

@@ -1,4 +1,10 @@
-"""Shard manifests: the exact sample count (samples, not files), size and checksum of every shard."""
+"""Shard manifests: the exact sample count (samples, not files), size and checksum of every shard.
+
+`manifest.json` (`open_vlm.manifest/1`) is the interchange format. A manifest is held as columns (numpy arrays:
+counts, sizes, URL names under one base), so a million shards cost tens of MB rather than hundreds, and can be
+shared with forked workers without per-object copies. Parsing a large JSON is slow, so a binary index
+(`manifest.index.npz`, see `manifest_index.py`) sits beside it and is what training processes load.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,15 @@ import hashlib
 import json
 import logging
 import posixpath
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import fsspec
+import numpy as np
 
 from open_vlm.data.shards import iter_tar_samples, open_url
+from open_vlm.storage import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -28,24 +36,96 @@ class ShardInfo:
     etag: str | None = None
 
 
-@dataclass
+class UrlColumn:
+    """Many URLs as one base plus a fixed-width bytes array of names (a few bytes per shard, one object)."""
+
+    def __init__(self, base: str, names: np.ndarray):
+        self.base, self.names = base, names
+
+    @classmethod
+    def from_list(cls, urls: Sequence[str]) -> UrlColumn:
+        urls = list(urls)
+        base = posixpath.commonprefix(urls) if len(urls) > 1 else posixpath.dirname(urls[0]) + "/" if urls else ""
+        base = base[: base.rfind("/") + 1]  # a directory prefix, never part of a file name
+        return cls(base, np.array([u[len(base) :].encode() for u in urls], dtype=bytes))
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> str:
+        return self.base + self.names[i].decode()
+
+    def __iter__(self):
+        return (self.base + n.decode() for n in self.names)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, UrlColumn) and list(self) == list(other)
+
+
 class ShardManifest:
-    shards: list[ShardInfo] = field(default_factory=list)
+    """Per-shard facts in manifest order; built from `ShardInfo`s or from columns (`from_columns`)."""
+
+    def __init__(self, shards: Iterable[ShardInfo] = ()):
+        infos = list(shards)
+        self.urls = UrlColumn.from_list([s.url for s in infos])
+        self.counts = np.array([s.num_samples for s in infos], dtype=np.int64)
+        self.sizes: np.ndarray | None = np.array([s.size for s in infos], dtype=np.int64)
+        self.checksums: list[str] | None = [s.checksum for s in infos]
+        self.etags: list[str | None] | None = [s.etag for s in infos]
+        self.version: str | None = None  # set by the index (cached); compute with `data.version.manifest_version`
+
+    @classmethod
+    def from_columns(
+        cls, urls: UrlColumn, counts: np.ndarray, sizes=None, checksums=None, etags=None, version=None
+    ) -> ShardManifest:
+        """A manifest from columns; `sizes`/`checksums`/`etags` may be absent (a training-only view)."""
+        out = cls.__new__(cls)
+        out.urls, out.counts = urls, np.asarray(counts, dtype=np.int64)
+        out.sizes, out.checksums, out.etags, out.version = sizes, checksums, etags, version
+        return out
+
+    def __len__(self) -> int:
+        return len(self.counts)
 
     @property
     def num_samples(self) -> int:
-        return sum(s.num_samples for s in self.shards)
+        return int(self.counts.sum())
+
+    @property
+    def complete(self) -> bool:
+        """Whether sizes and checksums are present (not a training-only view)."""
+        return self.sizes is not None and self.checksums is not None
+
+    @property
+    def shards(self) -> list[ShardInfo]:
+        """Every shard as a `ShardInfo` (one object each: for tools and small manifests, not the training path)."""
+        if not self.complete:
+            raise ValueError("this manifest holds sample counts only (read the manifest JSON for sizes/checksums)")
+        etags = self.etags or [None] * len(self)
+        return [
+            ShardInfo(url, int(n), int(size), checksum, etag)
+            for url, n, size, checksum, etag in zip(self.urls, self.counts, self.sizes, self.checksums, etags)
+        ]
 
     def by_url(self) -> dict[str, ShardInfo]:
         return {s.url: s for s in self.shards}
 
+    def select(self, indices: Sequence[int]) -> ShardManifest:
+        """The manifest of the shards at `indices`, in that order."""
+        idx = np.asarray(indices, dtype=np.int64)
+        urls = UrlColumn.from_list([self.urls[int(i)] for i in idx])
+        pick = (lambda col: [col[int(i)] for i in idx]) if self.complete else (lambda col: None)
+        sizes = self.sizes[idx] if self.sizes is not None else None
+        etags = pick(self.etags) if self.etags is not None else None
+        return ShardManifest.from_columns(urls, self.counts[idx], sizes, pick(self.checksums), etags)
+
     def to_json(self, relative_to: str | None = None) -> str:
+        prefix = relative_to.rstrip("/") + "/" if relative_to else None
         shards = []
-        for shard in self.shards:
-            row = asdict(shard)
-            if relative_to and shard.url.startswith(relative_to.rstrip("/") + "/"):
-                row["url"] = shard.url[len(relative_to.rstrip("/")) + 1 :]
-            shards.append(row)
+        for info in self.shards:
+            url = info.url[len(prefix) :] if prefix and info.url.startswith(prefix) else info.url
+            row = {"url": url, "num_samples": info.num_samples, "size": info.size, "checksum": info.checksum}
+            shards.append({**row, "etag": info.etag})
         return json.dumps({"format": FORMAT, "shards": shards}, indent=1)
 
     @classmethod
@@ -53,13 +133,20 @@ class ShardManifest:
         data = json.loads(text)
         if data.get("format") != FORMAT:
             raise ValueError(f"not an open_vlm manifest (format={data.get('format')!r})")
-        shards = []
-        for row in data["shards"]:
+        rows = data["shards"]
+        urls = []
+        for row in rows:
             url = row["url"]
             if base and "://" not in url and not url.startswith("/"):
                 url = posixpath.join(base, url)
-            shards.append(ShardInfo(**{**row, "url": url}))
-        return cls(shards)
+            urls.append(url)
+        return cls.from_columns(
+            UrlColumn.from_list(urls),
+            np.fromiter((row["num_samples"] for row in rows), dtype=np.int64, count=len(rows)),
+            np.fromiter((row["size"] for row in rows), dtype=np.int64, count=len(rows)),
+            [row["checksum"] for row in rows],
+            [row.get("etag") for row in rows],
+        )
 
 
 class _Hashing:
@@ -112,17 +199,24 @@ def build_manifest(
         return ShardManifest(list(pool.map(describe, urls)))
 
 
+def save_manifest(manifest: ShardManifest, out: str) -> None:
+    """Write `manifest` as JSON to `out` (URLs beside it stored relative) and its binary index beside it."""
+    from open_vlm.data.manifest_index import write_index
+
+    write_atomic(str(out), manifest.to_json(relative_to=posixpath.dirname(str(out))).encode())
+    write_index(manifest, str(out))
+
+
 def write_manifest(
     urls: list[str], out: str, workers: int = 8, on_shard: Callable[[ShardInfo], None] | None = None
 ) -> ShardManifest:
-    """Build a manifest and write it to `out` (local or fsspec URL); URLs next to it are stored relative."""
+    """Build a manifest and write it to `out` (local or fsspec URL), with its index."""
     manifest = build_manifest(urls, workers, on_shard)
-    base = posixpath.dirname(str(out))
-    with fsspec.open(str(out), "w") as f:
-        f.write(manifest.to_json(relative_to=base))
+    save_manifest(manifest, out)
     return manifest
 
 
 def read_manifest(path: str) -> ShardManifest:
+    """The full manifest (sizes, checksums) from its JSON."""
     with fsspec.open(path, "r") as f:
         return ShardManifest.from_json(f.read(), base=posixpath.dirname(path))

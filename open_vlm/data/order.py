@@ -1,162 +1,133 @@
-"""The sample order: a pure function of (seed, epoch, manifests, weights, position). No I/O here.
+"""The sample order of one source: a pure function of (seed, manifest, position). No I/O here.
 
-Vocabulary (see README, "Data order"):
-- A source's shards are cut into **pieces** (sample ranges; one piece per shard unless the source has
-  fewer shards than streams) and, per epoch, a seeded permutation of the pieces is dealt round-robin to
-  **P canonical streams**. P is fixed per run and independent of the world size.
-- Inside a piece, samples come out in **windows** of W consecutive samples, each window in a seeded
-  permutation. A stream's position is `StreamCursor(epoch, deal_index, slot)`.
-- Position j of a source (the j-th sample it contributes to the run) is the (j // P)-th output of stream
-  j % P. Step k draws its whole global batch from one source, chosen by the largest-deficit rule over
-  the weights (exact proportions, no RNG).
-- Global sample g of step k belongs to rank g % R; a rank's i-th sample belongs to worker i % K.
+A source of N samples in its non-empty shards, read by P canonical streams (P = min(data.num_streams, N)):
+- Epoch e lays the shards end to end in a seeded permutation: layout positions 0..N-1.
+- The layout is cut into P contiguous **ranges** of m or m + 1 samples (m = N // P; the first N % P ranges
+  are the longer ones).
+- Position j of the source (the j-th sample it gives the run) lies in epoch e = j // N at offset o = j % N:
+  it is output k = o // P of range c = o % P. Inside a range, windows of W consecutive samples come out in a
+  seeded permutation.
+- Stream p = j % P reads, epoch after epoch, the range (p - e·N) mod P: one contiguous run of tar samples per
+  epoch, so a stream's reads are sequential and it never waits for another stream.
+
+So within positions [e·N, (e+1)·N) every sample appears exactly once, whatever the shard sizes, P, ranks or
+workers; nothing here depends on the world size. Memory is a few arrays per epoch (O(shards)), never objects
+per shard or per piece.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
-
-from open_vlm.data.manifest import ShardManifest
-
-
-@dataclass(frozen=True)
-class Piece:
-    shard: int  # index into the manifest's shard list
-    start: int  # first sample (inclusive) within the shard
-    end: int  # last sample (exclusive)
-
-    @property
-    def size(self) -> int:
-        return self.end - self.start
-
-
-@dataclass(frozen=True)
-class StreamCursor:
-    """Where a stream stands: epoch, index into its deal for that epoch, slot inside that piece."""
-
-    epoch: int = 0
-    deal_index: int = 0
-    slot: int = 0  # slots consumed in the current piece (windowed-permutation order; holes count)
 
 
 def _rng(*keys: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in keys]))
 
 
-def source_pieces(manifest: ShardManifest, num_streams: int) -> list[Piece]:
-    """Cut shards into pieces so that every stream gets at least one piece per epoch when possible."""
-    counts = [s.num_samples for s in manifest.shards]
-    nonempty = [i for i, c in enumerate(counts) if c > 0]
-    if not nonempty:
-        return []
-    per_shard = -(-num_streams // len(nonempty))  # ceil
-    pieces = []
-    for i in nonempty:
-        parts = min(per_shard, counts[i])
-        bounds = np.linspace(0, counts[i], parts + 1).round().astype(int)
-        pieces.extend(Piece(i, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a)
-    return pieces
+@dataclass(frozen=True)
+class Slot:
+    """Where position `position` of a source reads its sample."""
 
-
-def effective_streams(manifest: ShardManifest, num_streams: int) -> int:
-    """P for a source: the configured number, capped by its sample count so no stream is empty."""
-    return max(1, min(num_streams, manifest.num_samples))
+    position: int
+    epoch: int
+    stream: int  # p = position % P
+    range_index: int  # c: the range of the epoch's layout this stream reads
+    output: int  # k: the output index inside that range
+    layout: int  # the sample's place in the epoch's layout (0..N-1)
+    shard: int  # index into the manifest
+    offset: int  # sample index inside the shard
 
 
 class SourceOrder:
-    """The order of one source: which pieces each stream reads in each epoch, and in what order inside."""
+    """Which sample each position of one source reads (`slot`), and the epoch layouts behind it."""
 
-    def __init__(self, manifest: ShardManifest, seed: int, source_index: int, num_streams: int, window: int):
-        self.manifest = manifest
-        self.seed = seed
-        self.source_index = source_index
-        self.num_streams = effective_streams(manifest, num_streams)
-        self.window = max(1, window)
-        self.pieces = source_pieces(manifest, self.num_streams)
-        if not self.pieces:
-            raise ValueError("source has no samples (empty manifest)")
-        self._deal = lru_cache(maxsize=4)(self._deal_uncached)
+    CACHED_EPOCHS = 3  # streams cross an epoch end at nearly the same position: a few layouts suffice
 
-    def _deal_uncached(self, epoch: int) -> np.ndarray:
-        return _rng(self.seed, self.source_index, epoch, 0xD1).permutation(len(self.pieces))
+    def __init__(self, counts: np.ndarray, seed: int, source_index: int, num_streams: int, window: int):
+        counts = np.asarray(counts, dtype=np.int64)
+        self.total = int(counts.sum())
+        if self.total <= 0:
+            raise ValueError("source has no samples (every shard of its manifest is empty)")
+        self.seed, self.source_index = int(seed), int(source_index)
+        self.num_streams = max(1, min(int(num_streams), self.total))
+        self.window = max(1, int(window))
+        self.range_len, self.longer = divmod(self.total, self.num_streams)
+        index_type = np.int32 if len(counts) < 2**31 else np.int64
+        self.counts = counts.astype(np.int32) if counts.max() < 2**31 else counts
+        self.nonempty = np.flatnonzero(counts > 0).astype(index_type)
+        self._layouts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._windows: dict[tuple[int, int, int], np.ndarray] = {}
 
-    def stream_deal(self, stream: int, epoch: int) -> np.ndarray:
-        """Piece indices stream `stream` reads in `epoch`, in order."""
-        return self._deal(epoch)[stream :: self.num_streams]
+    def __getstate__(self) -> dict:  # caches are rebuilt in each process (spawned workers included)
+        return {**self.__dict__, "_layouts": {}, "_windows": {}}
 
-    def piece_at(self, stream: int, cursor: StreamCursor) -> Piece | None:
-        deal = self.stream_deal(stream, cursor.epoch)
-        if cursor.deal_index >= len(deal):
-            return None
-        return self.pieces[int(deal[cursor.deal_index])]
+    # --- the epoch layout ----------------------------------------------------------------------------
+    def layout(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(manifest shard index of each layout shard, cumulative sample count at its end) for `epoch`."""
+        found = self._layouts.get(epoch)
+        if found is None:
+            perm = _rng(self.seed, self.source_index, epoch, 0xD1).permutation(len(self.nonempty))
+            shards = self.nonempty[perm]
+            found = (shards, np.cumsum(self.counts[shards], dtype=np.int64))
+            if len(self._layouts) >= self.CACHED_EPOCHS:
+                self._layouts.pop(min(self._layouts))
+            self._layouts[epoch] = found
+        return found
 
-    def slot_order(self, stream: int, cursor: StreamCursor, piece: Piece) -> np.ndarray:
-        """Sample offsets within the piece, in output order: each window of W samples permuted."""
-        deal_piece = int(self.stream_deal(stream, cursor.epoch)[cursor.deal_index])
-        rng = _rng(self.seed, self.source_index, cursor.epoch, deal_piece, 0x5A)
-        out = np.arange(piece.size)
-        for start in range(0, piece.size, self.window):
-            out[start : start + self.window] = start + rng.permutation(min(self.window, piece.size - start))
-        return out
+    def range_bounds(self, range_index: int) -> tuple[int, int]:
+        """(first layout position, length) of range c."""
+        c = range_index
+        return c * self.range_len + min(c, self.longer), self.range_len + (c < self.longer)
 
-    def advance(self, stream: int, cursor: StreamCursor) -> StreamCursor:
-        """The cursor after one more slot (moving to the next piece or epoch as needed)."""
-        piece = self.piece_at(stream, cursor)
-        slot = cursor.slot + 1
-        if piece is not None and slot < piece.size:
-            return StreamCursor(cursor.epoch, cursor.deal_index, slot)
-        return self.next_piece(stream, cursor)
+    def window_order(self, epoch: int, range_index: int, window: int) -> np.ndarray:
+        """The seeded permutation of window `window` of range `range_index` in `epoch`."""
+        key = (epoch, range_index, window)
+        found = self._windows.get(key)
+        if found is None:
+            _, length = self.range_bounds(range_index)
+            size = min(self.window, length - window * self.window)
+            found = _rng(self.seed, self.source_index, epoch, range_index, window, 0x5A).permutation(size)
+            if len(self._windows) >= 4 * self.num_streams:
+                self._windows.clear()
+            self._windows[key] = found
+        return found
 
-    def next_piece(self, stream: int, cursor: StreamCursor) -> StreamCursor:
-        if cursor.deal_index + 1 < len(self.stream_deal(stream, cursor.epoch)):
-            return StreamCursor(cursor.epoch, cursor.deal_index + 1, 0)
-        return StreamCursor(cursor.epoch + 1, 0, 0)
+    # --- positions -----------------------------------------------------------------------------------
+    def slot(self, position: int) -> Slot:
+        """The sample that position `position` of this source reads."""
+        epoch, offset = divmod(int(position), self.total)
+        c, k = offset % self.num_streams, offset // self.num_streams
+        start, _ = self.range_bounds(c)
+        window, inside = divmod(k, self.window)
+        layout = start + window * self.window + int(self.window_order(epoch, c, window)[inside])
+        shard, shard_offset = self.locate(epoch, layout)
+        return Slot(int(position), epoch, int(position) % self.num_streams, c, k, layout, shard, shard_offset)
 
+    def locate(self, epoch: int, layout: int) -> tuple[int, int]:
+        """(manifest shard index, sample offset inside it) of layout position `layout` in `epoch`."""
+        shards, ends = self.layout(epoch)
+        i = int(np.searchsorted(ends, layout, side="right"))
+        shard = int(shards[i])
+        return shard, int(layout - (ends[i] - self.counts[shard]))
 
-class MixSchedule:
-    """Which source each step draws from: the largest-deficit rule over normalised weights.
+    def window_span(self, epoch: int, range_index: int, window: int) -> list[tuple[int, int, int]]:
+        """The raw samples a window needs: (shard, first offset, end offset) runs, in layout order."""
+        start, length = self.range_bounds(range_index)
+        lo = start + window * self.window
+        hi = start + min(length, (window + 1) * self.window)
+        shards, ends = self.layout(epoch)
+        runs = []
+        while lo < hi:
+            i = int(np.searchsorted(ends, lo, side="right"))
+            shard = int(shards[i])
+            first = int(ends[i] - self.counts[shard])
+            stop = min(hi, int(ends[i]))
+            runs.append((shard, lo - first, stop - first))
+            lo = stop
+        return runs
 
-    Pure and counter-based: after k steps every source s has had within one batch of `w_s * k` batches.
-    """
-
-    def __init__(self, weights: list[float]):
-        total = float(sum(weights))
-        self.weights = [w / total for w in weights]
-
-    def pick(self, step: int, batches_taken: list[int]) -> int:
-        deficits = [w * (step + 1) - taken for w, taken in zip(self.weights, batches_taken)]
-        return int(np.argmax(deficits))  # ties → lowest index
-
-    def global_batch(
-        self, step: int, batches_taken: list[int], positions: list[int], size: int, per_sample: bool = False
-    ) -> list[tuple[int, int]]:
-        """(source, source position) of each sample of step `step`'s global batch; advances the counters.
-
-        Per batch (default): the whole batch from the source with the largest batch deficit. Per sample: each
-        sample from the source with the largest sample deficit (exact to one sample over any prefix)."""
-        if not per_sample:
-            src = self.pick(step, batches_taken)
-            batches_taken[src] += 1
-            start = positions[src]
-            positions[src] += size
-            return [(src, start + t) for t in range(size)]
-        out = []
-        total = sum(positions)
-        for _ in range(size):
-            src = int(np.argmax([w * (total + 1) - n for w, n in zip(self.weights, positions)]))
-            out.append((src, positions[src]))
-            positions[src] += 1
-            total += 1
-        return out
-
-    def sources(self, start_step: int, batches_taken: list[int], num_steps: int) -> list[int]:
-        taken = list(batches_taken)
-        out = []
-        for step in range(start_step, start_step + num_steps):
-            s = self.pick(step, taken)
-            taken[s] += 1
-            out.append(s)
-        return out
+    def streams_read(self, rank: int, world: int) -> int:
+        """How many ranks read each stream at most, when `world` does not divide P (1: exclusive)."""
+        return world // np.gcd(world, self.num_streams) if world > 1 else 1

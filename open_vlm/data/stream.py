@@ -1,36 +1,49 @@
-"""Reading one canonical stream: pieces of tar shards, each window of samples in its seeded order."""
+"""Reading the raw samples of one canonical stream: windows of tar samples, fetched by position.
+
+A stream's positions walk one contiguous layout range per epoch (see order.py), so its reader keeps one tar
+open and reads forward; a window's W raw samples are held (undecoded) while its outputs are handed out in
+their seeded order. Resuming inside a shard seeks to the window by tar headers; samples that another worker
+takes are read (tar is sequential) but never decoded. A missing or short shard gives `Hole`s, never shifting
+any other position.
+"""
 
 from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-from open_vlm.data.decode import SampleError
-from open_vlm.data.order import SourceOrder, StreamCursor
+from open_vlm.data.manifest import UrlColumn
+from open_vlm.data.order import Slot, SourceOrder
 from open_vlm.data.shards import iter_tar_samples, open_url, seek_to_sample
 
 log = logging.getLogger(__name__)
 
+# Every kind of bad data the loader counts (checkpoints sum them across ranks as a fixed-size tensor).
+HOLE_KINDS = (
+    "missing_shard",
+    "truncated_shard",
+    "bad_image",
+    "missing_field",
+    "bad_json",
+    "bad_array",
+    "oversized_member",
+    "other",
+)
 
-@dataclass
+# Skipping this many samples forward in an open shard is cheaper by reading than by re-opening and seeking.
+READ_AHEAD_LIMIT = 64
+
+
+@dataclass(frozen=True)
 class Hole:
-    """A slot that produced no sample: why, and where."""
+    """A position whose sample could not be had: why, and where."""
 
-    kind: str  # missing_shard | truncated_shard | bad_image | missing_field | bad_json ...
+    kind: str  # one of HOLE_KINDS
     url: str
     key: str | None
     message: str
-
-
-@dataclass
-class StreamOutput:
-    q: int  # index of this output within the stream (position j = stream + q * P)
-    epoch: int  # the epoch of the piece this sample came from
-    cursor: StreamCursor  # the stream's cursor after this output
-    sample: dict  # decoded sample
-    holes: list[Hole]  # slots skipped since the previous output of this stream
 
 
 def _seekable(stream) -> bool:
@@ -40,111 +53,91 @@ def _seekable(stream) -> bool:
         return False
 
 
+class _OpenShard:
+    """A tar shard open for sequential reading from sample `next_offset` on."""
+
+    def __init__(self, shard: int, url: str, start: int):
+        self.shard, self.url = shard, url
+        self.errors: list[Exception] = []
+        self.stream = open_url(url)
+        skip = start
+        if start > 0 and _seekable(self.stream):
+            # Jump to the sample by reading tar headers only; anything unusual re-reads from the start.
+            if seek_to_sample(self.stream, start):
+                skip = 0
+            else:
+                self.stream.seek(0)
+        self.samples: Iterator[dict] = iter_tar_samples(
+            self.stream, url, on_error=lambda kind, where, err: self.errors.append(err)
+        )
+        self.next_offset = start - skip
+        self.skip(skip)
+
+    def skip(self, n: int) -> None:
+        for _ in itertools.islice(self.samples, n):
+            self.next_offset += 1
+
+    def read(self, n: int) -> list[dict]:
+        out = list(itertools.islice(self.samples, n))
+        self.next_offset += len(out)
+        return out
+
+    def close(self) -> None:
+        self.stream.close()
+
+
 class StreamReader:
-    """Yields the good outputs of stream `stream` of one source, starting at `cursor` with index `q`.
+    """Raw samples of one stream of one source, fetched by position in increasing order."""
 
-    Resuming inside a piece re-reads that piece from its start up to the current window (at most one piece
-    per stream, whatever the position). Bad slots become holes: skipped, reported, never shifting the rest.
-    """
+    def __init__(self, order: SourceOrder, urls: UrlColumn):
+        self.order, self.urls = order, urls
+        self._open: _OpenShard | None = None
+        self._window_key: tuple[int, int, int] | None = None
+        self._window: list[dict | Hole] = []
+        self._missing: dict[int, str] = {}  # shards that failed to open: the error, so they are tried once
 
-    def __init__(
-        self,
-        order: SourceOrder,
-        stream: int,
-        cursor: StreamCursor,
-        q: int,
-        decode: Callable[[dict], dict],
-        strict: bool = False,
-    ):
-        self.order = order
-        self.stream = stream
-        self.cursor = cursor
-        self.q = q
-        self.decode = decode
-        self.strict = strict
-        self._holes: list[Hole] = []
-        self._empty_slots = 0  # consecutive slots without output (guards an all-bad source)
-        self._it = self._run()
+    def fetch(self, slot: Slot) -> dict | Hole:
+        """The raw sample (`{"__key__", "__url__", suffix: bytes}`) of `slot`, or the `Hole` it is."""
+        window = slot.output // self.order.window
+        key = (slot.epoch, slot.range_index, window)
+        if key != self._window_key:
+            self._window = self._load_window(*key)
+            self._window_key = key
+        start, _ = self.order.range_bounds(slot.range_index)
+        return self._window[slot.layout - start - window * self.order.window]
 
-    def __next__(self) -> StreamOutput:
-        return next(self._it)
+    def _load_window(self, epoch: int, range_index: int, window: int) -> list[dict | Hole]:
+        raws: list[dict | Hole] = []
+        for shard, first, stop in self.order.window_span(epoch, range_index, window):
+            raws.extend(self._read_run(shard, first, stop))
+        return raws
 
-    def _hole(self, kind: str, url: str, key: str | None, message: str) -> None:
-        if self.strict:
-            raise RuntimeError(f"bad data ({kind}) at {url}{' key ' + key if key else ''}: {message}")
-        self._holes.append(Hole(kind, url, key, message))
+    def _read_run(self, shard: int, first: int, stop: int) -> list[dict | Hole]:
+        url = self.urls[shard]
+        if shard in self._missing:
+            return [Hole("missing_shard", url, None, self._missing[shard])] * (stop - first)
+        current = self._open
+        reusable = (
+            current is not None
+            and current.shard == shard
+            and current.next_offset <= first <= current.next_offset + READ_AHEAD_LIMIT
+        )
+        if not reusable:
+            self.close()
+            try:
+                current = self._open = _OpenShard(shard, url, first)
+            except OSError as err:
+                self._missing[shard] = str(err)
+                return [Hole("missing_shard", url, None, str(err))] * (stop - first)
+        assert current is not None
+        current.skip(first - current.next_offset)  # read, not decoded: someone else's samples
+        got: list[dict | Hole] = list(current.read(stop - first))
+        if len(got) < stop - first:
+            reason = current.errors[0] if current.errors else "fewer samples than the manifest says"
+            got += [Hole("truncated_shard", url, None, str(reason))] * (stop - first - len(got))
+        return got
 
-    def _run(self) -> Iterator[StreamOutput]:
-        order, window = self.order, self.order.window
-        while True:
-            piece = order.piece_at(self.stream, self.cursor)
-            if piece is None:  # this stream's deal for the epoch is done
-                self.cursor = StreamCursor(self.cursor.epoch + 1, 0, 0)
-                continue
-            url = order.manifest.shards[piece.shard].url
-            slots = order.slot_order(self.stream, self.cursor, piece)
-            samples = self._piece_samples(url, piece.start, piece.end)
-            loaded_window, buffer = -1, []
-            for slot in range(self.cursor.slot, piece.size):
-                w = slot // window
-                if w != loaded_window:
-                    # Windows are read in order; resuming mid-piece skips (without decoding) to the window.
-                    buffer = self._take_window(samples, w, loaded_window, window)
-                    loaded_window = w
-                raw = buffer[slots[slot] - w * window] if slots[slot] - w * window < len(buffer) else None
-                epoch = self.cursor.epoch
-                self.cursor = order.advance(self.stream, self.cursor)
-                if raw is None:
-                    continue  # the hole was reported when the shard ended early
-                try:
-                    decoded = self.decode(raw)
-                except SampleError as err:
-                    self._hole(err.kind, url, raw["__key__"], str(err))
-                    self._guard()
-                    continue
-                decoded["__url__"] = url
-                out = StreamOutput(self.q, epoch, self.cursor, decoded, self._holes)
-                self._holes, self._empty_slots = [], 0
-                self.q += 1
-                yield out
-
-    def _guard(self) -> None:
-        self._empty_slots += 1
-        if self._empty_slots > 2 * self.order.manifest.num_samples + 1:
-            raise RuntimeError(f"stream {self.stream}: a whole epoch without one good sample")
-
-    def _take_window(self, samples: Iterator[dict], w: int, loaded: int, window: int) -> list[dict]:
-        skip = (w - loaded - 1) * window  # whole windows between the last loaded one and w
-        for _ in itertools.islice(samples, skip):
-            pass
-        return list(itertools.islice(samples, window))
-
-    def _piece_samples(self, url: str, start: int, end: int) -> Iterator[dict]:
-        """Raw samples [start, end) of a shard; a missing or truncated shard yields fewer (holes reported)."""
-        expected = end - start
-        produced = 0
-        try:
-            stream = open_url(url)
-        except OSError as err:
-            self._hole("missing_shard", url, None, f"{err} ({expected} slots lost)")
-            for _ in range(expected):
-                self._guard()
-            return
-        errors: list[Exception] = []
-        with stream:
-            skip = start
-            if start > 0 and _seekable(stream):
-                # Jump to the piece by reading tar headers only; anything unusual re-reads from the start.
-                if seek_to_sample(stream, start):
-                    skip = 0
-                else:
-                    stream.seek(0)
-            samples = iter_tar_samples(stream, url, on_error=lambda kind, where, err: errors.append(err))
-            for sample in itertools.islice(samples, skip, skip + expected):
-                produced += 1
-                yield sample
-        if produced < expected:
-            reason = errors[0] if errors else "fewer samples than the manifest says"
-            self._hole("truncated_shard", url, None, f"{reason} ({expected - produced} slots lost)")
-            for _ in range(expected - produced):
-                self._guard()
+    def close(self) -> None:
+        if self._open is not None:
+            self._open.close()
+            self._open = None

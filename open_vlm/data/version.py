@@ -20,10 +20,13 @@ def manifest_version(manifest: ShardManifest) -> str:
     """12 hex digits over each shard's file name, sample count, size and checksum (etag if none), in order."""
     # File names, not full URLs: a copy of the same shards elsewhere (disk -> S3, a FastFile mount) keeps its
     # version. The md5 checksum, not the etag: a multipart upload of the same bytes gets another etag.
+    if manifest.version is not None:  # computed when the manifest's index was written
+        return manifest.version
     digest = hashlib.sha256()
-    for shard in manifest.shards:
-        row = [posixpath.basename(shard.url), shard.num_samples, shard.size, shard.checksum or shard.etag]
-        digest.update(json.dumps(row).encode() + b"\n")
+    etags = manifest.etags or [None] * len(manifest)
+    columns = zip(manifest.urls, manifest.counts.tolist(), manifest.sizes.tolist(), manifest.checksums, etags)
+    for url, count, size, checksum, etag in columns:
+        digest.update(json.dumps([posixpath.basename(url), count, size, checksum or etag]).encode() + b"\n")
     return digest.hexdigest()[:12]
 
 

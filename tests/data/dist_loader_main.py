@@ -17,12 +17,15 @@ def main(shard_dir: str, out_dir: str, steps: int) -> None:
     source = Source("d", "image_text", 1.0, read_manifest(f"{shard_dir}/manifest.json"))
     loader = make_loader([source], rank=rank, world=world, num_workers=1, global_batch=8, micro_batch=2)
     it = iter(loader)
-    keys = []
+    keys, rows, holes = [], [], []
     for _ in range(steps * loader.accum_steps):
         batch = next(it)
         keys += [[k, e] for k, e in zip(batch["keys"], batch["epochs"])]
+        rows.append(batch["rows"])
+        holes += [m["url"] for m in batch["holes"]]
     state = loader.state_dict()  # collective
-    Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"keys": keys, "state": state}))
+    out = {"keys": keys, "rows": rows, "holes": holes, "state": state}
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(out))
     dist.destroy_process_group()
 
 

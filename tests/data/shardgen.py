@@ -40,12 +40,30 @@ def keys_only(sample: dict, source) -> dict:
 
 
 def collate_keys(samples: list[dict]) -> dict:
+    """Keys of the good rows (a bad sample's row is a marked copy of a good one: left out here)."""
+    good = [s for s in samples if s.get("__valid__", True)]
     return {
-        "keys": [s["key"] for s in samples],
-        "sources": [s["source"] for s in samples],
-        "epochs": [s["__meta__"]["epoch"] for s in samples],
-        "meta": [s["__meta__"] for s in samples],
+        "keys": [s["key"] for s in good],
+        "sources": [s["source"] for s in good],
+        "epochs": [s["__meta__"]["epoch"] for s in good],
+        "meta": [s["__meta__"] for s in good],
+        "rows": len(samples),
+        "holes": [s["__meta__"] for s in samples if not s.get("__valid__", True)],
     }
+
+
+def write_text_shards(folder: Path, prefix: str, counts: list[int]) -> list[str]:
+    """Text-only shards (cheap to write and decode) with keys `<prefix>_<shard>_<i>`, and their manifest."""
+    folder.mkdir(parents=True, exist_ok=True)
+    urls = []
+    for shard, count in enumerate(counts):
+        path = folder / f"{prefix}-{shard:05d}.tar"
+        with wds.TarWriter(str(path)) as sink:
+            for i in range(count):
+                sink.write({"__key__": f"{prefix}_{shard:03d}_{i:04d}", "txt": "x"})
+        urls.append(str(path))
+    write_manifest(urls, str(folder / "manifest.json"))
+    return urls
 
 
 def make_loader(sources: list[Source], **settings) -> ShardLoader:

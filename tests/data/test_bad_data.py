@@ -1,4 +1,4 @@
-"""Bad data is skipped, counted per kind and logged (or fails fast in strict mode); nothing else shifts."""
+"""Bad data keeps its place in the order: skipped, counted per kind and logged (or fatal in strict mode)."""
 
 import gzip
 import io
@@ -72,10 +72,13 @@ def test_counts_are_exact_and_nothing_shifts(tmp_path):
     clean = [Source("e", "image_text", 1.0, manifest)]
     reference = next(iter(make_loader(clean, global_batch=10, micro_batch=10, num_streams=1)))["keys"]
     rewrite_member(urls[0], "e_000_0004.jpg", b"garbage")
-    loader = make_loader(clean, global_batch=9, micro_batch=9, num_streams=1)
-    keys = next(iter(loader))["keys"]
-    assert keys == [k for k in reference if k != "e_000_0004"]  # the same order, one sample less
+    loader = make_loader(clean, global_batch=10, micro_batch=10, num_streams=1)
+    batch = next(iter(loader))
+    assert batch["keys"] == [k for k in reference if k != "e_000_0004"]  # the same order, one sample less
+    assert batch["rows"] == 10  # the bad sample's row holds a copy marked invalid: shapes never change
+    assert [h["key"] for h in batch["holes"]] == ["e_000_0004"]
     assert loader.state_dict()["bad_samples"] == {"bad_image": 1}
+    assert loader.state_dict()["positions"] == [10]  # its position is used up like any other
 
 
 def test_strict_mode_fails_fast(damaged):

@@ -1,4 +1,4 @@
-"""Real torchrun, 2 processes, gloo: ranks get disjoint samples that cover the data; state is gathered."""
+"""Real torchrun, 2 processes, gloo: ranks get disjoint samples that cover the data; bad-sample counts are summed."""
 
 import json
 import os
@@ -11,7 +11,8 @@ from tests.data.shardgen import write_shards
 
 @pytest.mark.slow
 def test_torchrun_ranks_disjoint_and_covering(tmp_path):
-    write_shards(tmp_path / "shards", "d", 3, 8)  # 24 samples = 3 steps of 8
+    write_shards(tmp_path / "shards", "d", 4, 8)  # 32 samples = 4 steps of 8
+    (tmp_path / "shards" / "d-00003.tar").unlink()  # listed in the manifest, gone: its 8 positions are holes
     out = tmp_path / "out"
     out.mkdir()
     result = run_cli(
@@ -27,12 +28,15 @@ def test_torchrun_ranks_disjoint_and_covering(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
-    assert len(ranks[0]["keys"]) == len(ranks[1]["keys"]) == 4 * 6  # same number of steps and samples
-    # Streams end their epochs at slightly different times; within epoch 0 every sample comes once.
-    epoch0 = [[k for k, e in r["keys"] if e == 0] for r in ranks]
-    assert not set(epoch0[0]) & set(epoch0[1])
-    assert len(epoch0[0]) == len(set(epoch0[0])) and len(epoch0[1]) == len(set(epoch0[1]))
-    assert set(epoch0[0]) | set(epoch0[1]) == {f"d_{s:03d}_{i:04d}" for s in range(3) for i in range(8)}
-    assert ranks[0]["state"] == ranks[1]["state"]  # every rank holds the same, merged state
+    assert len(ranks[0]["rows"]) == len(ranks[1]["rows"]) == 6 * 2  # same steps, full micro-batches
+    assert all(rows == 2 for r in ranks for rows in r["rows"])
+    for epoch in (0, 1):  # 48 positions: epoch 0 whole, epoch 1 half
+        got = [[k for k, e in r["keys"] if e == epoch] for r in ranks]
+        assert not set(got[0]) & set(got[1])
+        assert len(got[0]) == len(set(got[0])) and len(got[1]) == len(set(got[1]))
+    epoch0 = {k for r in ranks for k, e in r["keys"] if e == 0}
+    assert epoch0 == {f"d_{s:03d}_{i:04d}" for s in range(3) for i in range(8)}
+    assert ranks[0]["state"] == ranks[1]["state"]  # every rank holds the same state, counts summed
     assert ranks[0]["state"]["positions"] == [48]
-    assert min(row[1] for row in ranks[0]["state"]["streams"][0]) >= 1  # all streams are past epoch 0
+    holes = sum(1 for r in ranks for _ in r["holes"])
+    assert holes >= 8 and ranks[0]["state"]["bad_samples"] == {"missing_shard": holes}

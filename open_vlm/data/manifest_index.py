@@ -1,0 +1,137 @@
+"""A binary index beside `manifest.json`: what a training process needs from a manifest, loadable in milliseconds.
+
+Parsing a million-shard JSON takes seconds and hundreds of MB of Python objects in every process. The index
+(`<name>.index.npz`, plain numpy arrays) holds the sample counts, the URL names under one base, the dataset
+version and the URL patterns the manifest was built from; it records the JSON's size and mtime (or ETag) and
+is rebuilt when they no longer match. A manifest whose directory is read-only gets its index in the local cache
+(`$OPEN_VLM_CACHE/manifests`). Sizes and checksums stay in the JSON (tools read it; training does not need them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import fsspec
+import numpy as np
+
+from open_vlm.data.manifest import ShardManifest, UrlColumn, read_manifest
+from open_vlm.storage import is_remote, write_atomic
+
+log = logging.getLogger(__name__)
+
+INDEX_FORMAT = "open_vlm.manifest-index/1"
+
+
+def index_url(manifest_url: str) -> str:
+    stem = manifest_url[: -len(".json")] if manifest_url.endswith(".json") else manifest_url
+    return f"{stem}.index.npz"
+
+
+def _cache_path(manifest_url: str) -> Path:
+    root = Path(os.environ.get("OPEN_VLM_CACHE", Path(tempfile.gettempdir()) / "open_vlm_cache"))
+    return root / "manifests" / (hashlib.sha1(manifest_url.encode()).hexdigest()[:20] + ".index.npz")
+
+
+def _identity(manifest_url: str) -> str | None:
+    """Size and mtime (local) or ETag (remote) of the manifest JSON; None when it does not exist."""
+    fs, path = fsspec.core.url_to_fs(manifest_url)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        return None
+    stamp = info.get("ETag") or info.get("mtime") or info.get("LastModified") or info.get("created")
+    return f"{info.get('size')}:{stamp}"
+
+
+def _encode(manifest: ShardManifest, identity: str, patterns: list[str] | None) -> bytes:
+    from open_vlm.data.version import manifest_version
+
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        format=np.array(INDEX_FORMAT),
+        identity=np.array(identity),
+        patterns=np.array(json.dumps(patterns)),
+        version=np.array(manifest_version(manifest)),
+        base=np.array(manifest.urls.base),
+        names=manifest.urls.names,
+        counts=manifest.counts,
+    )
+    return buf.getvalue()
+
+
+def write_index(manifest: ShardManifest, manifest_url: str, patterns: list[str] | None = None) -> None:
+    """Write the index of `manifest` (just written at `manifest_url`) beside it, else in the local cache."""
+    identity = _identity(manifest_url)
+    if identity is None:
+        return
+    data = _encode(manifest, identity, patterns)
+    target = index_url(manifest_url)
+    try:
+        write_atomic(target, data)
+        if not is_remote(target):
+            return
+    except OSError as err:
+        log.info("manifest index not written beside %s (%s); caching it locally", manifest_url, err)
+    write_atomic(str(_cache_path(manifest_url)), data)
+
+
+def _load(path_or_bytes, identity: str) -> tuple[ShardManifest, list[str] | None] | None:
+    try:
+        npz = np.load(io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes) else path_or_bytes)
+        if str(npz["format"]) != INDEX_FORMAT or str(npz["identity"]) != identity:
+            return None
+        urls = UrlColumn(str(npz["base"]), npz["names"])
+        manifest = ShardManifest.from_columns(urls, npz["counts"], version=str(npz["version"]))
+        return manifest, json.loads(str(npz["patterns"]))
+    except (OSError, ValueError, KeyError) as err:
+        log.info("ignoring an unreadable manifest index (%s)", err)
+        return None
+
+
+def load_index(manifest_url: str) -> tuple[ShardManifest, list[str] | None] | None:
+    """The counts-only manifest and the patterns it was built from, if a current index exists."""
+    identity = _identity(manifest_url)
+    if identity is None:
+        return None
+    beside = index_url(manifest_url)
+    if not is_remote(beside) and os.path.exists(beside):
+        found = _load(beside, identity)
+        if found:
+            return found
+    cache = _cache_path(manifest_url)
+    if cache.exists():
+        found = _load(str(cache), identity)
+        if found:
+            return found
+    if is_remote(beside):
+        fs, path = fsspec.core.url_to_fs(beside)
+        try:
+            data = fs.cat_file(path)
+        except FileNotFoundError:
+            return None
+        found = _load(data, identity)
+        if found:  # keep a local copy: the next process reads it from disk
+            write_atomic(str(cache), data)
+        return found
+    return None
+
+
+def training_manifest(manifest_url: str, patterns: list[str] | None = None) -> tuple[ShardManifest, bool]:
+    """The counts-only manifest at `manifest_url` and whether it was built from exactly `patterns`.
+
+    Reads the index, or the JSON once (then writes the index for every later process)."""
+    found = load_index(manifest_url)
+    if found is None:
+        log.info("indexing manifest %s (once; later processes read %s)", manifest_url, index_url(manifest_url))
+        full = read_manifest(manifest_url)
+        write_index(full, manifest_url)
+        found = load_index(manifest_url) or (full, None)
+    manifest, built_from = found
+    return manifest, patterns is not None and built_from == list(patterns)
