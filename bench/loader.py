@@ -87,20 +87,9 @@ def run_pass(loader, num_batches: int) -> tuple[float, float]:
 
 
 def state_at_step(loader, step: int) -> dict:
-    """The loader state after `step` steps, from the order alone (no decoding; assumes no bad samples)."""
-    from open_vlm.data.order import StreamCursor
-
+    """The loader state after `step` steps of one source: the position is all there is (data order v2)."""
     sd = loader.local_state_dict()
-    order, batch = loader.orders[0], loader.settings.global_batch
-    n = step * batch
-    rows = []
-    for stream in range(order.num_streams):
-        q = len(range(stream, n, order.num_streams))  # outputs of this stream taken so far
-        cursor = StreamCursor()
-        for _ in range(q):
-            cursor = order.advance(stream, cursor)
-        rows.append([q, cursor.epoch, cursor.deal_index, cursor.slot])
-    return {**sd, "step": step, "batches_taken": [step], "positions": [n], "streams": [rows]}
+    return {**sd, "step": step, "groups_taken": [step], "positions": [step * loader.settings.global_batch]}
 
 
 def first_batch_seconds(pattern: str, data: Path, args, state: dict) -> float:
@@ -148,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     it = iter(check)
     for _ in range(5):
         next(it)
-    assert state_at_step(check, 5)["streams"] == check.local_state_dict()["streams"], "constructed state is wrong"
+    assert state_at_step(check, 5) == check.local_state_dict(), "constructed state is wrong"
     deep = state_at_step(check, args.resume_step)
     start = state_at_step(check, 0)
     t_start, t_deep = [], []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 
 import fsspec
@@ -10,6 +11,8 @@ import fsspec
 from open_vlm.checkpoint.checkpointer import MARKER, Checkpointer, read_meta
 from open_vlm.data.manifest import read_manifest
 from open_vlm.data.shards import iter_tar_samples, open_url
+
+log = logging.getLogger(__name__)
 
 
 def view_shard(url: str, limit: int = 5, boxes_png: str | None = None, index: int = 0) -> dict:
@@ -59,7 +62,36 @@ def view_manifest(path: str) -> dict:
 
 def view_checkpoint(url: str) -> dict:
     meta = read_meta(url)
-    return {"kind": "checkpoint", "url": url, **{k: v for k, v in meta.items() if k != "config"}}
+    info = {"kind": "checkpoint", "url": url, **{k: v for k, v in meta.items() if k != "config"}}
+    files = _consumed_files(url, meta)
+    if files is not None:  # the per-file list the compact record stands for
+        info["consumed_summary"], info["consumed"] = meta.get("consumed"), files
+    return info
+
+
+def _consumed_files(url: str, meta: dict) -> list[dict] | None:
+    """Every tar file a checkpoint's data position touched, rebuilt from its loader state and manifests."""
+    from open_vlm.checkpoint.checkpointer import read_bytes
+    from open_vlm.config.load import config_from_yaml_text
+    from open_vlm.data.build import source_manifest
+    from open_vlm.data.consumed import consumed_files
+    from open_vlm.data.loader import STATE_VERSION, Source
+    from open_vlm.data.order import SourceOrder
+
+    state = json.loads(read_bytes(f"{url}/data.json"))
+    if state.get("version") != STATE_VERSION or "config" not in meta:
+        return None  # an older checkpoint: its meta.json lists the files itself
+    cfg = config_from_yaml_text(meta["config"])
+    try:
+        sources = [Source(s.name, s.modality, s.weight, source_manifest(s)) for s in cfg.data.sources]
+    except (OSError, ValueError) as err:  # shards or manifests moved: the summary is all there is
+        log.warning("cannot list the consumed files of %s (%s): showing the summary", url, err)
+        return None
+    orders = [
+        SourceOrder(src.manifest.counts, state["seed"], i, streams, state["window"])
+        for i, (src, streams) in enumerate(zip(sources, state["num_streams"]))
+    ]
+    return consumed_files(orders, sources, state["positions"])
 
 
 def view_run(path: str) -> dict:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import posixpath
+import re
 
-import braceexpand
 import fsspec
 
 from open_vlm.config.schema import DataConfig, SourceConfig
@@ -18,8 +18,24 @@ from open_vlm.data.version import manifest_version
 log = logging.getLogger(__name__)
 
 
+_BRACES = re.compile(r"\{([^{}]*)\}")
+
+
 def _first_url(patterns: list[str]) -> str:
-    return next(iter(braceexpand.braceexpand(patterns[0])))
+    """The first URL the patterns expand to, without expanding them (a million-shard range costs seconds)."""
+
+    def first(match: re.Match) -> str:
+        body = match.group(1)
+        if ".." in body and "," not in body:
+            return body.split("..")[0]  # `{000..999}` starts at `000`, padding included
+        return body.split(",")[0]
+
+    pattern = patterns[0]
+    while True:
+        reduced = _BRACES.sub(first, pattern)
+        if reduced == pattern:
+            return reduced
+        pattern = reduced
 
 
 def source_manifest(cfg: SourceConfig) -> ShardManifest:

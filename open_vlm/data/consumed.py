@@ -16,6 +16,8 @@ import numpy as np
 
 from open_vlm.data.order import SourceOrder
 
+MAX_LISTED_PARTIAL = 256  # partly read shards named inline in meta.json; `open-vlm view` lists them all
+
 
 @dataclass
 class EpochProgress:
@@ -87,7 +89,8 @@ def consumed_record(orders: list[SourceOrder], sources, positions: list[int]) ->
                 "samples_read": progress.samples_read,
                 "num_samples": order.total,
                 "shards_complete": full + more_full,
-                "shards_partial": partial,
+                "shards_partial_count": len(partial),
+                "shards_partial": partial[:MAX_LISTED_PARTIAL],
             }
         )
     return out

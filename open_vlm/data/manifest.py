@@ -80,7 +80,7 @@ class ShardManifest:
     ) -> ShardManifest:
         """A manifest from columns; `sizes`/`checksums`/`etags` may be absent (a training-only view)."""
         out = cls.__new__(cls)
-        out.urls, out.counts = urls, np.asarray(counts, dtype=np.int64)
+        out.urls, out.counts = urls, np.asarray(counts)  # int32 from an index: 4 bytes a shard
         out.sizes, out.checksums, out.etags, out.version = sizes, checksums, etags, version
         return out
 

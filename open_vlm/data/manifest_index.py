@@ -61,7 +61,7 @@ def _encode(manifest: ShardManifest, identity: str, patterns: list[str] | None) 
         version=np.array(manifest_version(manifest)),
         base=np.array(manifest.urls.base),
         names=manifest.urls.names,
-        counts=manifest.counts,
+        counts=manifest.counts.astype(np.int32) if manifest.counts.max(initial=0) < 2**31 else manifest.counts,
     )
     return buf.getvalue()
 

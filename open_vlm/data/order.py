@@ -46,17 +46,19 @@ class SourceOrder:
     CACHED_EPOCHS = 3  # streams cross an epoch end at nearly the same position: a few layouts suffice
 
     def __init__(self, counts: np.ndarray, seed: int, source_index: int, num_streams: int, window: int):
-        counts = np.asarray(counts, dtype=np.int64)
-        self.total = int(counts.sum())
+        counts = np.asarray(counts)
+        self.total = int(counts.sum(dtype=np.int64))
         if self.total <= 0:
             raise ValueError("source has no samples (every shard of its manifest is empty)")
         self.seed, self.source_index = int(seed), int(source_index)
         self.num_streams = max(1, min(int(num_streams), self.total))
         self.window = max(1, int(window))
         self.range_len, self.longer = divmod(self.total, self.num_streams)
-        index_type = np.int32 if len(counts) < 2**31 else np.int64
-        self.counts = counts.astype(np.int32) if counts.max() < 2**31 else counts
-        self.nonempty = np.flatnonzero(counts > 0).astype(index_type)
+        small = counts.max() < 2**31 and len(counts) < 2**31
+        self.counts = counts.astype(np.int32, copy=False) if small else counts.astype(np.int64, copy=False)
+        empty = self.counts == 0
+        # Layouts permute the non-empty shards; when none is empty (the usual case) that is every shard.
+        self.nonempty = np.flatnonzero(~empty).astype(self.counts.dtype) if empty.any() else None
         self._layouts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._windows: dict[tuple[int, int, int], np.ndarray] = {}
 
@@ -68,8 +70,9 @@ class SourceOrder:
         """(manifest shard index of each layout shard, cumulative sample count at its end) for `epoch`."""
         found = self._layouts.get(epoch)
         if found is None:
-            perm = _rng(self.seed, self.source_index, epoch, 0xD1).permutation(len(self.nonempty))
-            shards = self.nonempty[perm]
+            count = len(self.counts) if self.nonempty is None else len(self.nonempty)
+            perm = _rng(self.seed, self.source_index, epoch, 0xD1).permutation(count).astype(self.counts.dtype)
+            shards = perm if self.nonempty is None else self.nonempty[perm]
             found = (shards, np.cumsum(self.counts[shards], dtype=np.int64))
             if len(self._layouts) >= self.CACHED_EPOCHS:
                 self._layouts.pop(min(self._layouts))
