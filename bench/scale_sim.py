@@ -82,7 +82,7 @@ def child_ready(path: str, shards: int, ranks: int, workers: int, batch: int, st
     from open_vlm.data.consumed import consumed_record
     from open_vlm.data.loader import STATE_VERSION, Source
     from open_vlm.data.order import SourceOrder
-    from open_vlm.data.plan import PlanState, Planner
+    from open_vlm.data.plan import Planner, PlanState
 
     folder = Path(path).parent
     base = rss_mib()
