@@ -26,7 +26,8 @@ class EpochProgress:
     epoch: int
     samples_read: int
     intervals: list[tuple[int, int]] = field(default_factory=list)  # layout [a, b) read in full
-    singles: list[int] = field(default_factory=list)  # layout positions read inside windows in progress
+    # windows in progress: (range, window index, first layout position, window size, outputs taken)
+    windows: list[tuple[int, int, int, int, int]] = field(default_factory=list)
 
 
 def epoch_progress(order: SourceOrder, position: int) -> EpochProgress:
@@ -39,8 +40,9 @@ def epoch_progress(order: SourceOrder, position: int) -> EpochProgress:
         if whole:
             progress.intervals.append((start, start + whole * order.window))
         if rest:
-            base = start + whole * order.window
-            progress.singles.extend(base + int(i) for i in order.window_order(epoch, c, whole)[:rest])
+            _, length = order.range_bounds(c)
+            size = min(order.window, length - whole * order.window)
+            progress.windows.append((c, whole, start + whole * order.window, size, rest))
     return progress
 
 
@@ -61,8 +63,13 @@ def _shard_counts(order: SourceOrder, progress: EpochProgress) -> tuple[int, Cou
         if last_full >= first_full:
             full += last_full - first_full + 1
             spans.append((first_full, last_full + 1))
-    if progress.singles:
-        for k in np.searchsorted(ends, np.array(progress.singles), side="right").tolist():
+    for c, window, first, size, taken in progress.windows:
+        k = int(np.searchsorted(ends, first, side="right"))
+        if first + size <= ends[k]:  # the whole window lies in one shard: which samples were taken is moot
+            touched[k] += taken
+            continue
+        picked = first + order.window_order(progress.epoch, c, window)[:taken]
+        for k in np.searchsorted(ends, picked, side="right").tolist():
             touched[k] += 1
     return full, touched, spans
 
