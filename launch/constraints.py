@@ -75,8 +75,8 @@ def read_pins(path: Path) -> dict[str, str]:
     return pins
 
 
-def check_installed(pins: dict[str, str]) -> list[str]:
-    """What differs from the pins here, and any smoke import that fails; empty when the environment is right."""
+def check_installed(pins: dict[str, str], imports: tuple[str, ...] = SMOKE_IMPORTS) -> list[str]:
+    """What differs from the pins here, and any of `imports` that fails; empty when the environment is right."""
     problems = []
     for name, version in sorted(pins.items()):
         try:
@@ -85,7 +85,7 @@ def check_installed(pins: dict[str, str]) -> list[str]:
             have = "missing"
         if have != version:
             problems.append(f"{name} {have} (pinned {version})")
-    for module in SMOKE_IMPORTS:
+    for module in imports:
         try:
             importlib.import_module(module)
         except Exception as err:  # any failure to import is what the check is for
