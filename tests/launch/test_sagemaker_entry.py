@@ -129,3 +129,4 @@ def test_spot_interruption_checkpoints_and_exits_0(submit_env, aws_hooks, s3_buc
     assert saved == [f"step_{logged[-1]['step']:08d}"]  # saved where the signal stopped it, long before max_steps
     text = log.read_text()
     assert "SIGTERM: passed to 1 training process" in text and "SIGTERM received" in text
+    assert "ignores these config keys" not in text  # the job gets only what train reads
