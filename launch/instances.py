@@ -41,3 +41,33 @@ def gpus_per_node(instance_type: str) -> int:
     close = difflib.get_close_matches(candidate, list(GPUS_PER_INSTANCE), n=4, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else f"; known GPU types: {', '.join(GPUS_PER_INSTANCE)}"
     raise LaunchError(f"unknown instance type '{instance_type}'{hint}")
+
+
+# EFA: the types whose instances carry an Elastic Fabric Adapter (EC2's `network-info.efa-supported`), and those
+# whose EFA also does RDMA (p4d and newer). SageMaker's own driver keeps a shorter, fixed list.
+EFA_RDMA_INSTANCES = frozenset(f"ml.{name}.48xlarge" for name in ("p5", "p5e", "p5en", "p6-b200")) | {
+    "ml.p4d.24xlarge",
+    "ml.p4de.24xlarge",
+}
+EFA_INSTANCES = EFA_RDMA_INSTANCES | {
+    "ml.p3dn.24xlarge",
+    *(f"ml.g4dn.{size}" for size in ("8xlarge", "12xlarge", "16xlarge")),
+    *(
+        f"ml.{family}.{size}"
+        for family in ("g5", "g6", "g6e")
+        for size in ("8xlarge", "12xlarge", "16xlarge", "24xlarge", "48xlarge")
+    ),
+}
+
+
+def efa_environment(instance_type: str) -> dict[str, str]:
+    """What NCCL's aws-ofi plugin needs to use EFA on `instance_type` (nothing for types without EFA).
+
+    NCCL_PROTO is left to NCCL: forcing `simple` (as SageMaker's driver does) slows every collective.
+    """
+    if instance_type not in EFA_INSTANCES:
+        return {}
+    env = {"FI_PROVIDER": "efa", "RDMAV_FORK_SAFE": "1"}  # fork-safe: data-loader workers fork after NCCL starts
+    if instance_type in EFA_RDMA_INSTANCES:
+        env["FI_EFA_USE_DEVICE_RDMA"] = "1"
+    return env

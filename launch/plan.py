@@ -1,7 +1,7 @@
 """What a SageMaker job will be: launcher options (`LaunchConfig`) resolved into a `JobPlan`.
 
 Pure functions over the run config and the options; nothing here talks to AWS, so `--dry-run` prints
-exactly the plan a submission sends.
+exactly the plan a submission sends (`launch/request.py` turns it into the CreateTrainingJob request).
 """
 
 from __future__ import annotations
@@ -12,13 +12,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launch.instances import LaunchError, gpus_per_node
-from open_vlm.config.load import ConfigError, dump_config, load_run_config
+import yaml
+
+from launch.instances import LaunchError, efa_environment, gpus_per_node
+from launch.limits import check_channel_names, check_environment, check_image, check_max_run, parse_env
+from open_vlm.config.load import IGNORED_SECTIONS, ConfigError, dump_config, load_run_config
 from open_vlm.config.schema import RunConfig
 from open_vlm.storage import is_remote
 
 CONFIG_IN_SOURCE = "job/run_config.yaml"  # where the resolved config lies in the uploaded source
-ENTRY_SCRIPT = "launch/sagemaker_entry.py"  # runs `-m open_vlm.train` from the uploaded source
+ENTRY_MODULE = "launch.sagemaker_entry"  # the container's first process: torchrun, with SIGTERM passed on
 SHIPPED = ("open_vlm", "launch", "configs", "tools", "setup.py", "requirements.txt", "README.md")
 CONTAINER_DATA = "/opt/ml/input/data"  # where SageMaker mounts input channels
 CONTAINER_RUNS = "/opt/ml/output/data"  # uploaded by SageMaker as output.tar.gz when the job ends
@@ -27,6 +30,7 @@ JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
 MAX_JOB_NAME = 48  # SageMaker allows 63; the SDK appends "-YYYYmmddHHMMSS"
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+SPOT_SAVE_MINUTES = 30.0  # a spot job's save cadence when the config sets none: at most this much work is redone
 
 
 @dataclass
@@ -41,6 +45,7 @@ class LaunchConfig:
     max_wait: str | None = None  # spot only; default: twice max_run (time to wait for capacity)
     image: str | None = None  # default: the image `--build` pushes for this checkout
     build: bool = False
+    check: bool = False  # with build: smoke-test the image (pinned versions, imports) before pushing it
     role: str | None = None  # default: $SAGEMAKER_ROLE
     region: str | None = None  # default: --region, $AWS_REGION, then the boto3 profile
     job_name: str | None = None  # default: <run.project>-<run.name>; also keys the checkpoint prefix
@@ -72,19 +77,19 @@ class JobPlan:
     output_path: str
     environment: dict[str, str]
     channels: dict[str, str]  # channel name -> S3 prefix (FastFile)
+    reads: dict[str, str]  # config key -> the s3:// URL the job reads there (a first shard, a folder)
     volume_gb: int
     run_config: RunConfig
     config_yaml: str
-
-    @property
-    def hyperparameters(self) -> dict[str, str]:
-        return {"config": CONFIG_IN_SOURCE}
+    notes: list[str] = field(default_factory=list)  # what the launcher chose for the user, said when launching
 
     def command(self) -> str:
-        """The command every node runs (SageMaker's torchrun driver adds the rendezvous flags)."""
+        """What every node runs; `exec` makes the entry the container's first process, which gets SIGTERM.
+
+        The entry adds torchrun's rendezvous flags from SageMaker's host list."""
         return (
-            f"torchrun --nnodes {self.instance_count} --nproc_per_node {self.processes_per_node} "
-            f"-m open_vlm.train --config {CONFIG_IN_SOURCE}"
+            f"exec python3 -m {ENTRY_MODULE} --nnodes {self.instance_count} --nproc_per_node "
+            f"{self.processes_per_node} -m open_vlm.train --config {CONFIG_IN_SOURCE}"
         )
 
 
@@ -130,6 +135,7 @@ def overridden_keys(overrides: list[str]) -> set[str]:
 def _mount_channels(cfg: RunConfig, names: list[str]) -> dict[str, str]:
     """Rewrite the named sources' s3:// URLs to their FastFile mounts; returns channel -> S3 prefix."""
     sources = {source.name: source for source in cfg.data.sources}
+    check_channel_names(names)
     channels = {}
     for name in names:
         if name not in sources:
@@ -145,6 +151,42 @@ def _mount_channels(cfg: RunConfig, names: list[str]) -> dict[str, str]:
             source.manifest = source.manifest.replace(prefix, mount, 1)
         channels[name] = prefix + "/"
     return channels
+
+
+def _remote_reads(cfg: RunConfig) -> dict[str, str]:
+    """What the job will read from S3, by config key: each source's first shard, the model's files."""
+    from open_vlm.data.shards import expand_urls
+
+    reads = {}
+    for i, source in enumerate(cfg.data.sources):
+        urls = expand_urls(source.urls)
+        if urls and urls[0].startswith("s3://"):
+            reads[f"data.sources[{i}] ({source.name})"] = urls[0]
+    for key in ("config", "pretrained", "tokenizer"):
+        value = getattr(cfg.model, key)
+        if value and value.startswith("s3://"):
+            reads[f"model.{key}"] = value
+    return reads
+
+
+def _spot_cadence(cfg: RunConfig, spot: bool) -> list[str]:
+    """A spot job saves every SPOT_SAVE_MINUTES unless the config sets a cadence; returns the note to show."""
+    if not spot or cfg.checkpoint.every_steps or cfg.checkpoint.every_minutes:
+        return []
+    cfg.checkpoint.every_minutes = SPOT_SAVE_MINUTES
+    return [
+        f"--spot: checkpoint.every_minutes set to {SPOT_SAVE_MINUTES:g} (the config sets no save cadence), so an "
+        f"interruption redoes at most ~{SPOT_SAVE_MINUTES:g} min of training; choose with "
+        "-- --checkpoint.every_minutes N or --checkpoint.every_steps N"
+    ]
+
+
+def shipped_config(cfg: RunConfig) -> str:
+    """The resolved config as the job's YAML, without the sections `train` does not read (it would warn)."""
+    values = yaml.safe_load(dump_config(cfg))
+    for section in IGNORED_SECTIONS["train"]:
+        values.pop(section, None)
+    return yaml.safe_dump(values, sort_keys=False)
 
 
 def _check_reachable(cfg: RunConfig, source_root: Path) -> None:
@@ -172,7 +214,10 @@ def make_plan(opts: LaunchConfig, image_for: Callable[[str, str], str], source_r
     processes = gpus_per_node(opts.instance_type)
     if opts.instance_count < 1:
         raise LaunchError(f"--instance-count: must be >= 1, got {opts.instance_count}")
+    if opts.volume_gb < 1:
+        raise LaunchError(f"--volume-gb: must be >= 1, got {opts.volume_gb}")
     max_run = parse_duration(opts.max_run, "--max-run")
+    check_max_run(max_run)
     max_wait = None
     if opts.max_wait and not opts.spot:
         raise LaunchError("--max-wait only applies to spot jobs: add --spot")
@@ -180,9 +225,13 @@ def make_plan(opts: LaunchConfig, image_for: Callable[[str, str], str], source_r
         max_wait = parse_duration(opts.max_wait, "--max-wait") if opts.max_wait else 2 * max_run
         if max_wait < max_run:
             raise LaunchError(f"--max-wait ({max_wait}s) must be >= --max-run ({max_run}s)")
+    environment = {"PYTHONUNBUFFERED": "1", **efa_environment(opts.instance_type), **parse_env(opts.env)}
+    check_environment(environment)
     cfg = load_run_config(["--config", opts.config, *opts.overrides])
     region = resolve_region(opts)
     role, account = resolve_role(opts)
+    if opts.image:
+        check_image(opts.image, region)
     job_name = opts.job_name or default_job_name(cfg)
     if len(job_name) > MAX_JOB_NAME or not JOB_NAME.match(job_name):
         raise LaunchError(f"--job-name: letters, digits and '-', at most {MAX_JOB_NAME} characters; got '{job_name}'")
@@ -205,16 +254,12 @@ def make_plan(opts: LaunchConfig, image_for: Callable[[str, str], str], source_r
         )
     if "checkpoint.resume" not in set_by_user and cfg.checkpoint.resume == "none":
         cfg.checkpoint.resume = "latest"  # a spot restart or a relaunch picks up where the job stood
+    notes = _spot_cadence(cfg, opts.spot)
     if "run.output_dir" not in set_by_user:
         cfg.run.output_dir = CONTAINER_RUNS
+    reads = _remote_reads(cfg)
     channels = _mount_channels(cfg, opts.channels)
     _check_reachable(cfg, source_root)
-    environment = {"PYTHONUNBUFFERED": "1"}
-    for item in opts.env:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise LaunchError(f"--env: expected KEY=VALUE, got '{item}'")
-        environment[key] = value
     return JobPlan(
         job_name=job_name,
         region=region,
@@ -232,41 +277,9 @@ def make_plan(opts: LaunchConfig, image_for: Callable[[str, str], str], source_r
         output_path=f"{s3_root}/{job_name}/output",
         environment=environment,
         channels=channels,
+        reads=reads,
         volume_gb=opts.volume_gb,
         run_config=cfg,
-        config_yaml=dump_config(cfg),
+        config_yaml=shipped_config(cfg),
+        notes=notes,
     )
-
-
-def job_definition(plan: JobPlan) -> dict:
-    """The job as `--dry-run` prints it: CreateTrainingJob's fields plus what the SDK derives from them."""
-    import yaml
-
-    stopping = {"MaxRuntimeInSeconds": plan.max_run_s}
-    if plan.max_wait_s is not None:
-        stopping["MaxWaitTimeInSeconds"] = plan.max_wait_s
-    return {
-        "BaseJobName": plan.job_name,
-        "Region": plan.region,
-        "RoleArn": plan.role,
-        "AlgorithmSpecification": {"TrainingImage": plan.image, "TrainingInputMode": "File"},
-        "ResourceConfig": {
-            "InstanceType": plan.instance_type,
-            "InstanceCount": plan.instance_count,
-            "VolumeSizeInGB": plan.volume_gb,
-        },
-        "Distribution": {"Torchrun": {"process_count_per_node": plan.processes_per_node}},
-        "EntryScript": ENTRY_SCRIPT,
-        "HyperParameters": plan.hyperparameters,
-        "Command": plan.command(),
-        "EnableManagedSpotTraining": plan.spot,
-        "StoppingCondition": stopping,
-        "CheckpointDir": plan.checkpoint_dir,
-        "OutputDataConfig": {"S3OutputPath": plan.output_path},
-        "SourceCodeUpload": f"{plan.s3_root}/{plan.job_name}/<job-name-with-timestamp>/input/code/",
-        "InputDataConfig": [
-            {"ChannelName": name, "S3Uri": uri, "InputMode": "FastFile"} for name, uri in plan.channels.items()
-        ],
-        "Environment": plan.environment,
-        "RunConfig": yaml.safe_load(plan.config_yaml),
-    }

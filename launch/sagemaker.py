@@ -1,11 +1,12 @@
 """Launch an open_vlm run as a SageMaker training job (SDK v3 `ModelTrainer` + `Torchrun`).
 
     python -m launch.sagemaker --config configs/X.yaml --instance-type ml.p5.48xlarge --instance-count 4 \
-        [--spot] [--max-run 5d] [--max-wait 10d] [--image URI | --build] [--role ARN] [--region R] \
+        [--spot] [--max-run 5d] [--max-wait 10d] [--image URI | --build [--check]] [--role ARN] [--region R] \
         [--job-name NAME] [--s3-root s3://bucket/prefix] [--channel SOURCE] [--dry-run] [-- --key value ...]
 
 Every node runs `torchrun -m open_vlm.train --config job/run_config.yaml` (one process per GPU) from the
-uploaded source; the config is resolved and checked here, before anything is uploaded.
+uploaded source, under `launch/sagemaker_entry.py` as the container's first process (it passes SIGTERM on).
+The config, the AWS limits and the account (bucket, image, data, role) are checked before anything is uploaded.
 """
 
 from __future__ import annotations
@@ -18,9 +19,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-from launch.image import REPO_ROOT, build_and_push, check_image_exists, default_image
+from launch.image import REPO_ROOT, build_and_push, default_image
 from launch.instances import LaunchError
-from launch.plan import CONFIG_IN_SOURCE, ENTRY_SCRIPT, SHIPPED, JobPlan, LaunchConfig, job_definition, make_plan
+from launch.limits import check_request
+from launch.plan import CONFIG_IN_SOURCE, SHIPPED, JobPlan, LaunchConfig, make_plan
+from launch.preflight import (
+    check_channel_regions,
+    check_data_exists,
+    check_image,
+    check_role_access,
+    ensure_bucket,
+    one_line,
+)
+from launch.request import CONTAINER_ARGUMENTS, CONTAINER_ENTRYPOINT, job_definition, training_job_request
 from open_vlm.config.load import ConfigError
 
 log = logging.getLogger("launch.sagemaker")
@@ -40,6 +51,7 @@ def parse_args(argv: list[str]) -> LaunchConfig:
     image = p.add_mutually_exclusive_group()
     image.add_argument("--image", default=None, help="training image URI (default: this checkout's ECR image)")
     image.add_argument("--build", action="store_true", help="build launch/Dockerfile and push it to ECR")
+    p.add_argument("--check", action="store_true", help="with --build: smoke-test the image before pushing it")
     p.add_argument("--role", default=None, help="SageMaker execution role ARN (default $SAGEMAKER_ROLE)")
     p.add_argument("--region", default=None)
     p.add_argument("--job-name", default=None, help="default <run.project>-<run.name>; same name = resume")
@@ -49,6 +61,8 @@ def parse_args(argv: list[str]) -> LaunchConfig:
     p.add_argument("--volume-gb", type=int, default=defaults.volume_gb)
     p.add_argument("--dry-run", action="store_true", help="print the job definition as JSON, send nothing")
     args = p.parse_args(ours)
+    if args.check and not args.build:
+        raise LaunchError("--check tests the image --build makes: add --build")
     return LaunchConfig(
         config=args.config,
         instance_type=args.instance_type,
@@ -58,6 +72,7 @@ def parse_args(argv: list[str]) -> LaunchConfig:
         max_wait=args.max_wait,
         image=args.image,
         build=args.build,
+        check=args.check,
         role=args.role,
         region=args.region,
         job_name=args.job_name,
@@ -94,22 +109,15 @@ def boto_session(region: str):
     return session
 
 
-def ensure_bucket(plan: JobPlan, session) -> None:
-    """The job's bucket must exist; the SDK-style default `sagemaker-<region>-<account>` is created."""
-    from botocore.exceptions import ClientError
+def use_our_start_command(params: dict, **_) -> None:
+    """botocore hook on CreateTrainingJob: the container starts as `launch/request.py` says (with `exec`)."""
+    from sagemaker.train.constants import DEFAULT_CONTAINER_ARGUMENTS, DEFAULT_CONTAINER_ENTRYPOINT
 
-    bucket = plan.s3_root.removeprefix("s3://").split("/", 1)[0]
-    s3 = session.client("s3")
-    try:
-        s3.head_bucket(Bucket=bucket)
-        return
-    except ClientError as err:
-        if err.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket"):
-            raise LaunchError(f"cannot use bucket {bucket}: {err}") from err
-    if bucket != f"sagemaker-{plan.region}-{plan.account}":
-        raise LaunchError(f"bucket {bucket} does not exist: create it or pass --s3-root s3://<bucket>/<prefix>")
-    where = {} if plan.region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": plan.region}}
-    s3.create_bucket(Bucket=bucket, **where)
+    spec = params["AlgorithmSpecification"]
+    sdk = (spec.get("ContainerEntrypoint"), spec.get("ContainerArguments"))
+    if sdk != (DEFAULT_CONTAINER_ENTRYPOINT, DEFAULT_CONTAINER_ARGUMENTS):  # the SDK changed: look before trusting
+        raise LaunchError(f"the sagemaker SDK's container start command changed ({sdk}); update launch/request.py")
+    spec["ContainerEntrypoint"], spec["ContainerArguments"] = CONTAINER_ENTRYPOINT, CONTAINER_ARGUMENTS
 
 
 def submit(plan: JobPlan, source_dir: Path, session) -> str:
@@ -118,12 +126,12 @@ def submit(plan: JobPlan, source_dir: Path, session) -> str:
     from sagemaker.core.shapes import Channel, DataSource, S3DataSource
     from sagemaker.core.training.configs import Compute, OutputDataConfig, SourceCode, StoppingCondition
     from sagemaker.train import ModelTrainer
-    from sagemaker.train.distributed import Torchrun
 
     logging.getLogger("sagemaker.config").setLevel(logging.WARNING)  # "Not applying SDK defaults from ..."
     # The SDK's client warns "No region provided" although it uses our session's region.
     logging.getLogger("sagemaker.core.utils.utils").addFilter(lambda r: "No region provided" not in r.getMessage())
 
+    session.events.register("provide-client-params.sagemaker.CreateTrainingJob", use_our_start_command)
     bucket, _, prefix = plan.s3_root.removeprefix("s3://").partition("/")
     sm_session = Session(boto_session=session, default_bucket=bucket, default_bucket_prefix=prefix or None)
     wait = {"max_wait_time_in_seconds": plan.max_wait_s} if plan.max_wait_s is not None else {}
@@ -146,8 +154,7 @@ def submit(plan: JobPlan, source_dir: Path, session) -> str:
         base_job_name=plan.job_name,
         input_s3_key_prefix=plan.job_name,
         training_image=plan.image,
-        source_code=SourceCode(source_dir=str(source_dir), entry_script=ENTRY_SCRIPT),
-        distributed=Torchrun(process_count_per_node=plan.processes_per_node),
+        source_code=SourceCode(source_dir=str(source_dir), command=plan.command()),
         compute=Compute(
             instance_type=plan.instance_type,
             instance_count=plan.instance_count,
@@ -156,7 +163,6 @@ def submit(plan: JobPlan, source_dir: Path, session) -> str:
         ),
         stopping_condition=stopping,
         output_data_config=OutputDataConfig(s3_output_path=plan.output_path),
-        hyperparameters=plan.hyperparameters,
         environment=plan.environment,
         input_data_config=channels or None,
     )
@@ -166,27 +172,41 @@ def submit(plan: JobPlan, source_dir: Path, session) -> str:
 
 def launch(opts: LaunchConfig) -> int:
     plan = make_plan(opts, default_image, REPO_ROOT)
+    for note in plan.notes:
+        print(f"note: {note}", file=sys.stderr)
+    check_request(training_job_request(plan))
     if opts.dry_run:
         print(json.dumps(job_definition(plan), indent=2))
         return 0
     session = boto_session(plan.region)
     ensure_bucket(plan, session)
+    check_channel_regions(plan, session)
     if opts.build:
-        build_and_push(plan.image, session)
-    elif opts.image is None:
-        check_image_exists(plan.image, session)
+        build_and_push(plan.image, session, check=opts.check)
+    else:
+        check_image(plan, session, default=opts.image is None)
+    check_data_exists(plan, session)
+    check_role_access(plan, session)
     with tempfile.TemporaryDirectory(prefix="open_vlm_job_") as tmp:
         source_dir = stage_source(plan, Path(tmp) / "source")
         try:
             name = submit(plan, source_dir, session)
+        except LaunchError:
+            raise
         except Exception as err:  # the SDK's errors (role validation, ClientError) vary: report one line
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise LaunchError(f"submitting the job failed: {first}") from err
+            fix = (
+                "; grant them to the role, or pass another --role"
+                if type(err).__name__ == "RoleValidationError"
+                else ""
+            )
+            raise LaunchError(f"submitting the job failed: {one_line(err)}{fix}") from err
     print(f"submitted {name}: checkpoints {plan.checkpoint_dir}, output {plan.output_path}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -194,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, LaunchError) as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    except (BotoCoreError, ClientError) as err:  # an AWS answer no check above foresaw: still one line
+        print(f"error: AWS: {one_line(err)}", file=sys.stderr)
+        return LaunchError.exit_code
 
 
 if __name__ == "__main__":

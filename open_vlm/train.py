@@ -7,6 +7,7 @@ import sys
 
 from open_vlm.config.load import ConfigError, ignored_keys, load_run_config
 from open_vlm.data.version import DataVersionError
+from open_vlm.lifeline import watch_launcher
 from open_vlm.runfolder import run_dir, setup_logging
 
 log = logging.getLogger("open_vlm.train")
@@ -14,6 +15,7 @@ log = logging.getLogger("open_vlm.train")
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    watch_launcher()  # under torchrun: exit when the agent dies, instead of hanging on as an orphan
     try:
         cfg = load_run_config(argv)
     except ConfigError as err:

@@ -1,18 +1,28 @@
-"""`--dry-run` prints the whole job: checked here for a 2-node spot job, without any AWS endpoint."""
+"""`--dry-run` prints the whole job: checked here without any AWS endpoint, with the AWS limits it enforces."""
 
 import json
 
 import pytest
+import yaml
 
-from launch.instances import LaunchError
+from launch.instances import GPUS_PER_INSTANCE, LaunchError
 from launch.plan import parse_duration
 from launch.sagemaker import main
+from open_vlm.config.load import ignored_keys
 from tests.launch.conftest import ROLE
 
 
 def dry_run(capsys, *args: str) -> dict:
     assert main(["--dry-run", *args]) == 0, capsys.readouterr().err
     return json.loads(capsys.readouterr().out)
+
+
+def refused(capsys, *args: str) -> str:
+    """Runs a dry run that must exit 2; returns its one-line message."""
+    assert main(["--dry-run", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
 
 
 def test_dry_run_two_node_spot_job(run_config, aws_env, capsys):
@@ -23,18 +33,18 @@ def test_dry_run_two_node_spot_job(run_config, aws_env, capsys):
         *("--job-name", "tiny-spot", "--env", "NCCL_DEBUG=INFO", "--", "--optim.lr", "2e-4"),
     )
     root = "s3://sagemaker-us-west-2-123456789012/open_vlm/tiny-spot"
-    assert job["ResourceConfig"]["InstanceCount"] == 2
-    assert job["ResourceConfig"]["InstanceType"] == "ml.p4d.24xlarge"
-    assert job["EnableManagedSpotTraining"] is True
-    assert job["StoppingCondition"] == {"MaxRuntimeInSeconds": 2 * 86400, "MaxWaitTimeInSeconds": 3 * 86400}
-    assert job["Distribution"] == {"Torchrun": {"process_count_per_node": 8}}
+    request = job["CreateTrainingJob"]
+    assert request["ResourceConfig"]["InstanceCount"] == 2
+    assert request["ResourceConfig"]["InstanceType"] == "ml.p4d.24xlarge"
+    assert request["EnableManagedSpotTraining"] is True
+    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 2 * 86400, "MaxWaitTimeInSeconds": 3 * 86400}
     assert "--nnodes 2 --nproc_per_node 8 -m open_vlm.train" in job["Command"]
-    assert job["CheckpointDir"] == f"{root}/checkpoints"
-    assert job["OutputDataConfig"]["S3OutputPath"] == f"{root}/output"
-    assert job["Environment"]["NCCL_DEBUG"] == "INFO"
-    assert job["AlgorithmSpecification"]["TrainingImage"].startswith(
+    assert request["OutputDataConfig"]["S3OutputPath"] == f"{root}/output"
+    assert request["Environment"]["NCCL_DEBUG"] == "INFO"
+    assert request["AlgorithmSpecification"]["TrainingImage"].startswith(
         "123456789012.dkr.ecr.us-west-2.amazonaws.com/open-vlm:"
     )
+    assert [c["ChannelName"] for c in request["InputDataConfig"]] == ["code", "sm_drivers"]
     # The shipped run config: launcher defaults and the overrides applied.
     shipped = job["RunConfig"]
     assert shipped["checkpoint"]["dir"] == f"{root}/checkpoints"
@@ -49,9 +59,10 @@ def test_on_demand_has_no_max_wait_and_keeps_explicit_settings(run_config, aws_e
         *("--config", str(run_config), "--instance-type", "ml.g5.2xlarge", "--role", ROLE),
         *("--", "--checkpoint.resume", "none", "--checkpoint.dir", "s3://mine/ckpt", "--train.strategy", "single"),
     )
-    assert job["EnableManagedSpotTraining"] is False
-    assert job["StoppingCondition"] == {"MaxRuntimeInSeconds": 5 * 86400}
-    assert job["Distribution"] == {"Torchrun": {"process_count_per_node": 1}}
+    request = job["CreateTrainingJob"]
+    assert "EnableManagedSpotTraining" not in request
+    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 5 * 86400}
+    assert "--nproc_per_node 1 " in job["Command"]
     assert job["RunConfig"]["checkpoint"] == {
         **job["RunConfig"]["checkpoint"],
         "dir": "s3://mine/ckpt",
@@ -66,8 +77,115 @@ def test_channel_mounts_source_as_fastfile(run_config, aws_env, capsys):
         *("--config", str(run_config), "--instance-type", "ml.g5.2xlarge", "--role", ROLE, "--channel", "shapes"),
         *("--", "--train.strategy", "single"),
     )
-    assert job["InputDataConfig"] == [{"ChannelName": "shapes", "S3Uri": "s3://shards/demo/", "InputMode": "FastFile"}]
+    shapes = job["CreateTrainingJob"]["InputDataConfig"][0]
+    assert shapes["ChannelName"] == "shapes" and shapes["InputMode"] == "FastFile"
+    assert shapes["DataSource"]["S3DataSource"]["S3Uri"] == "s3://shards/demo/"
     assert job["RunConfig"]["data"]["sources"][0]["urls"] == ["/opt/ml/input/data/shapes/demo-{000000..000003}.tar"]
+
+
+def test_node_command_execs_the_entry_as_first_process(run_config, aws_env, capsys):
+    job = dry_run(capsys, "--config", str(run_config), "--instance-type", "ml.g5.12xlarge", "--role", ROLE)
+    spec = job["CreateTrainingJob"]["AlgorithmSpecification"]
+    assert spec["ContainerEntrypoint"] == ["/bin/bash"]
+    assert spec["ContainerArguments"][1].split("&& ")[-1].startswith("exec ")  # the SDK script replaces bash
+    assert job["Command"].startswith("exec python3 -m launch.sagemaker_entry --nnodes 1 --nproc_per_node 4 ")
+
+
+def test_spot_without_save_cadence_saves_on_a_timer_and_says_so(run_config, aws_env, capsys):
+    from launch.plan import SPOT_SAVE_MINUTES
+
+    args = ("--config", str(run_config), "--instance-type", "ml.g5.2xlarge", "--role", ROLE, "--spot")
+    single = ("--train.strategy", "single")
+    job = dry_run(capsys, *args, "--", *single, "--checkpoint.every_steps", "0")
+    assert job["RunConfig"]["checkpoint"]["every_minutes"] == SPOT_SAVE_MINUTES > 0
+    assert main(["--dry-run", *args, "--", *single, "--checkpoint.every_steps", "0"]) == 0
+    assert f"checkpoint.every_minutes set to {SPOT_SAVE_MINUTES:g}" in capsys.readouterr().err
+
+    kept = dry_run(capsys, *args, "--", *single)  # the config's every_steps 10 is a cadence: left alone
+    assert kept["RunConfig"]["checkpoint"]["every_minutes"] == 0
+    on_demand = dry_run(capsys, *args[:-1], "--", *single, "--checkpoint.every_steps", "0")
+    assert on_demand["RunConfig"]["checkpoint"]["every_minutes"] == 0
+
+
+def test_max_run_is_at_most_28_days(run_config, aws_env, capsys):
+    args = ("--config", str(run_config), "--instance-type", "ml.g5.2xlarge", "--role", ROLE)
+    single = ("--", "--train.strategy", "single")
+    assert "at most 28 days" in refused(capsys, *args, "--max-run", "30d", *single)
+    assert dry_run(capsys, *args, "--max-run", "28d", *single)["CreateTrainingJob"]["StoppingCondition"] == {
+        "MaxRuntimeInSeconds": 28 * 86400
+    }
+
+
+@pytest.mark.parametrize("item", ["BAD-KEY=1", "1ST=x", "NOVALUE", "=x"])
+def test_env_names_follow_the_api_pattern(run_config, aws_env, capsys, item):
+    args = ("--config", str(run_config), "--instance-type", "ml.g5.2xlarge", "--role", ROLE, "--env", item)
+    assert f"--env {item}: expected KEY=VALUE" in refused(capsys, *args, "--", "--train.strategy", "single")
+
+
+@pytest.mark.parametrize(("name", "why"), [("code", "the SageMaker SDK's own channel"), ("my-data", "letters, digits")])
+def test_channel_names_are_checked(tmp_path, aws_env, capsys, name, why):
+    cfg = {
+        "data": {"sources": [{"name": name, "urls": ["s3://shards/demo/demo-{000000..000003}.tar"]}]},
+        "model": {"kind": "paligemma", "config": "configs/models/paligemma_tiny.yaml", "tokenizer": "s3://shards/tok"},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    args = ("--config", str(tmp_path / "run.yaml"), "--instance-type", "ml.g5.2xlarge", "--role", ROLE)
+    assert why in refused(capsys, *args, "--channel", name)
+
+
+@pytest.mark.parametrize(
+    ("image", "why"),
+    [
+        ("public.ecr.aws/deep-learning-containers/pytorch-training:2.7.1", "only from a private ECR registry"),
+        ("pytorch/pytorch:latest", "only from a private ECR registry"),
+        ("123456789012.dkr.ecr.eu-west-1.amazonaws.com/open-vlm:x", "is in eu-west-1 but the job runs in us-east-1"),
+    ],
+)
+def test_image_must_be_private_ecr_in_the_jobs_region(run_config, aws_env, capsys, image, why):
+    args = ("--config", str(run_config), "--instance-type", "ml.g5.2xlarge", "--role", ROLE, "--image", image)
+    assert why in refused(capsys, *args, "--", "--train.strategy", "single")
+
+
+def test_request_is_held_to_the_api_model(run_config, aws_env, capsys):
+    long_root = "s3://bucket/" + "x" * 1000  # every S3 URI in the request grows past the API's 1024
+    args = ("--config", str(run_config), "--instance-type", "ml.g5.2xlarge", "--role", ROLE, "--s3-root", long_root)
+    assert "S3Uri: length" in refused(capsys, *args, "--", "--train.strategy", "single")
+
+
+def test_every_instance_type_we_know_is_one_the_api_takes():
+    from launch.limits import check_request
+
+    for instance_type in GPUS_PER_INSTANCE:
+        check_request({"ResourceConfig": {"InstanceType": instance_type, "InstanceCount": 1, "VolumeSizeInGB": 1}})
+    with pytest.raises(LaunchError, match="InstanceType"):
+        check_request({"ResourceConfig": {"InstanceType": "ml.p9.48xlarge", "InstanceCount": 1}})
+
+
+def test_efa_settings_for_every_efa_instance_type(run_config, aws_env, capsys):
+    from sagemaker.train.container_drivers.common.utils import SM_EFA_NCCL_INSTANCES, SM_EFA_RDMA_INSTANCES
+
+    from launch.instances import EFA_INSTANCES, EFA_RDMA_INSTANCES
+
+    # Ours covers the SDK's fixed lists (for the GPU types we know) and what they leave out.
+    assert set(SM_EFA_NCCL_INSTANCES) & set(GPUS_PER_INSTANCE) <= EFA_INSTANCES
+    assert set(SM_EFA_RDMA_INSTANCES) & set(GPUS_PER_INSTANCE) <= EFA_RDMA_INSTANCES
+    assert {"ml.p5en.48xlarge", "ml.p6-b200.48xlarge"} <= EFA_RDMA_INSTANCES
+    base = ("--config", str(run_config), "--role", ROLE, "--instance-type")
+    for instance_type in sorted(EFA_INSTANCES):
+        env = dry_run(capsys, *base, instance_type)["CreateTrainingJob"]["Environment"]
+        assert env["FI_PROVIDER"] == "efa", instance_type
+        assert ("FI_EFA_USE_DEVICE_RDMA" in env) == (instance_type in EFA_RDMA_INSTANCES), instance_type
+        assert "NCCL_PROTO" not in env
+    plain = dry_run(capsys, *base, "ml.g5.2xlarge", "--", "--train.strategy", "single")["CreateTrainingJob"]
+    assert "FI_PROVIDER" not in plain["Environment"]
+
+
+def test_job_config_has_nothing_train_ignores(run_config, aws_env, capsys, tmp_path):
+    """Shipping the whole config made every job warn `train ignores these config keys: extract.*`."""
+    job = dry_run(capsys, "--config", str(run_config), "--instance-type", "ml.g5.12xlarge", "--role", ROLE)
+    shipped = tmp_path / "run_config.yaml"
+    shipped.write_text(yaml.safe_dump(job["RunConfig"]))
+    assert ignored_keys(["--config", str(shipped)], "train") == []
 
 
 def test_parse_duration():

@@ -1,0 +1,63 @@
+"""Training processes exit when the launcher that started them dies.
+
+torchrun starts each worker in a session of its own, so when the agent is killed (`kill -9`, the OOM killer)
+nothing signals the workers: they live on, stuck in a collective, holding memory and GPUs. `watch_launcher`
+starts a daemon thread that waits on the parent *process* through a pidfd (PR_SET_PDEATHSIG would fire when
+the parent *thread* that forked us exits, which is not the same thing) and ends this process, with its
+data-loader workers, when the parent is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import threading
+import time
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 1.0  # the fallback where pidfds are missing (not Linux, or a kernel before 5.3)
+
+
+def launched_by_torchrun() -> bool:
+    """True in a process torchrun started (it sets TORCHELASTIC_RUN_ID for every worker)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def watch_launcher(always: bool = False) -> threading.Thread | None:
+    """Under torchrun (or `always`), exit when the parent process dies; returns the watching thread or None."""
+    if not (always or launched_by_torchrun()):
+        return None  # a plain `python -m open_vlm.train` may outlive its shell (nohup), as it should
+    parent = os.getppid()
+    thread = threading.Thread(target=_exit_after, args=(parent,), name="launcher-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def wait_for_exit(pid: int) -> None:
+    """Block until process `pid` (our parent) has ended."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # no pidfds here: poll who our parent is
+        while os.getppid() == pid:
+            time.sleep(POLL_SECONDS)
+        return
+    try:
+        select.select([fd], [], [])  # a pidfd becomes readable when its process ends
+    finally:
+        os.close(fd)
+
+
+def _exit_after(parent: int) -> None:
+    wait_for_exit(parent)
+    log.error("the launcher (pid %d) is gone: exiting, so that this process frees its memory and devices", parent)
+    for handler in logging.getLogger().handlers:
+        try:
+            handler.flush()
+        except Exception:  # a handler mid-write in another thread: exiting matters more than the last line
+            pass
+    if os.getpgid(0) == os.getpid():  # our own process group (torchrun's workers are): take the loader workers too
+        os.killpg(os.getpid(), signal.SIGKILL)
+    os._exit(1)
