@@ -13,12 +13,13 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-$(BASE): requirements.txt setup.py | $(PY)
-	$(PIP) install -e .
+# Installs are pinned to launch/constraints.txt: the environment the tests ran in is the one the image ships.
+$(BASE): requirements.txt setup.py launch/constraints.txt | $(PY)
+	$(PIP) install -e . -c launch/constraints.txt
 	touch $@
 
-$(DEV): requirements.txt setup.py | $(PY)
-	$(PIP) install -e '.[dev,sagemaker]'
+$(DEV): requirements.txt setup.py launch/constraints.txt | $(PY)
+	$(PIP) install -e '.[dev,sagemaker]' -c launch/constraints.txt
 	touch $(BASE) $@
 
 $(DEMO_DATA): tools/make_demo_data.py | $(BASE)
