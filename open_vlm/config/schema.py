@@ -53,6 +53,9 @@ class DataConfig:
     mix_group: int = 0
     num_streams: int = 64  # canonical streams P per source (fixed per run; ranks x workers should divide it)
     strict: bool = False  # fail on the first bad shard/sample instead of skipping it
+    # A loader worker that makes no progress this long is reported with the shard it was reading and the run
+    # stops (a frozen storage endpoint), instead of hanging forever.
+    worker_timeout_s: float = 300.0
     # processor + collator (open_vlm/tokenize/registry.py); "" = the model's own task. Sources may be pretokenized.
     task: str = ""
     pad_to_multiple: int = 1  # pad each batch's length up to a multiple of this (8/64 for tensor cores)

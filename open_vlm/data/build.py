@@ -110,6 +110,7 @@ def build_loader(
         strict=cfg.strict,
         mix_per_sample=cfg.mixing == "sample",
         mix_group=cfg.mix_group,
+        worker_timeout_s=cfg.worker_timeout_s,
     )
     return ShardLoader(sources, settings, process, collate)
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,11 +30,13 @@ from open_vlm.data.order import SourceOrder
 from open_vlm.data.plan import Planner, PlanState, StepPlan
 from open_vlm.data.stream import HOLE_KINDS, Hole, StreamReader
 from open_vlm.data.version import check_versions, manifest_version
+from open_vlm.data.watchdog import WorkerWatch
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 2
 MAX_LOGGED_HOLES = 20  # per kind and process; the counts are exact regardless
+WATCH_POLL_S = 5.0  # how often the main process looks at the workers' heartbeats while it waits
 
 
 @dataclass
@@ -59,6 +63,7 @@ class LoaderSettings:
     mix_per_sample: bool = False  # mix sources inside a batch, in groups of `mix_group` samples
     mix_group: int = 0  # samples per mixing group with mix_per_sample (0: see `group`)
     multiprocessing_context: str | None = None  # fork (Linux default) | spawn | forkserver
+    worker_timeout_s: float = 300.0  # a worker silent this long is reported with its shard, and the run stops
 
     def check(self) -> None:
         per_rank, rest = divmod(self.global_batch, self.world)
@@ -78,15 +83,23 @@ class LoaderSettings:
         return 8 if self.global_batch % 8 == 0 else self.global_batch
 
 
-def _own_process_group(worker_id: int) -> None:
-    """Keep DataLoader workers out of the stop signals meant for the trainer.
+def _worker_init(worker_id: int) -> None:
+    """Keep DataLoader workers out of the stop signals meant for the trainer, and tie their life to it.
 
     torchrun (and a terminal's Ctrl-C) signal the whole process group: workers would die mid-step and the rank
-    would fail instead of checkpointing. In a group of their own they stop when the trainer shuts the loader down
-    (or, if the trainer is killed outright, through the DataLoader's parent watchdog). Ignoring the signals
-    instead would make them unstoppable by multiprocessing's exit-time terminate().
+    would fail instead of checkpointing. In a group of their own they stop when the trainer shuts the loader down.
+    (Ignoring the signals instead would make them unstoppable by multiprocessing's exit-time terminate().)
+    Out of the group, a trainer killed outright would leave a worker blocked in a read behind: the kernel's
+    parent-death signal ends it (the loader is iterated from the thread that lives as long as the trainer).
     """
     os.setpgrp()
+    if sys.platform == "linux":
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() == 1:  # the trainer died before the line above: nobody is left to signal us
+            os._exit(1)
 
 
 def _per_source(value, n: int, what: str) -> list:
@@ -99,13 +112,15 @@ def _per_source(value, n: int, what: str) -> list:
 class _RankSteps(IterableDataset):
     """Runs in each worker: yields, per step from `state`, this worker's share of the rank's samples."""
 
-    def __init__(self, sources, orders, settings: LoaderSettings, state: PlanState, processors):
+    def __init__(self, sources, orders, settings: LoaderSettings, state: PlanState, processors, watch=None):
         self.sources, self.orders, self.settings, self.state = sources, orders, settings, state
-        self.processors = processors
+        self.processors, self.watch = processors, watch
+        self.worker = 0
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        self.worker = worker
         s = self.settings
         planner = Planner([src.weight for src in self.sources], s.seed, s.global_batch, s.group)
         state = self.state.copy()
@@ -125,8 +140,9 @@ class _RankSteps(IterableDataset):
         slot = order.slot(position)
         reader = readers.get((src, slot.stream))
         if reader is None:
-            reader = readers[(src, slot.stream)] = StreamReader(order, source.manifest.urls)
+            reader = readers[(src, slot.stream)] = StreamReader(order, source.manifest.urls, self._beat)
         raw = reader.fetch(slot)
+        self._beat()
         meta = {"source": src, "position": position, "epoch": slot.epoch, "stream": slot.stream}
         if isinstance(raw, Hole):
             return self._hole(meta, raw)
@@ -134,10 +150,16 @@ class _RankSteps(IterableDataset):
         try:
             decoded = decode_sample(raw, source.modality, self.settings.image_size)
             decoded["__url__"] = raw["__url__"]
+            # What seeds per-sample randomness (answer choice, augmentation): the same wherever it is made.
+            decoded["__order__"] = (self.settings.seed, src, position)
             sample = self.processors[src](decoded, source)
         except SampleError as err:
             return self._hole(meta, Hole(err.kind, raw["__url__"], raw["__key__"], str(err)))
         return sample, meta
+
+    def _beat(self, url: str | None = None) -> None:
+        if self.watch is not None:
+            self.watch.beat(self.worker, url)
 
     def _hole(self, meta: dict, hole: Hole) -> tuple[None, dict]:
         if self.settings.strict:
@@ -173,6 +195,7 @@ class ShardLoader:
         self._logged: Counter[str] = Counter()
         self._bad_run = [0] * len(sources)  # consecutive bad samples per source (an all-bad source stops)
         self._spare: dict[int, dict] = {}  # per source: a good processed sample, for all-bad micro-batches
+        self._watch: WorkerWatch | None = None
         self._warn_shared_reads()
 
     def _warn_shared_reads(self) -> None:
@@ -196,13 +219,17 @@ class ShardLoader:
 
     def _dataloader(self) -> DataLoader:
         s = self.settings
-        dataset = _RankSteps(self.sources, self.orders, s, self.state, self.processors)
+        self._watch = (
+            WorkerWatch(s.num_workers, s.worker_timeout_s, s.multiprocessing_context) if s.num_workers else None
+        )
+        dataset = _RankSteps(self.sources, self.orders, s, self.state, self.processors, self._watch)
         return DataLoader(
             dataset,
             batch_size=None,
             num_workers=s.num_workers,
             prefetch_factor=s.prefetch_steps if s.num_workers > 0 else None,
-            worker_init_fn=_own_process_group,
+            timeout=min(WATCH_POLL_S, s.worker_timeout_s) if s.num_workers > 0 else 0,
+            worker_init_fn=_worker_init,
             # The loader never draws from the global torch RNG (the model's dropout stream stays its own).
             generator=torch.Generator().manual_seed(s.seed),
             multiprocessing_context=s.multiprocessing_context if s.num_workers > 0 else None,
@@ -214,13 +241,23 @@ class ShardLoader:
         workers = max(1, self.settings.num_workers)
         micro = self.settings.micro_batch
         while True:
-            step_chunks = [next(parts) for _ in range(workers)]
+            step_chunks = [self._next_chunk(parts) for _ in range(workers)]
             samples, metas = self._merge(step_chunks)
             plan = self.planner.next_step(self.state)  # the step's data is all here: advance first
             self._account(plan, metas)
             for a in range(self.accum_steps):
                 rows = slice(a * micro, (a + 1) * micro)
                 yield self._collate(samples[rows], metas[rows])
+
+    def _next_chunk(self, parts: Iterator[dict]) -> dict:
+        """The next chunk; while waiting, a worker silent past `worker_timeout_s` stops the run with its shard."""
+        while True:
+            try:
+                return next(parts)
+            except RuntimeError as err:
+                if self._watch is None or "timed out" not in str(err):
+                    raise
+                self._watch.check()
 
     def _merge(self, step_chunks: list[dict]) -> tuple[list[dict | None], list[dict]]:
         """The rank's samples of one step in slot order (worker w made slots t with t % K == w)."""

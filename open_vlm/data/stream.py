@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from open_vlm.data.manifest import UrlColumn
@@ -89,8 +89,9 @@ class _OpenShard:
 class StreamReader:
     """Raw samples of one stream of one source, fetched by position in increasing order."""
 
-    def __init__(self, order: SourceOrder, urls: UrlColumn):
+    def __init__(self, order: SourceOrder, urls: UrlColumn, on_read: Callable[[str], None] | None = None):
         self.order, self.urls = order, urls
+        self.on_read = on_read  # told each URL before it is read (the hung-worker watchdog)
         self._open: _OpenShard | None = None
         self._window_key: tuple[int, int, int] | None = None
         self._window: list[dict | Hole] = []
@@ -114,6 +115,8 @@ class StreamReader:
 
     def _read_run(self, shard: int, first: int, stop: int) -> list[dict | Hole]:
         url = self.urls[shard]
+        if self.on_read is not None:
+            self.on_read(url)
         if shard in self._missing:
             return [Hole("missing_shard", url, None, self._missing[shard])] * (stop - first)
         current = self._open

@@ -133,3 +133,81 @@ def test_json_caption_img2dataset_style(tmp_path):
     )
     batch = next(iter(loader))
     assert sorted(batch["keys"]) == [f"{i:09d}" for i in range(4)]
+
+
+def test_a_hung_worker_is_reported_with_its_shard(tmp_path):
+    """A read that never returns (here a FIFO nobody writes; in life a frozen endpoint) stops the run, named."""
+    import os
+    import time
+
+    from open_vlm.data.watchdog import WorkerHung
+
+    urls = write_shards(tmp_path, "h", 2, 4)
+    manifest = read_manifest(str(tmp_path / "manifest.json"))
+    os.unlink(urls[1])
+    os.mkfifo(urls[1])  # opening it blocks until a writer comes: never
+    loader = make_loader([Source("h", "image_text", 1.0, manifest)], num_streams=2, num_workers=1, worker_timeout_s=3)
+    started = time.monotonic()
+    with pytest.raises(WorkerHung, match="h-00001.tar") as caught:
+        it = iter(loader)
+        for _ in range(8):
+            next(it)
+    assert "worker_timeout_s" in str(caught.value)
+    assert time.monotonic() - started < 60
+
+
+def test_workers_blocked_in_a_read_die_with_their_trainer(tmp_path):
+    """Workers live in their own process group (torchrun's SIGTERM is for the trainer): when the trainer is
+    killed outright, one blocked in a read must not stay behind (here: forever in open() of a FIFO)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    urls = write_shards(tmp_path, "k", 2, 4)
+    os.unlink(urls[1])
+    os.mkfifo(urls[1])
+    script = f"""
+import sys; sys.path.insert(0, {str(REPO)!r})
+from open_vlm.data.loader import Source
+from open_vlm.data.manifest import read_manifest
+from tests.data.shardgen import make_loader
+source = Source("k", "image_text", 1.0, read_manifest({str(tmp_path / "manifest.json")!r}))
+it = iter(make_loader([source], num_streams=2, num_workers=1))
+next(it)
+"""
+    trainer = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.time() + 60
+    workers = []
+    while time.time() < deadline and not workers:
+        workers = [p for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == trainer.pid]
+        time.sleep(0.2)
+    assert workers, "the loader worker never started"
+    time.sleep(2)  # it is now blocked opening the FIFO
+    trainer.kill()
+    trainer.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(os.path.exists(f"/proc/{w}") and _alive(int(w)) for w in workers):
+        time.sleep(0.2)
+    left = [w for w in workers if os.path.exists(f"/proc/{w}") and _alive(int(w))]
+    for w in left:
+        os.kill(int(w), 9)
+    assert not left, "a loader worker outlived its trainer"
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
