@@ -163,7 +163,11 @@ class SigmoidContrastiveLoss:
         sent = [
             torch.distributed.nn.all_reduce(text * (self.rank == i), dist.ReduceOp.SUM) for i in range(self.world_size)
         ]
-        return [t for i, t in enumerate(sent) if i != self.rank]
+        others = [t for i, t in enumerate(sent) if i != self.rank]
+        # Every rank must run the backward (an all_reduce) of every one of these collectives, which pair by call
+        # order: the own block stays in the graph with weight 0, as in open_clip.
+        others[0] = others[0] + 0.0 * sent[self.rank]
+        return others
 
     def _gather(self, text: torch.Tensor) -> list[torch.Tensor]:
         import torch.distributed.nn

@@ -61,6 +61,10 @@ def contrastive_forward(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> 
     """Normalised image/text embeddings, the exponentiated scale and (SigLIP) the bias the contrastive losses take."""
     core = getattr(model, "module", model)  # DDP wraps; FSDP2 keeps the module itself
     clamp_logit_scale(core)
+    if hasattr(core, "set_reshard_after_forward"):
+        # FSDP2 root: the scale and bias are read after the forward, so they must still be gathered then
+        # (FSDP2's own default for a root; train.reshard_after_forward sets every unit's explicitly).
+        core.set_reshard_after_forward(False, recurse=False)
     out = model(
         input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], attention_mask=batch.get("attention_mask")
     )
