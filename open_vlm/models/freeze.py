@@ -129,7 +129,9 @@ def log_parameter_table(rows: list[GroupCount]) -> None:
 
 def freeze_from_config(bundle, cfg: ModelConfig) -> list[GroupCount]:
     """Apply `cfg.freeze`/`cfg.unfreeze`/`cfg.frozen_dtype` to `bundle.model`; log and return the table."""
-    apply_freeze(bundle.model, bundle.groups, cfg.freeze, cfg.unfreeze)
+    apply_freeze(bundle.model, bundle.groups, [*bundle.default_freeze, *cfg.freeze], cfg.unfreeze)
+    if bundle.default_freeze:
+        log.info("frozen without a training signal unless model.unfreeze names them: %s", bundle.default_freeze)
     keep_frozen_in_eval(bundle.model)
     try:
         dtype = FROZEN_DTYPES[cfg.frozen_dtype]

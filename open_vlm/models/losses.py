@@ -105,8 +105,9 @@ def _contrastive(loss, use_bias: bool) -> LossFn:
 
 
 @register_loss("lxmert")
-def lxmert(mlm_weight: float = 1.0, itm_weight: float = 1.0, **_) -> LossFn:
-    """LXMERT pretraining: masked-LM (`labels`, -100 where unmasked) + image-text matching (`matched_label` 0/1).
+def lxmert(mlm_weight: float = 1.0, itm_weight: float = 1.0, qa_weight: float = 1.0, **_) -> LossFn:
+    """LXMERT pretraining: masked-LM (`labels`, -100 where unmasked) + image-text matching (`matched_label` 0/1)
+    + question answering when the batch has `answer_label` (answer index, -100: none) and the model a QA head.
 
     Each term is a mean over what it supervises (masked tokens, valid rows); an empty term is 0, never NaN."""
 
@@ -122,6 +123,13 @@ def lxmert(mlm_weight: float = 1.0, itm_weight: float = 1.0, **_) -> LossFn:
         mlm, itm = mlm / max(masked, 1), itm / max(pairs, 1)
         total = mlm_weight * mlm + itm_weight * itm
         parts = {"mlm": float(mlm.detach()), "itm": float(itm.detach()), "masked_tokens": masked}
+        if "question_answering_score" in outputs and "answer_label" in batch:
+            answers = outputs["question_answering_score"].float()
+            wanted = batch["answer_label"].to(answers.device).flatten().masked_fill(~valid, IGNORE)
+            qa = F.cross_entropy(answers, wanted, ignore_index=IGNORE, reduction="sum")
+            qa = qa / max(int((wanted != IGNORE).sum()), 1)
+            total = total + qa_weight * qa
+            parts["qa"] = float(qa.detach())
         return LossOutput(total, pairs, reduction="mean", parts=parts)
 
     return fn

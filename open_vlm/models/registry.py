@@ -49,6 +49,9 @@ class ModelBundle:
     # Named parameter groups → parameter-name prefixes (freezing, per-group counts, per-group LR later).
     groups: dict[str, list[str]] = field(default_factory=dict)
     forward: ForwardFn = lm_forward  # (model, batch) → outputs the loss reads; pass the wrapped model
+    # Parameters the kind's loss has no signal for (patterns as in `model.freeze`): frozen unless `model.unfreeze`
+    # names them, so no trainable parameter goes without a gradient (DDP refuses that).
+    default_freeze: list[str] = field(default_factory=list)
 
 
 Builder = Callable[[ModelConfig, object], ModelBundle]

@@ -90,6 +90,8 @@ class LxmertProcessor:
         masked, labels = mask_tokens(ids, candidates, rng, self.mask_id, self.random_ids, self.mlm_prob)
         out = {"input_ids": masked, "token_type_ids": torch.zeros_like(ids), "labels": labels}
         out.update(pad_regions(sample["features"], sample["boxes"], self.num_regions))
+        if "answer_label" in sample:  # an answer index for the QA head (VQA data)
+            out["answer_label"] = torch.tensor(int(sample["answer_label"]))
         return out
 
 
@@ -136,13 +138,15 @@ class LxmertCollator:
         for s, j, ok in zip(samples, choice, valid):
             s = dict(s)
             s["matched_label"] = torch.tensor((1 if j is None else 0) if ok else IGNORE)
+            if "answer_label" in s and (j is not None or not ok):  # a swapped caption is not the question asked
+                s["answer_label"] = torch.tensor(IGNORE)
             if j is not None:  # the other caption, uncorrupted and without MLM targets
                 s["input_ids"] = originals[j]
                 s["token_type_ids"] = samples[j]["token_type_ids"]
                 s["labels"] = torch.full_like(originals[j], IGNORE)
             mixed.append(s)
         pad_values = {"input_ids": self.pad_id, "token_type_ids": 0, "labels": IGNORE}
-        stack = ("visual_feats", "visual_pos", "visual_attention_mask", "matched_label")
+        stack = ("visual_feats", "visual_pos", "visual_attention_mask", "matched_label", "answer_label")
         collate = SequenceCollator(
             pad_values,
             "right",

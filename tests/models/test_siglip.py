@@ -85,8 +85,8 @@ def test_fresh_siglip_starts_at_the_papers_scale_and_bias(tmp_path):
     import open_clip
 
     model = tiny().model
-    assert float(model.logit_scale.exp()) == pytest.approx(10.0)
-    assert float(model.logit_bias) == open_clip.get_model_config("ViT-B-16-SigLIP")["init_logit_bias"] == -10
+    assert float(model.logit_scale.detach().exp()) == pytest.approx(10.0)
+    assert float(model.logit_bias.detach()) == open_clip.get_model_config("ViT-B-16-SigLIP")["init_logit_bias"] == -10
     with torch.no_grad():
         model.logit_scale.fill_(math.log(3.0))
     model.save_pretrained(tmp_path / "m")  # a pretrained model keeps its own values
