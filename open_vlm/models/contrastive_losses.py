@@ -39,17 +39,11 @@ def gather_with_grad(tensor: torch.Tensor, world_size: int) -> torch.Tensor:
     return torch.cat(torch.distributed.nn.all_gather(tensor), dim=0)
 
 
-def _valid_or_all(valid: torch.Tensor | None, n: int, device) -> torch.Tensor:
-    return (
-        torch.ones(n, dtype=torch.bool, device=device) if valid is None else valid.to(device=device, dtype=torch.bool)
-    )
+class PairLoss:
+    """A loss over the image-text pairs of all ranks: this rank's (B, D) image and text features in, a scalar out."""
 
-
-class SoftmaxContrastiveLoss:
-    """CLIP: symmetric cross-entropy over image-text logits; `local_loss` = only this rank's rows (less memory)."""
-
-    def __init__(self, rank: int = 0, world_size: int = 1, local_loss: bool = False):
-        self.rank, self.world_size, self.local_loss = rank, world_size, local_loss
+    def __init__(self, rank: int = 0, world_size: int = 1):
+        self.rank, self.world_size = rank, world_size
 
     def __call__(
         self,
@@ -59,12 +53,28 @@ class SoftmaxContrastiveLoss:
         valid: torch.Tensor | None = None,
         logit_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """`logit_scale`: the exponentiated scale; `valid` (B,) bool (None: all valid); `logit_bias`: SigLIP's."""
+        n = image.shape[0]
+        valid = torch.ones(n, dtype=torch.bool, device=image.device) if valid is None else valid.to(image.device)
+        bias = logit_bias.float() if logit_bias is not None else None
+        return self.loss(image, text, logit_scale.float(), valid.bool(), bias)
+
+    def loss(self, image, text, scale, valid, bias) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class SoftmaxContrastiveLoss(PairLoss):
+    """CLIP: symmetric cross-entropy over image-text logits; `local_loss` = only this rank's rows (less memory)."""
+
+    def __init__(self, rank: int = 0, world_size: int = 1, local_loss: bool = False):
+        super().__init__(rank, world_size)
+        self.local_loss = local_loss
+
+    def loss(self, image, text, scale, valid, bias) -> torch.Tensor:
         n, w = image.shape[0], self.world_size
-        valid = _valid_or_all(valid, n, image.device)
         both = gather_with_grad(_with_mask(torch.cat([image, text], dim=1), valid), w)
         all_features, all_valid = _split(both)
         all_image, all_text = all_features.split(image.shape[1], dim=1)
-        scale = logit_scale.float()
         if self.local_loss and w > 1:
             rows = slice(self.rank * n, (self.rank + 1) * n)
             per_image = scale * all_image[rows] @ all_text.T
@@ -76,8 +86,8 @@ class SoftmaxContrastiveLoss:
             per_text = per_image.T
             labels = torch.arange(all_image.shape[0], device=image.device)
             row_valid, factor = all_valid, 1
-        if logit_bias is not None:
-            per_image, per_text = per_image + logit_bias.float(), per_text + logit_bias.float()
+        if bias is not None:
+            per_image, per_text = per_image + bias, per_text + bias
         total = _masked_cross_entropy(per_image, labels, row_valid, all_valid)
         total = total + _masked_cross_entropy(per_text, labels, row_valid, all_valid)
         return total * factor / (2 * all_valid.sum().clamp(min=1))
@@ -92,30 +102,21 @@ def _masked_cross_entropy(
     return torch.where(row_valid, losses, torch.zeros_like(losses)).sum()
 
 
-class SigmoidContrastiveLoss:
+class SigmoidContrastiveLoss(PairLoss):
     """SigLIP: a binary loss per image-text pair; other ranks' texts come by open_clip's exchange (`dist_impl`)."""
 
     def __init__(self, rank: int = 0, world_size: int = 1, dist_impl: str | None = None):
-        self.rank, self.world_size = rank, world_size
+        super().__init__(rank, world_size)
         self.dist_impl = dist_impl or "bidir"  # open_clip's default
         if self.dist_impl not in EXCHANGES:
             raise ValueError(f"siglip dist_impl must be one of {sorted(EXCHANGES)}, got {dist_impl!r}")
 
-    def __call__(
-        self,
-        image: torch.Tensor,
-        text: torch.Tensor,
-        logit_scale: torch.Tensor,
-        valid: torch.Tensor | None = None,
-        logit_bias: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        valid = _valid_or_all(valid, image.shape[0], image.device)
+    def loss(self, image, text, scale, valid, bias) -> torch.Tensor:
         own_text = _with_mask(text, valid)
         blocks = [(own_text, True)]
         if self.world_size > 1:
             blocks += [(other, False) for other in EXCHANGES[self.dist_impl](self, own_text)]
-        image32, scale = image.float(), logit_scale.float()
-        bias = logit_bias.float() if logit_bias is not None else None
+        image32 = image.float()
         total, count = image32.new_zeros(()), valid.new_zeros((), dtype=torch.long)
         for packed, own in blocks:
             texts, text_valid = _split(packed)

@@ -11,28 +11,20 @@ from open_vlm.models.registry import build_model, lm_forward
 from open_vlm.tokenize.causal import PackedCausalLMCollator
 from open_vlm.tokenize.padding import IGNORE
 from tests.models.conftest import CONFIGS
+from tests.tokenize.test_causal import tiny_llama
 
 VOCAB = 64
 
 
 def tiny_lm(family: str, attn: str):
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    """A tiny rotary-position (Llama) or absolute-position (GPT-2) causal LM."""
+    from transformers import GPT2Config, GPT2LMHeadModel
 
+    if family == "llama":
+        return tiny_llama(attn)
     torch.manual_seed(0)
-    if family == "gpt2":
-        config = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, attn_implementation=attn)
-        return GPT2LMHeadModel(config).eval()
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        attn_implementation=attn,
-    )
-    return LlamaForCausalLM(config).eval()
+    config = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, attn_implementation=attn)
+    return GPT2LMHeadModel(config).eval()
 
 
 def tiny_vlm(attn: str):

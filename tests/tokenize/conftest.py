@@ -47,32 +47,7 @@ BPE_TEXTS = ["a red square on the left", "a blue circle on the right", "caption 
 
 
 def bpe_tokenizer(kind: str, folder):
-    """A small BPE with `<image>`: `metaspace_<always|first|never>` (a space marker, prepended as named) or
-    `byte_level` (GPT-2 style, no marker); saved under `folder` and returned."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    """A small BPE with `<image>` and the pre-tokenizer `kind` (see `demo_tokenizer.PRE_TOKENIZERS`)."""
+    from open_vlm.tokenize.demo_tokenizer import build_demo_tokenizer
 
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    alphabet = []
-    if kind == "byte_level":
-        tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-        alphabet = pre_tokenizers.ByteLevel.alphabet()
-    else:
-        scheme = kind.removeprefix("metaspace_")
-        tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme=scheme)
-        tok.decoder = decoders.Metaspace(prepend_scheme=scheme)
-    special = ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"]
-    trainer = trainers.BpeTrainer(
-        vocab_size=len(alphabet) + 80, special_tokens=special, initial_alphabet=alphabet, show_progress=False
-    )
-    tok.train_from_iterator(BPE_TEXTS, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        eos_token="<eos>",
-        bos_token="<bos>",
-        unk_token="<unk>",
-        extra_special_tokens={"image_token": "<image>"},
-    )
-    fast.save_pretrained(str(folder))
-    return fast
+    return build_demo_tokenizer(BPE_TEXTS, folder, vocab_size=80, pre_tokenizer=kind)

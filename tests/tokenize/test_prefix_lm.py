@@ -94,7 +94,7 @@ def paligemma_processor(tokenizer, num_image_tokens):
     return processor
 
 
-@pytest.mark.parametrize("kind", ["metaspace_always", "metaspace_first", "metaspace_never", "byte_level", "words"])
+@pytest.mark.parametrize("kind", ["metaspace", "metaspace_first", "metaspace_never", "byte_level", "words"])
 def test_encoding_equals_paligemma_processor(tmp_path, word_tokenizer, kind):
     """Issue 20.7: ids, token types and labels equal `PaliGemmaProcessor`'s, with and without a space marker."""
     from PIL import Image
