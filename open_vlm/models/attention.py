@@ -34,9 +34,10 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def attention_implementation(model: nn.Module) -> str | None:
     """The attention implementation of a model's language model (`eager`, `sdpa`, `flash_attention_2`, ...)."""
-    core = unwrap(model)
-    lm = getattr(core, "language_model", core)  # PaliGemma and the composed `vlm` name their LM so
-    return getattr(getattr(lm, "config", None), "_attn_implementation", None)
+    lm = unwrap(model)
+    lm = getattr(lm, "language_model", lm)  # the composed `vlm`
+    decoder = lm.get_decoder() if hasattr(lm, "get_decoder") else lm  # PaliGemma: its Gemma decoder
+    return getattr(getattr(decoder, "config", None), "_attn_implementation", None)
 
 
 def packed_attention_mask(model: nn.Module, document_ids: torch.Tensor) -> torch.Tensor | None:

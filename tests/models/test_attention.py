@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from open_vlm.config.schema import ModelConfig
+from open_vlm.models.attention import attention_implementation
 from open_vlm.models.registry import build_model, lm_forward
 from open_vlm.tokenize.causal import PackedCausalLMCollator
 from open_vlm.tokenize.padding import IGNORE
@@ -27,10 +28,14 @@ def tiny_lm(family: str, attn: str):
     return GPT2LMHeadModel(config).eval()
 
 
-def tiny_vlm(attn: str):
+def tiny_kind(kind: str, attn: str):
+    """The `vlm` or `paligemma` kind's tiny model (text-only rows), its LM on `attn`."""
+    from tests.tokenize.conftest import make_word_tokenizer
+
     torch.manual_seed(0)
-    model = build_model(ModelConfig(kind="vlm", config=str(CONFIGS / "vlm_tiny.yaml"))).model.eval()
-    model.language_model.set_attn_implementation(attn)
+    tokenizer = make_word_tokenizer() if kind == "paligemma" else None
+    model = build_model(ModelConfig(kind=kind, config=str(CONFIGS / f"{kind}_tiny.yaml")), tokenizer).model.eval()
+    (model if kind == "paligemma" else model.language_model).set_attn_implementation(attn)
     return model
 
 
@@ -45,16 +50,20 @@ def documents():
 
 @pytest.mark.parametrize("mask", ["4d_bool", "4d_float", "position_ids"])
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
-@pytest.mark.parametrize("family", ["llama", "gpt2", "vlm"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "vlm", "paligemma"])
 def test_packed_lm_forward_equals_unpacked(family, attn, mask):
-    model = tiny_vlm(attn) if family == "vlm" else tiny_lm(family, attn)
-    lm = model.language_model if family == "vlm" else model
-    assert lm.config._attn_implementation == attn
-    docs = documents()
+    composed = family in ("vlm", "paligemma")
+    model = tiny_kind(family, attn) if composed else tiny_lm(family, attn)
+    assert attention_implementation(model) == attn
+    vocab = (model.language_model if family == "vlm" else model).config.get_text_config().vocab_size
+    docs = [d % vocab for d in documents()]
     batch = PackedCausalLMCollator(0, row_length=12, mask=mask)([{"input_ids": d, "labels": d.clone()} for d in docs])
     assert batch["input_ids"].shape[0] < len(docs)  # really packed
     with torch.no_grad():
-        unpacked = sum(loss_sum(lm_forward(model, {"input_ids": d[None]})["logits"], d[None]) for d in docs)
+        alone = [{"input_ids": d[None]} for d in docs]
+        if family == "paligemma":  # token type 1 = causal text (without types its SDPA path is not causal)
+            alone = [{**a, "token_type_ids": torch.ones_like(a["input_ids"])} for a in alone]
+        unpacked = sum(loss_sum(lm_forward(model, a)["logits"], a["input_ids"]) for a in alone)
         packed = loss_sum(lm_forward(model, batch)["logits"], batch["labels"])
     torch.testing.assert_close(packed, unpacked, atol=1e-4, rtol=1e-5)
 
