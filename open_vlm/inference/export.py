@@ -1,6 +1,9 @@
 """`open-vlm export CKPT OUT_DIR`: a checkpoint as a folder that stock transformers loads.
 
-- `paligemma` → `PaliGemmaForConditionalGeneration` + tokenizer + `PaliGemmaProcessor` (AutoProcessor loads it);
+- `paligemma` → `PaliGemmaForConditionalGeneration` + tokenizer + `PaliGemmaProcessor` (AutoProcessor loads it).
+  The saved tokenizer is the training one: building a `PaliGemmaProcessor` adds PaliGemma's 1,152 `<loc…>` /
+  `<seg…>` tokens to its tokenizer, ids the model has no embeddings for, so it is built on a copy. (Loading the
+  processor adds them again in memory, as transformers does; a model trained without them cannot use them.)
 - `siglip` → `SiglipModel`, `clip` → `CLIPModel` (+ tokenizer and image processor), `lxmert` → `LxmertForPreTraining`;
 - `vlm` → our folder (`OpenVLM.from_pretrained` loads it); its `language_model/` is a plain causal-LM folder.
 
@@ -10,12 +13,17 @@ Every export also has `open_vlm_export.json` (kind, preprocessing, source checkp
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from open_vlm.inference.wrapper import EXPORT_FILE, Loaded, load, resolve_dtype
+from open_vlm.models import clip, siglip
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +56,18 @@ def write_processor(loaded: Loaded, out: Path) -> bool:
     settings, tokenizer, kind = loaded.settings, loaded.tokenizer, loaded.settings.kind
     if tokenizer is None or not hasattr(tokenizer, "save_pretrained"):
         return False
-    tokenizer.save_pretrained(str(out))
     if kind == "paligemma":
         from transformers import PaliGemmaProcessor
 
-        processor = PaliGemmaProcessor(image_processor=image_processor(settings, kind), tokenizer=tokenizer)
+        # The processor adds its <loc>/<seg> tokens to the tokenizer it is given: a copy, never the model's own.
+        processor = PaliGemmaProcessor(
+            image_processor=image_processor(settings, kind), tokenizer=copy.deepcopy(tokenizer)
+        )
         processor.image_seq_length = settings.num_image_tokens
         processor.image_processor.image_seq_length = settings.num_image_tokens
         processor.save_pretrained(str(out))
-    elif kind in ("siglip", "clip"):
+    tokenizer.save_pretrained(str(out))  # after the processor: its tokenizer files are the training tokenizer's
+    if kind in ("siglip", "clip"):
         image_processor(settings, kind).save_pretrained(str(out))
     elif kind == "vlm":
         tokenizer.save_pretrained(str(out / "language_model"))  # the LM half stands alone
@@ -83,9 +94,18 @@ def export(source: str, out_dir: str, dtype: str | None = None) -> Path:
     return folder
 
 
+# kind → the state dict in the stock class's layout, where ours differs (absent: the model's own)
+STOCK_STATE: dict[str, Callable[[torch.nn.Module], dict]] = {
+    "clip": clip.stock_state_dict,
+    "siglip": siglip.stock_state_dict,
+}
+
+
 def write_export(loaded: Loaded, model, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out), max_shard_size="1000GB")  # one consolidated safetensors file
+    to_stock = STOCK_STATE.get(loaded.settings.kind)
+    state = {"state_dict": to_stock(model)} if to_stock is not None else {}
+    model.save_pretrained(str(out), max_shard_size="1000GB", **state)  # one consolidated safetensors file
     has_tokenizer = write_processor(loaded, out)
     tokenizer = "." if has_tokenizer else loaded.tokenizer_name
     info = {

@@ -1,4 +1,9 @@
-"""Freezing parameters by named group or glob, keeping frozen ones in a cheaper dtype, counting them."""
+"""Freezing parameters by named group or glob, keeping frozen ones in a cheaper dtype, counting them.
+
+Fully frozen submodules run in eval mode even while the model trains (no dropout: a frozen encoder gives the
+same features every time, as a feature extractor should); `keep_frozen_in_eval` makes it so whoever calls
+`model.train()`.
+"""
 
 from __future__ import annotations
 
@@ -41,10 +46,39 @@ def apply_freeze(model: nn.Module, groups: dict[str, list[str]], freeze: list[st
         param.requires_grad_(name not in frozen)
 
 
+def check_frozen_dtype(frozen_dtype: str, precision: str) -> None:
+    """Refuse `model.frozen_dtype bf16` without a low-precision `train.precision` (nothing would cast between them)."""
+    if frozen_dtype != "fp32" and precision == "fp32":
+        raise ValueError(
+            f"model.frozen_dtype {frozen_dtype} needs train.precision bf16 or fp16: under fp32 nothing casts "
+            f"between frozen {frozen_dtype} and trainable fp32 weights (set model.frozen_dtype fp32)"
+        )
+
+
+def frozen_submodules(model: nn.Module) -> list[nn.Module]:
+    """The largest submodules whose parameters (at least one) are all frozen."""
+    params = list(model.parameters())
+    if params and not any(p.requires_grad for p in params):
+        return [model]
+    return [m for child in model.children() for m in frozen_submodules(child)]
+
+
+def _eval_if_frozen(module: nn.Module, args) -> None:
+    if module.training and not any(p.requires_grad for p in module.parameters()):
+        module.eval()
+
+
+def keep_frozen_in_eval(model: nn.Module) -> None:
+    """Before each forward, a fully frozen submodule that `model.train()` put in training mode goes back to eval."""
+    for module in frozen_submodules(model):
+        module.register_forward_pre_hook(_eval_if_frozen)
+
+
 def cast_frozen(model: nn.Module, dtype: torch.dtype) -> None:
     """Store frozen floating-point parameters in `dtype` (trainable ones keep theirs).
 
-    Meant for `train.precision bf16` (autocast); the `vlm` kind also casts its own inputs between parts.
+    Needs `train.precision bf16|fp16` (`check_frozen_dtype`): autocast (or FSDP's mixed precision) casts between
+    the two; the `vlm` kind also casts its own inputs between parts.
     """
     for param in model.parameters():
         if not param.requires_grad and param.is_floating_point():
@@ -95,7 +129,10 @@ def log_parameter_table(rows: list[GroupCount]) -> None:
 
 def freeze_from_config(bundle, cfg: ModelConfig) -> list[GroupCount]:
     """Apply `cfg.freeze`/`cfg.unfreeze`/`cfg.frozen_dtype` to `bundle.model`; log and return the table."""
-    apply_freeze(bundle.model, bundle.groups, cfg.freeze, cfg.unfreeze)
+    apply_freeze(bundle.model, bundle.groups, [*bundle.default_freeze, *cfg.freeze], cfg.unfreeze)
+    if bundle.default_freeze:
+        log.info("frozen without a training signal unless model.unfreeze names them: %s", bundle.default_freeze)
+    keep_frozen_in_eval(bundle.model)
     try:
         dtype = FROZEN_DTYPES[cfg.frozen_dtype]
     except KeyError:

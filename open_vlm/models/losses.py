@@ -6,7 +6,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from open_vlm.names import lookup
@@ -58,59 +57,79 @@ def next_token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     )
 
 
+def valid_rows(batch: Mapping, n: int, device) -> torch.Tensor:
+    """The batch's `valid` (B,) bool (rows the loader filled with a copy of another sample are False), else all."""
+    valid = batch.get("valid")
+    return torch.ones(n, dtype=torch.bool, device=device) if valid is None else valid.to(device, torch.bool)
+
+
 @register_loss("next_token")
 def next_token(**_) -> LossFn:
     """Causal / prefix-LM loss: summed over supervised next tokens (the prefix carries label -100)."""
 
     def fn(outputs, batch) -> LossOutput:
-        labels = batch["labels"].to(outputs["logits"].device)
+        logits = outputs["logits"]
+        labels = batch["labels"].to(logits.device)
+        labels = labels.masked_fill(~valid_rows(batch, labels.shape[0], labels.device)[:, None], IGNORE)
         count = int((labels[:, 1:] != IGNORE).sum())
-        return LossOutput(next_token_loss_sum(outputs["logits"], labels), count)
+        return LossOutput(next_token_loss_sum(logits, labels), count)
 
     return fn
 
 
 @register_loss("clip")
-def clip(rank: int = 0, world_size: int = 1, local_loss: bool = False, gather_with_grad: bool = False, **_) -> LossFn:
-    """open_clip's ClipLoss (softmax over the gathered batch) on normalised image/text features."""
-    from open_clip.loss import ClipLoss
+def clip(rank: int = 0, world_size: int = 1, local_loss: bool = False, **_) -> LossFn:
+    """CLIP's softmax loss over the gathered batch (features gathered with their gradients), invalid pairs out."""
+    from open_vlm.models.contrastive_losses import SoftmaxContrastiveLoss
 
-    loss = ClipLoss(local_loss=local_loss, gather_with_grad=gather_with_grad, rank=rank, world_size=world_size)
-    return _contrastive(loss, use_bias=False)
+    return _contrastive(SoftmaxContrastiveLoss(rank, world_size, local_loss), use_bias=False)
 
 
 @register_loss("siglip")
 def siglip(rank: int = 0, world_size: int = 1, dist_impl: str | None = None, **_) -> LossFn:
-    """open_clip's SigLipLoss (pairwise sigmoid; neighbour exchange across ranks)."""
-    from open_clip.loss import SigLipLoss
+    """SigLIP's pairwise sigmoid loss (open_clip's neighbour exchange across ranks), invalid pairs out."""
+    from open_vlm.models.contrastive_losses import SigmoidContrastiveLoss
 
-    return _contrastive(SigLipLoss(rank=rank, world_size=world_size, dist_impl=dist_impl), use_bias=True)
+    return _contrastive(SigmoidContrastiveLoss(rank, world_size, dist_impl), use_bias=True)
 
 
-def _contrastive(loss: nn.Module, use_bias: bool) -> LossFn:
+def _contrastive(loss, use_bias: bool) -> LossFn:
     def fn(outputs, batch) -> LossOutput:
-        args = [outputs["image_features"], outputs["text_features"], outputs["logit_scale"]]
-        if use_bias:
-            args.append(outputs["logit_bias"])
-        return LossOutput(loss(*args), int(outputs["image_features"].shape[0]), reduction="mean")
+        image = outputs["image_features"]
+        valid = valid_rows(batch, image.shape[0], image.device)
+        bias = outputs["logit_bias"] if use_bias else None
+        value = loss(image, outputs["text_features"], outputs["logit_scale"], valid, bias)
+        return LossOutput(value, int(valid.sum()), reduction="mean")
 
     return fn
 
 
 @register_loss("lxmert")
-def lxmert(mlm_weight: float = 1.0, itm_weight: float = 1.0, **_) -> LossFn:
-    """LXMERT pretraining: masked-LM (`labels`, -100 where unmasked) + image-text matching (`matched_label` 0/1)."""
+def lxmert(mlm_weight: float = 1.0, itm_weight: float = 1.0, qa_weight: float = 1.0, **_) -> LossFn:
+    """LXMERT pretraining: masked-LM (`labels`, -100 where unmasked) + image-text matching (`matched_label` 0/1)
+    + question answering when the batch has `answer_label` (answer index, -100: none) and the model a QA head.
+
+    Each term is a mean over what it supervises (masked tokens, valid rows); an empty term is 0, never NaN."""
 
     def fn(outputs, batch) -> LossOutput:
         logits = outputs["prediction_logits"]
-        labels = batch["labels"].to(logits.device)
-        mlm = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
         score = outputs["cross_relationship_score"].float()
-        itm = F.cross_entropy(score, batch["matched_label"].to(score.device).flatten())
-        masked = int((labels != IGNORE).sum())
-        mlm = mlm if masked else logits.sum() * 0.0  # a batch with nothing masked contributes no MLM term
+        valid = valid_rows(batch, score.shape[0], score.device)
+        labels = batch["labels"].to(logits.device).masked_fill(~valid[:, None], IGNORE)
+        matched = batch["matched_label"].to(score.device).flatten().masked_fill(~valid, IGNORE)
+        masked, pairs = int((labels != IGNORE).sum()), int((matched != IGNORE).sum())
+        mlm = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+        itm = F.cross_entropy(score, matched, ignore_index=IGNORE, reduction="sum")
+        mlm, itm = mlm / max(masked, 1), itm / max(pairs, 1)
         total = mlm_weight * mlm + itm_weight * itm
         parts = {"mlm": float(mlm.detach()), "itm": float(itm.detach()), "masked_tokens": masked}
-        return LossOutput(total, int(score.shape[0]), reduction="mean", parts=parts)
+        if "question_answering_score" in outputs and "answer_label" in batch:
+            answers = outputs["question_answering_score"].float()
+            wanted = batch["answer_label"].to(answers.device).flatten().masked_fill(~valid, IGNORE)
+            qa = F.cross_entropy(answers, wanted, ignore_index=IGNORE, reduction="sum")
+            qa = qa / max(int((wanted != IGNORE).sum()), 1)
+            total = total + qa_weight * qa
+            parts["qa"] = float(qa.detach())
+        return LossOutput(total, pairs, reduction="mean", parts=parts)
 
     return fn

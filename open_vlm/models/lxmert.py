@@ -1,4 +1,11 @@
-"""`lxmert`: transformers' LxmertForPreTraining (MLM + image-text matching; region features and boxes in)."""
+"""`lxmert`: transformers' LxmertForPreTraining (MLM + image-text matching; region features and boxes in).
+
+The `lxmert` loss trains MLM, image-text matching and, when the batch carries `answer_label`, the QA head. The
+object-prediction head needs detector labels that region-feature shards do not carry, and the QA head needs
+answers: with `task_obj_predict` / `task_qa` on, they are frozen (their weights kept, e.g. a pretrained QA head
+for `eval.task vqa`) unless `model.unfreeze` names them (`qa_head`, `obj_head`). So is the visual half of the last
+cross layer (`visual_output`): only the object-prediction head reads the final visual states.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +24,8 @@ GROUPS = {
     "vision": ["lxmert.encoder.visn_fc.", "lxmert.encoder.r_layers."],
     "cross": ["lxmert.encoder.x_layers.", "lxmert.pooler."],
     "heads": ["cls.", "obj_predict_head.", "answer_head."],
+    "obj_head": ["obj_predict_head."],
+    "qa_head": ["answer_head."],
 }
 INPUTS = ("input_ids", "attention_mask", "token_type_ids", "visual_feats", "visual_pos", "visual_attention_mask")
 
@@ -32,21 +41,29 @@ def lxmert_config(spec: dict, tokenizer=None):
 
 
 def lxmert_forward(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> Outputs:
-    """MLM logits over the text and the image-text matching score."""
+    """MLM logits over the text, the image-text matching score and (with a QA head) the answer scores."""
     out = model(**{k: batch[k] for k in INPUTS if k in batch})
-    return {"prediction_logits": out.prediction_logits, "cross_relationship_score": out.cross_relationship_score}
+    outputs = {"prediction_logits": out.prediction_logits, "cross_relationship_score": out.cross_relationship_score}
+    if getattr(model, "module", model).config.task_qa:
+        outputs["question_answering_score"] = out.question_answering_score
+    return outputs
 
 
 def bundle(model) -> ModelBundle:
     """The `ModelBundle` of an LxmertForPreTraining."""
     encoder = model.lxmert.encoder
+    last = f"lxmert.encoder.x_layers.{len(encoder.x_layers) - 1}."
+    groups = {name: list(prefixes) for name, prefixes in GROUPS.items()}
+    groups["visual_output"] = [f"{last}{part}." for part in ("visn_self_att", "visn_inter", "visn_output")]
+    no_signal = {"visual_output": True, "obj_head": model.config.task_obj_predict, "qa_head": model.config.task_qa}
     return ModelBundle(
         model=model,
         kind="lxmert",
         shard_units=[*encoder.layer, *encoder.r_layers, *encoder.x_layers],
         task="lxmert",
-        groups={name: list(prefixes) for name, prefixes in GROUPS.items()},
+        groups=groups,
         forward=lxmert_forward,
+        default_freeze=[name for name, present in no_signal.items() if present],
     )
 
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from open_vlm.config.schema import ModelConfig
+from open_vlm.models.attention import packed_attention_mask
 from open_vlm.names import lookup
 
 log = logging.getLogger(__name__)
@@ -19,12 +20,20 @@ Outputs = Mapping[str, torch.Tensor]
 ForwardFn = Callable[[nn.Module, Mapping[str, torch.Tensor]], Outputs]
 
 
+LM_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "pixel_values", "position_ids")
+
+
 def lm_forward(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> Outputs:
-    """Forward of a (vision-)language model: the batch's model inputs in, `{"logits": ...}` out."""
-    keys = ("input_ids", "token_type_ids", "attention_mask", "pixel_values")
+    """Forward of a (vision-)language model: the batch's model inputs in, `{"logits": ...}` out.
+
+    Packed rows (`document_ids`) get their block-diagonal mask in the form the model's attention implementation
+    reads (`models/attention.py`), and their restarting `position_ids`."""
+    inputs = {k: batch[k] for k in LM_INPUTS if k in batch}
+    if "document_ids" in batch:
+        inputs["attention_mask"] = packed_attention_mask(model, batch["document_ids"])
     # No KV cache in training/eval forwards: it costs memory, and recomputed (checkpointed) layers would
-    # append to it twice.
-    return {"logits": model(**{k: batch[k] for k in keys if k in batch}, use_cache=False).logits}
+    # append to it twice (and with a cache, transformers ignores packed position ids).
+    return {"logits": model(**inputs, use_cache=False).logits}
 
 
 @dataclass
@@ -40,6 +49,9 @@ class ModelBundle:
     # Named parameter groups → parameter-name prefixes (freezing, per-group counts, per-group LR later).
     groups: dict[str, list[str]] = field(default_factory=dict)
     forward: ForwardFn = lm_forward  # (model, batch) → outputs the loss reads; pass the wrapped model
+    # Parameters the kind's loss has no signal for (patterns as in `model.freeze`): frozen unless `model.unfreeze`
+    # names them, so no trainable parameter goes without a gradient (DDP refuses that).
+    default_freeze: list[str] = field(default_factory=list)
 
 
 Builder = Callable[[ModelConfig, object], ModelBundle]

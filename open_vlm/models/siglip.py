@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -10,6 +11,10 @@ import torch.nn as nn
 from open_vlm.config.schema import ModelConfig
 from open_vlm.models.registry import ModelBundle, Outputs, register_model
 from open_vlm.models.spec import pretrained_or_config
+
+# The paper's and open_clip's start for the logit scale and bias (t = 10, b = -10); transformers starts at 1, 0.
+INIT_LOGIT_SCALE, INIT_LOGIT_BIAS = math.log(10.0), -10.0
+MAX_LOGIT_SCALE = math.log(100.0)  # open_clip clamps the (log) scale to [0, ln 100] after every step
 
 GROUPS = {
     "vision": ["vision_model."],
@@ -37,18 +42,40 @@ def vision_features(tower: nn.Module, pixel_values: torch.Tensor, layer: int = -
     return tower(pixel_values, output_hidden_states=True).hidden_states[layer]
 
 
+def clamp_logit_scale(model: nn.Module) -> None:
+    """Clamp the (log) logit scale to [0, ln 100] in place, as open_clip does after every optimizer step.
+
+    Done before each forward, so every forward sees the value open_clip's would (a DTensor shard under FSDP2)."""
+    with torch.no_grad():
+        model.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
+
+
+def stock_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict to export: `logit_scale` clamped as training's forwards used it."""
+    state = dict(model.state_dict())
+    state["logit_scale"] = state["logit_scale"].clamp(0.0, MAX_LOGIT_SCALE)
+    return state
+
+
 def contrastive_forward(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> Outputs:
-    """Normalised image/text embeddings plus the (exponentiated) scale and bias the contrastive losses take."""
+    """Normalised image/text embeddings, the exponentiated scale and (SigLIP) the bias the contrastive losses take."""
+    core = getattr(model, "module", model)  # DDP wraps; FSDP2 keeps the module itself
+    clamp_logit_scale(core)
+    if hasattr(core, "set_reshard_after_forward"):
+        # FSDP2 root: the scale and bias are read after the forward, so they must still be gathered then
+        # (FSDP2's own default for a root; train.reshard_after_forward sets every unit's explicitly).
+        core.set_reshard_after_forward(False, recurse=False)
     out = model(
         input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], attention_mask=batch.get("attention_mask")
     )
-    core = getattr(model, "module", model)  # DDP wraps; FSDP2 keeps the module itself
-    return {
+    outputs = {
         "image_features": out.image_embeds,
         "text_features": out.text_embeds,
         "logit_scale": core.logit_scale.exp().squeeze(),
-        "logit_bias": core.logit_bias.squeeze(),
     }
+    if getattr(core, "logit_bias", None) is not None:
+        outputs["logit_bias"] = core.logit_bias.squeeze()
+    return outputs
 
 
 def bundle(model) -> ModelBundle:
@@ -75,4 +102,9 @@ def build_siglip(cfg: ModelConfig, tokenizer) -> ModelBundle:
         from open_vlm.models.open_clip_siglip import siglip_from_open_clip
 
         return bundle(siglip_from_open_clip(cfg.open_clip_model, cfg.open_clip_checkpoint))
-    return bundle(pretrained_or_config(SiglipModel, cfg, tokenizer, siglip_config))
+    model = pretrained_or_config(SiglipModel, cfg, tokenizer, siglip_config)
+    if not cfg.pretrained:  # a fresh model starts where the paper's does
+        with torch.no_grad():
+            model.logit_scale.fill_(INIT_LOGIT_SCALE)
+            model.logit_bias.fill_(INIT_LOGIT_BIAS)
+    return bundle(model)

@@ -3,6 +3,8 @@
 Packed rows hold several documents back to back. Each document sees only itself (a block-diagonal causal
 attention pattern), its position ids restart at 0, and its first token is not a target (nothing before it in
 the document predicts it), so the packed loss equals the sum of the documents' unpacked losses.
+
+Invalid documents (`"__valid__": False`, see `padding.py`) are left out of the packs; every row produced is valid.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from open_vlm.tokenize.padding import IGNORE, SequenceCollator, num_supervised, pad_to, padded_length
+from open_vlm.tokenize.padding import IGNORE, SequenceCollator, num_supervised, pad_to, padded_length, valid_rows
+from open_vlm.tokenize.text import SampleText
 
 PACKED_MASKS = ("4d_bool", "4d_float", "position_ids")
 
@@ -29,9 +32,10 @@ class CausalLMProcessor:
         self.bos_id, self.eos_id = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
         if (self.add_bos and self.bos_id is None) or (self.add_eos and self.eos_id is None):
             raise ValueError("tokenizer lacks the bos/eos token this processor is asked to add")
+        self.text = SampleText(self.tokenizer)
 
     def __call__(self, sample: dict, source=None) -> dict:
-        ids = self.tokenizer(sample["text"], add_special_tokens=False)["input_ids"]
+        ids = self.text.ids(sample["text"])
         ids = ([self.bos_id] if self.add_bos else []) + ids + ([self.eos_id] if self.add_eos else [])
         ids = torch.tensor(ids[: self.max_len], dtype=torch.long)
         return {"input_ids": ids, "labels": ids.clone()}
@@ -60,13 +64,14 @@ def pack_documents(lengths: list[int], row_length: int) -> list[list[int]]:
 def block_causal_mask(document_ids: torch.Tensor) -> torch.Tensor:
     """(B, L) document ids → (B, 1, L, L) bool, True where query i may attend to key j (same document, j <= i)."""
     same = document_ids[:, :, None] == document_ids[:, None, :]
-    causal = torch.ones(document_ids.shape[1], document_ids.shape[1], dtype=torch.bool).tril()
+    length = document_ids.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=document_ids.device).tril()
     return (same & causal)[:, None]
 
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """A bool mask → the float mask eager attention adds to its scores (0 where allowed, dtype min elsewhere)."""
-    return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
 @dataclass
@@ -81,6 +86,10 @@ class PackedCausalLMCollator:
       that restart per document (and flash attention uses them as varlen boundaries); call the model with
       `use_cache=False`, since transformers ignores packed position ids when it holds a cache.
     Padding is one more block that attends only to itself, so no attention row is empty.
+    `open_vlm.models.registry.lm_forward` rebuilds the mask from `document_ids` in the form the model's attention
+    implementation reads, so `mask` matters only to callers that feed models themselves.
+    Invalid documents are left out; when none is valid, the first one makes a single row marked invalid (labels
+    IGNORE), so the forward still runs and the loss is 0.
     """
 
     pad_id: int
@@ -94,11 +103,13 @@ class PackedCausalLMCollator:
             raise ValueError(f"mask must be one of {PACKED_MASKS}, got {self.mask!r}")
 
     def __call__(self, samples: list[dict]) -> dict:
-        docs = [s["input_ids"] for s in samples]
+        valid = valid_rows(samples)
+        packed = [s for s, ok in zip(samples, valid.tolist()) if ok] or samples[:1]
+        docs = [s["input_ids"] for s in packed]
         rows = pack_documents([len(d) for d in docs], self.row_length)
         fields: dict[str, list[torch.Tensor]] = {k: [] for k in ("input_ids", "labels", "position_ids", "document_ids")}
         for row in rows:
-            parts = [samples[i] for i in row]
+            parts = [packed[i] for i in row]
             fields["input_ids"].append(torch.cat([p["input_ids"] for p in parts]))
             labels = [p["labels"].clone() for p in parts]
             for lab in labels:
@@ -121,8 +132,12 @@ class PackedCausalLMCollator:
         if self.mask != "position_ids":
             allowed = block_causal_mask(batch["document_ids"])
             batch["attention_mask"] = allowed if self.mask == "4d_bool" else additive_mask(allowed)
-        batch["num_tokens"] = int((batch["document_ids"] >= 0).sum())
+        any_valid = bool(valid.any())
+        batch["valid"] = torch.full((len(rows),), any_valid, dtype=torch.bool)
+        if not any_valid:
+            batch["labels"].fill_(IGNORE)
+        batch["num_tokens"] = int((batch["document_ids"] >= 0).sum()) if any_valid else 0
         batch["num_supervised"] = num_supervised(batch["labels"])
-        batch["num_documents"] = len(samples)
+        batch["num_documents"] = int(valid.sum())
         batch["__meta__"] = [s.get("__meta__") for s in samples]
         return batch

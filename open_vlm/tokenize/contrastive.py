@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from open_vlm.tokenize.padding import valid_rows
+from open_vlm.tokenize.text import SampleText
 from open_vlm.tokenize.tokenizers import is_openclip_tokenizer
 
 
@@ -26,6 +28,7 @@ class ContrastiveProcessor:
         self.openclip = is_openclip_tokenizer(self.tokenizer)
         if self.max_len is None:
             self.max_len = self.tokenizer.context_length if self.openclip else 64
+        self.text = None if self.openclip else SampleText(self.tokenizer)
 
     def encode(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         if self.openclip:
@@ -33,7 +36,7 @@ class ContrastiveProcessor:
             real = int((ids == self.tokenizer.eot_token_id).nonzero()[0]) + 1
             mask = (torch.arange(self.max_len) < real).long()
             return ids, mask
-        enc = self.tokenizer(text, padding="max_length", truncation=True, max_length=self.max_len)
+        enc = self.tokenizer(self.text.plain(text), padding="max_length", truncation=True, max_length=self.max_len)
         return torch.tensor(enc["input_ids"], dtype=torch.long), torch.tensor(enc["attention_mask"], dtype=torch.long)
 
     def __call__(self, sample: dict, source=None) -> dict:
@@ -42,12 +45,16 @@ class ContrastiveProcessor:
 
 
 class ContrastiveCollator:
-    """Stacks the fixed-length samples. No token is a target: `num_supervised` is 0; `num_pairs` counts pairs."""
+    """Stacks the fixed-length samples. No token is a target: `num_supervised` is 0; `num_pairs` counts valid pairs.
+
+    `valid` (B,) marks the rows the contrastive losses use, as rows and as columns (negatives)."""
 
     def __call__(self, samples: list[dict]) -> dict:
         batch = {k: torch.stack([s[k] for s in samples]) for k in ("input_ids", "attention_mask", "pixel_values")}
-        batch["num_tokens"] = int(batch["attention_mask"].sum())
+        valid = valid_rows(samples)
+        batch["valid"] = valid
+        batch["num_tokens"] = int(batch["attention_mask"][valid].sum())
         batch["num_supervised"] = 0
-        batch["num_pairs"] = len(samples)
+        batch["num_pairs"] = int(valid.sum())
         batch["__meta__"] = [s.get("__meta__") for s in samples]
         return batch

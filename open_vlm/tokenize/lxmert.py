@@ -8,6 +8,8 @@ on any number of workers and after a resume:
   probability `negative_prob`, takes the caption of another sample in the batch whose caption differs.
   A mismatched pair gets `matched_label` 0 and the other caption uncorrupted, with no MLM targets (the caption
   does not describe the image, so predicting its words from it would teach the wrong grounding).
+- Invalid rows (`"__valid__": False`, see `padding.py`) get no MLM targets and `matched_label` -100 (ignored), and
+  are never anyone's negative; the valid rows draw exactly what they would draw in the batch without them.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from open_vlm.tokenize.padding import IGNORE, SequenceCollator
+from open_vlm.tokenize.padding import IGNORE, SequenceCollator, valid_rows
+from open_vlm.tokenize.text import SampleText
 
 
 def seeded_rng(seed: int, *parts: bytes | str) -> np.random.Generator:
@@ -76,9 +79,10 @@ class LxmertProcessor:
             raise ValueError("tokenizer needs [CLS], [SEP], [MASK] and pad tokens")
         special = set(tok.all_special_ids)
         self.random_ids = np.array([i for i in range(len(tok)) if i not in special], dtype=np.int64)
+        self.text = SampleText(tok)
 
     def __call__(self, sample: dict, source=None) -> dict:
-        text = self.tokenizer(sample["text"], add_special_tokens=False)["input_ids"][: self.max_len - 2]
+        text = self.text.ids(sample["text"])[: self.max_len - 2]
         ids = torch.tensor([self.cls_id, *text, self.sep_id], dtype=torch.long)
         candidates = torch.ones(len(ids), dtype=torch.bool)
         candidates[0] = candidates[-1] = False
@@ -86,6 +90,8 @@ class LxmertProcessor:
         masked, labels = mask_tokens(ids, candidates, rng, self.mask_id, self.random_ids, self.mlm_prob)
         out = {"input_ids": masked, "token_type_ids": torch.zeros_like(ids), "labels": labels}
         out.update(pad_regions(sample["features"], sample["boxes"], self.num_regions))
+        if "answer_label" in sample:  # an answer index for the QA head (VQA data)
+            out["answer_label"] = torch.tensor(int(sample["answer_label"]))
         return out
 
 
@@ -100,8 +106,9 @@ class LxmertCollator:
     """Draws ITM negatives, pads text to the longest (or a multiple), stacks regions.
 
     Batch: `input_ids`, `token_type_ids`, `attention_mask`, `labels` (-100 on padding),
-    `visual_feats` (B, K, D), `visual_pos` (B, K, 4), `visual_attention_mask` (B, K), `matched_label` (B,),
-    `num_tokens` (real text tokens), `num_supervised` (MLM targets; MLM has no next-token shift).
+    `visual_feats` (B, K, D), `visual_pos` (B, K, 4), `visual_attention_mask` (B, K), `matched_label` (B,)
+    (-100 on invalid rows), `valid` (B,), `num_tokens` (real text tokens of valid rows), `num_supervised` (MLM
+    targets; MLM has no next-token shift).
     """
 
     pad_id: int
@@ -109,31 +116,37 @@ class LxmertCollator:
     negative_prob: float = 0.5
     pad_to_multiple: int = 1
 
-    def negatives(self, samples: list[dict]) -> tuple[list[int | None], list[torch.Tensor]]:
-        """For each sample, the index of the sample whose caption it takes (None: matched); the unmasked ids."""
+    def negatives(self, samples: list[dict], valid: list[bool]) -> tuple[list[int | None], list[torch.Tensor]]:
+        """For each sample, the index of the sample whose caption it takes (None: matched); the unmasked ids.
+
+        Only valid rows draw and only valid rows are drawn, from an RNG seeded by the valid rows alone."""
         originals = [unmasked_ids(s) for s in samples]
-        rng = seeded_rng(self.seed, "itm", b"".join(o.numpy().tobytes() + b"|" for o in originals))
-        choice: list[int | None] = []
-        for i, own in enumerate(originals):
-            others = [j for j, o in enumerate(originals) if j != i and not torch.equal(o, own)]
+        good = [i for i, ok in enumerate(valid) if ok]
+        rng = seeded_rng(self.seed, "itm", b"".join(originals[i].numpy().tobytes() + b"|" for i in good))
+        choice: list[int | None] = [None] * len(samples)
+        for i in good:
+            others = [j for j in good if j != i and not torch.equal(originals[j], originals[i])]
             take = rng.random() < self.negative_prob  # both draws always happen: a fixed RNG stream per batch
             pick = int(rng.integers(0, max(len(others), 1)))
-            choice.append(others[pick] if take and others else None)
+            choice[i] = others[pick] if take and others else None
         return choice, originals
 
     def __call__(self, samples: list[dict]) -> dict:
         mixed = []
-        choice, originals = self.negatives(samples)
-        for s, j in zip(samples, choice):
+        valid = valid_rows(samples).tolist()
+        choice, originals = self.negatives(samples, valid)
+        for s, j, ok in zip(samples, choice, valid):
             s = dict(s)
-            s["matched_label"] = torch.tensor(1 if j is None else 0)
+            s["matched_label"] = torch.tensor((1 if j is None else 0) if ok else IGNORE)
+            if "answer_label" in s and (j is not None or not ok):  # a swapped caption is not the question asked
+                s["answer_label"] = torch.tensor(IGNORE)
             if j is not None:  # the other caption, uncorrupted and without MLM targets
                 s["input_ids"] = originals[j]
                 s["token_type_ids"] = samples[j]["token_type_ids"]
                 s["labels"] = torch.full_like(originals[j], IGNORE)
             mixed.append(s)
         pad_values = {"input_ids": self.pad_id, "token_type_ids": 0, "labels": IGNORE}
-        stack = ("visual_feats", "visual_pos", "visual_attention_mask", "matched_label")
+        stack = ("visual_feats", "visual_pos", "visual_attention_mask", "matched_label", "answer_label")
         collate = SequenceCollator(
             pad_values,
             "right",

@@ -1,4 +1,9 @@
-"""Padding token sequences into batches (right or left, to the longest or a multiple) and counting tokens."""
+"""Padding token sequences into batches (right or left, to the longest or a multiple) and counting tokens.
+
+Invalid rows: the loader keeps a bad sample's place in the batch by filling it with a copy of another good
+processed sample marked `"__valid__": False`. Collators return `valid` (B,) bool and give such rows no
+supervision (labels IGNORE) and no counts, so batch shapes never depend on which samples were bad.
+"""
 
 from __future__ import annotations
 
@@ -41,6 +46,11 @@ def pad_left(seqs: list[torch.Tensor], value, multiple: int = 1) -> torch.Tensor
     return pad_to(seqs, value, padded_length([len(s) for s in seqs], multiple), "left")
 
 
+def valid_rows(samples: list[dict]) -> torch.Tensor:
+    """(B,) bool: False for rows the loader filled with a copy of another sample (`"__valid__": False`)."""
+    return torch.tensor([bool(s.get("__valid__", True)) for s in samples], dtype=torch.bool)
+
+
 def num_supervised(labels: torch.Tensor, shift: bool = True) -> int:
     """Tokens the loss sees: labels != IGNORE, after the next-token shift when `shift`."""
     return int(((labels[:, 1:] if shift else labels) != IGNORE).sum())
@@ -52,6 +62,7 @@ class SequenceCollator:
 
     `pad_values` maps each sequence key to its fill value; `input_ids` must be one of them. Other tensor keys
     of equal shape (pixel_values, region features) are stacked. The attention mask is 1 on real tokens.
+    Invalid rows keep their tokens (shapes stay fixed) but get labels IGNORE and count no tokens.
     """
 
     pad_values: dict[str, int]
@@ -73,7 +84,10 @@ class SequenceCollator:
         for key in self.stack_keys:
             if key in samples[0]:
                 batch[key] = torch.stack([s[key] for s in samples])
-        batch["num_tokens"] = int(batch["attention_mask"].sum())
+        valid = valid_rows(samples)
+        batch[self.label_key][~valid] = IGNORE
+        batch["valid"] = valid
+        batch["num_tokens"] = int(batch["attention_mask"][valid].sum())
         batch["num_supervised"] = num_supervised(batch[self.label_key], self.shift_labels)
         batch["__meta__"] = [s.get("__meta__") for s in samples]
         return batch

@@ -1,7 +1,12 @@
 """PaliGemma-style prefix-LM inputs: image tokens + BOS + prefix + separator | suffix + EOS.
 
 `token_type_ids` is 0 on image + prefix (bidirectional attention) and 1 on the suffix (causal);
-labels are -100 everywhere except the suffix. Truncation never cuts image tokens and always keeps EOS.
+labels are -100 everywhere except the suffix. The encoding is `PaliGemmaProcessor`'s: the string
+`BOS + prefix + separator` is tokenized as one text (a tokenizer that adds a space marker would otherwise see the
+separator as a word of its own), the suffix as a text of its own followed by EOS.
+
+Truncation (`max_text_len` text tokens; image tokens come on top) cuts the suffix first, down to one token, then
+the prefix (never below BOS + separator). A cut suffix has no EOS, as in big_vision: the caption has not ended.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from open_vlm.tokenize.padding import IGNORE, SequenceCollator, pad_left, pad_right
+from open_vlm.tokenize.text import SampleText
 
 __all__ = ["IGNORE", "PrefixLMCollator", "PrefixLMProcessor", "pad_left", "pad_right"]
 
@@ -31,24 +37,32 @@ class PrefixLMProcessor:
         self.bos_id, self.eos_id, self.pad_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
         if None in (self.image_token_id, self.bos_id, self.eos_id, self.pad_id):
             raise ValueError("tokenizer needs <image>, bos, eos and pad tokens")
-        self.sep_ids = self._ids(self.separator)
+        self.text = SampleText(tok)
+        self.sep_ids = self._ids(self.separator)  # only used when a cut prefix needs its separator back
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def prefix_ids(self, prefix: str) -> list[int]:
+        """BOS + prefix + separator, tokenized as one string as `PaliGemmaProcessor` does."""
+        ids = self._ids(self.tokenizer.bos_token + self.text.plain(prefix) + self.separator)
+        if not ids or ids[0] != self.bos_id:
+            raise ValueError(f"tokenizer does not keep its BOS token {self.tokenizer.bos_token!r} as one token")
+        return ids
+
     def encode(self, prefix: str, suffix: str | None) -> dict[str, torch.Tensor]:
         """Token ids, token types and labels; `suffix=None` gives a generation prompt."""
-        prefix_ids = [self.bos_id, *self._ids(prefix), *self.sep_ids]
-        suffix_ids = [] if suffix is None else [*self._ids(suffix), self.eos_id]
+        prefix_ids = self.prefix_ids(prefix)
+        suffix_ids = [] if suffix is None else [*self.text.ids(suffix), self.eos_id]
         budget = self.max_text_len
         if len(prefix_ids) + len(suffix_ids) > budget:
-            # Keep the suffix's EOS; cut the suffix first, then the prefix (never below BOS + separator).
-            room = max(budget - len(prefix_ids), 1 if suffix_ids else 0)
-            if suffix_ids:
-                suffix_ids = [*suffix_ids[: room - 1], self.eos_id]
+            room = max(budget - len(prefix_ids), 1)
+            if len(suffix_ids) > room:  # the caption itself is cut: it keeps no EOS
+                suffix_ids = suffix_ids[:room]
             keep = max(budget - len(suffix_ids), 1 + len(self.sep_ids))
             if len(prefix_ids) > keep:
-                prefix_ids = [*prefix_ids[: keep - len(self.sep_ids)], *self.sep_ids]
+                cut = self._ids(self.tokenizer.bos_token + self.text.plain(prefix))[: keep - len(self.sep_ids)]
+                prefix_ids = [*cut, *self.sep_ids]
         n_img = self.num_image_tokens
         input_ids = [self.image_token_id] * n_img + prefix_ids + suffix_ids
         types = [0] * (n_img + len(prefix_ids)) + [1] * len(suffix_ids)

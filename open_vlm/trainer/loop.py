@@ -24,6 +24,7 @@ from open_vlm.config.load import dump_config
 from open_vlm.config.schema import RunConfig
 from open_vlm.data.build import batch_to_device, build_model_loader
 from open_vlm.data.version import DataVersionError
+from open_vlm.models.freeze import check_frozen_dtype
 from open_vlm.models.losses import build_loss
 from open_vlm.models.registry import build_model
 from open_vlm.tokenize.tokenizers import load_tokenizer
@@ -63,6 +64,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         seed_everything(cfg.train.seed)
         self.tokenizer = load_tokenizer(cfg.model.tokenizer) if cfg.model.tokenizer else None
+        check_frozen_dtype(cfg.model.frozen_dtype, cfg.train.precision)
         self.bundle = build_model(cfg.model, self.tokenizer)
         units = self.bundle.shard_units
         if cfg.train.activation_checkpointing:

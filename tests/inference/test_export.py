@@ -109,3 +109,49 @@ def test_export_of_nothing_is_a_clear_error(tmp_path):
 
     out = run_cli("-m", "open_vlm.cli", "export", str(tmp_path / "none"), str(tmp_path / "out"))
     assert out.returncode == 2 and "no complete checkpoint" in out.stderr
+
+
+def test_export_keeps_the_training_tokenizer(trained, exported, tmp_path):
+    """Issue 20.4: building the PaliGemmaProcessor must not add its 1,152 <loc>/<seg> tokens to what is saved."""
+    from transformers import AutoTokenizer
+
+    from open_vlm.inference.export import write_export
+
+    loaded = load(str(trained("paligemma")))
+    vocab = loaded.model.config.text_config.vocab_size
+    before = dict(loaded.tokenizer.get_vocab())
+    saved = AutoTokenizer.from_pretrained(str(exported("paligemma")), local_files_only=True)
+    assert saved.get_vocab() == before and len(saved) <= vocab
+    ids = saved("detect <loc0005>", add_special_tokens=False)["input_ids"]
+    assert ids and max(ids) < vocab  # every id has an embedding
+    write_export(loaded, loaded.model, tmp_path / "again")
+    assert loaded.tokenizer.get_vocab() == before  # the caller's tokenizer is left alone too
+
+
+def test_clip_export_has_a_stock_scalar_logit_scale(tmp_path):
+    """Issue 20.3: our CLIP holds logit_scale as (1,) for FSDP2; the export is transformers' 0-D one."""
+    import math
+
+    from transformers import CLIPModel
+
+    from open_vlm.config.schema import ModelConfig
+    from open_vlm.inference.export import write_export
+    from open_vlm.inference.processor import ProcessorSettings
+    from open_vlm.inference.wrapper import Loaded
+    from open_vlm.models.registry import build_model
+    from tests.models.conftest import CONFIGS, images
+
+    torch.manual_seed(0)
+    bundle = build_model(ModelConfig(kind="clip", config=str(CONFIGS / "clip_tiny.yaml")))
+    assert bundle.model.logit_scale.shape == (1,)
+    with torch.no_grad():
+        bundle.model.logit_scale.fill_(6.0)  # beyond ln 100: exported as training's forwards used it
+    settings = ProcessorSettings(kind="clip", task="contrastive", image_size=32)
+    folder = write_export(Loaded(bundle.model, None, settings, "here", 1), bundle.model, tmp_path / "clip")
+    stock = CLIPModel.from_pretrained(str(folder), local_files_only=True).eval()
+    assert stock.logit_scale.dim() == 0 and float(stock.logit_scale.detach()) == pytest.approx(math.log(100.0))
+    again = load(str(folder)).model.eval()
+    assert again.logit_scale.shape == (1,)
+    batch = {"input_ids": token_ids(2, 16, 64), "pixel_values": images(2)}
+    with torch.no_grad():
+        torch.testing.assert_close(stock(**batch).logits_per_image, again(**batch).logits_per_image)

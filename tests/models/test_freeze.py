@@ -88,3 +88,53 @@ def test_frozen_dtype_bf16_keeps_trainable_fp32_and_runs():
     batch = with_images()
     model(**batch, labels=batch["input_ids"]).loss.backward()
     assert model.projector.proj[0].weight.grad is not None
+
+
+def test_frozen_modules_run_without_dropout_while_training():
+    """Issue 20.9: a frozen LXMERT embedding gives the same output on every call in training mode."""
+    torch.manual_seed(0)
+    bundle = build_model(
+        ModelConfig(kind="lxmert", config=str(CONFIGS / "lxmert_tiny.yaml"), freeze=["embeddings", "language"])
+    )
+    model = bundle.model
+    for module in model.modules():  # make dropout obvious
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.5
+    seen: dict[str, list[torch.Tensor]] = {"embeddings": [], "cross": []}
+    model.lxmert.embeddings.register_forward_hook(lambda m, a, out: seen["embeddings"].append(out.detach()))
+    model.lxmert.encoder.x_layers[0].register_forward_hook(lambda m, a, out: seen["cross"].append(out[0].detach()))
+    batch = {
+        "input_ids": torch.randint(5, 60, (2, 8), generator=torch.Generator().manual_seed(0)),
+        "visual_feats": torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(1)),
+        "visual_pos": torch.rand(2, 5, 4, generator=torch.Generator().manual_seed(2)),
+    }
+    for _ in range(2):
+        model.train()  # as the trainer (and the held-out evaluator after evaluating) does
+        model(**batch)
+    torch.testing.assert_close(seen["embeddings"][0], seen["embeddings"][1], atol=0, rtol=0)
+    assert not model.lxmert.embeddings.training and model.lxmert.encoder.x_layers[0].training
+    assert not torch.allclose(seen["cross"][0], seen["cross"][1])  # trainable parts still use dropout
+
+
+def test_frozen_bf16_under_fp32_is_refused_in_one_line(tmp_path, demo_dir):
+    """Issue 20.10: frozen bf16 weights with fp32 precision are refused up front, not a crash at step 1."""
+    from tests.conftest import run_cli
+    from tests.trainer.runs import ENV, write_config
+
+    config = write_config(
+        tmp_path, demo_dir, "bf16frozen", model={"freeze": ["vision"], "frozen_dtype": "bf16"}, train={"max_steps": 1}
+    )
+    out = run_cli("-m", "open_vlm.train", "--config", str(config), env=ENV)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "model.frozen_dtype bf16 needs train.precision bf16 or fp16" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_partly_frozen_layer_in_bf16_trains_under_autocast():
+    model = tiny(freeze=["language_model.model.layers.0.self_attn.*"], frozen_dtype="bf16").model.train()
+    assert model.language_model.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+    batch = with_images()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(**batch, labels=batch["input_ids"]).loss
+    loss.backward()
+    assert model.language_model.model.layers[0].mlp.up_proj.weight.grad is not None

@@ -85,3 +85,94 @@ def test_next_token_invariant_to_micro_batch_split(splits):
     if len(splits) > 1:  # the naive mean of per-micro-batch means is not the same number here
         naive = sum(p.loss / p.count for p in parts) / len(parts)
         assert not torch.allclose(naive, whole.loss / whole.count)
+
+
+# --- contrastive losses against open_clip, invalid rows, fp32 ---------------------------------------------------
+def leaf_features(n=6, dim=8, seed=0, dtype=torch.float32):
+    out = features(n, dim, seed)
+    return {k: v.to(dtype).clone().requires_grad_(True) for k, v in out.items()}
+
+
+def grads_of(loss, tensors):
+    return torch.autograd.grad(loss, tensors, allow_unused=True)
+
+
+@pytest.mark.parametrize("name", ["clip", "siglip"])
+def test_contrastive_equals_open_clip_on_all_valid_batches(name):
+    from open_clip.loss import ClipLoss, SigLipLoss
+
+    out = leaf_features()
+    args = [out["image_features"], out["text_features"], out["logit_scale"]]
+    theirs = ClipLoss()(*args) if name == "clip" else SigLipLoss()(*args, out["logit_bias"])
+    ours = build_loss(name)(out, {}).loss
+    torch.testing.assert_close(ours, theirs)
+    leaves = list(out.values())
+    for a, b in zip(grads_of(ours, leaves), grads_of(theirs, leaves)):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", ["clip", "siglip"])
+def test_contrastive_invalid_rows_are_left_out(name):
+    """Interface 1: invalid copies change neither the loss nor any gradient (they are neither rows nor negatives)."""
+    out = leaf_features(n=6)
+    valid = torch.tensor([True, False, True, True, False, True])
+    copies = {k: v[[0, 0, 2, 3, 2, 5]] if v.dim() else v for k, v in out.items()}  # rows 1, 4: copies of good ones
+    with_copies = build_loss(name)(copies, {"valid": valid})
+    subset = {k: v[valid] if v.dim() else v for k, v in out.items()}
+    without = build_loss(name)(subset, {})
+    torch.testing.assert_close(with_copies.loss, without.loss)
+    assert with_copies.count == without.count == 4
+    leaves = list(out.values())
+    for a, b in zip(grads_of(with_copies.loss, leaves), grads_of(without.loss, leaves)):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", ["clip", "siglip", "next_token", "lxmert"])
+def test_no_valid_row_gives_exactly_zero_and_zero_gradients(name):
+    g = torch.Generator().manual_seed(0)
+    if name in ("clip", "siglip"):
+        outputs = leaf_features(n=3)
+        batch = {}
+    elif name == "next_token":
+        outputs = {"logits": torch.randn(3, 5, 11, generator=g).requires_grad_(True)}
+        batch = {"labels": torch.randint(0, 11, (3, 5), generator=g)}
+    else:
+        outputs = {
+            "prediction_logits": torch.randn(3, 5, 11, generator=g).requires_grad_(True),
+            "cross_relationship_score": torch.randn(3, 2, generator=g).requires_grad_(True),
+        }
+        batch = {"labels": torch.randint(0, 11, (3, 5), generator=g), "matched_label": torch.tensor([1, 0, 1])}
+    batch["valid"] = torch.zeros(3, dtype=torch.bool)
+    result = build_loss(name)(outputs, batch)
+    assert float(result.loss.detach()) == 0.0 and result.count == 0
+    leaves = [v for v in outputs.values() if v.requires_grad]
+    for grad in grads_of(result.loss, leaves):
+        assert grad is None or (torch.isfinite(grad).all() and not grad.any())
+
+
+def test_next_token_and_lxmert_ignore_invalid_rows():
+    logits, labels = lm_batch(n=4)
+    valid = torch.tensor([True, False, True, True])
+    masked = build_loss("next_token")({"logits": logits}, {"labels": labels, "valid": valid})
+    subset = build_loss("next_token")({"logits": logits[valid]}, {"labels": labels[valid]})
+    torch.testing.assert_close(masked.loss, subset.loss)
+    assert masked.count == subset.count
+    g = torch.Generator().manual_seed(1)
+    outputs = {"prediction_logits": torch.randn(4, 7, 11, generator=g), "cross_relationship_score": torch.randn(4, 2)}
+    batch = {"labels": labels, "matched_label": torch.tensor([1, 0, 0, 1]), "valid": valid}
+    masked = build_loss("lxmert")(outputs, batch)
+    subset = build_loss("lxmert")({k: v[valid] for k, v in outputs.items()}, {k: v[valid] for k, v in batch.items()})
+    torch.testing.assert_close(masked.loss, subset.loss)
+    assert masked.parts["masked_tokens"] == subset.parts["masked_tokens"] and masked.count == 3
+
+
+@pytest.mark.parametrize("name", ["clip", "siglip"])
+def test_contrastive_losses_compute_in_fp32(name):
+    """Issue 20 (also): bf16 features give the fp32 loss of those same (bf16-rounded) values, not a bf16 one."""
+    out = leaf_features(n=16, dim=32, dtype=torch.bfloat16)
+    exact = {k: v.detach().float() for k, v in out.items()}
+    got = build_loss(name)(out, {}).loss
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, build_loss(name)(exact, {}).loss, atol=1e-6, rtol=1e-6)

@@ -73,3 +73,42 @@ def test_loss_equals_transformers_and_trains():
     ours.loss.backward()
     assert_has_grads(model)
     assert isinstance(model, LxmertForPreTraining)
+
+
+def with_heads(tmp_path, **model):
+    """The tiny LXMERT with the object-prediction and QA heads on (LxmertConfig's own defaults)."""
+    import yaml
+
+    spec = yaml.safe_load((CONFIGS / "lxmert_tiny.yaml").read_text())
+    spec.update(task_obj_predict=True, task_qa=True, num_qa_labels=3, num_object_labels=7, num_attr_labels=5)
+    (tmp_path / "heads.yaml").write_text(yaml.safe_dump(spec))
+    torch.manual_seed(0)
+    return build_model(ModelConfig(kind="lxmert", config=str(tmp_path / "heads.yaml"), **model))
+
+
+def test_enabled_heads_without_a_signal_are_frozen_not_left_without_gradients(tmp_path):
+    """Issue 20 (also): object-prediction and QA heads got no loss yet stayed trainable (DDP refuses that)."""
+    bundle = with_heads(tmp_path)
+    model = bundle.model.train()
+    result = build_loss("lxmert")(bundle.forward(model, batch()), batch())
+    result.loss.backward()
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(p.grad is not None for p in trainable.values()), [
+        n for n, p in trainable.items() if p.grad is None
+    ]
+    assert not any(n.startswith(("obj_predict_head.", "answer_head.")) for n in trainable)
+
+
+def test_qa_head_trains_on_answer_labels_like_transformers(tmp_path):
+    bundle = with_heads(tmp_path, unfreeze=["qa_head"])
+    model = bundle.model.eval()
+    b = {**batch(), "answer_label": torch.tensor([2, IGNORE, 0])}
+    ours = build_loss("lxmert")(bundle.forward(model, b), b)
+    keys = ("input_ids", "attention_mask", "token_type_ids", "visual_feats", "visual_pos")
+    answers = b["answer_label"][[0, 2]]
+    picked = {k: b[k][[0, 2]] for k in keys}
+    theirs = model(**picked, ans=answers).loss  # transformers' QA term alone (no other labels given)
+    torch.testing.assert_close(torch.tensor(ours.parts["qa"]), theirs.detach())
+    ours.loss.backward()
+    assert model.answer_head.logit_fc[-1].weight.grad is not None
+    assert all(p.grad is None for p in model.obj_predict_head.parameters())  # still frozen: no labels for it

@@ -1,5 +1,6 @@
 """`siglip` kind: build, persist (local and s3://), match transformers, pick vision feature layers."""
 
+import pytest
 import torch
 from transformers import SiglipModel
 
@@ -75,3 +76,36 @@ def test_vision_feature_layer_selects_intermediate_output():
         final = vision_features(tower, x, -1)
         torch.testing.assert_close(final, tower(x).last_hidden_state)
         assert not torch.allclose(final, vision_features(tower, x, 2))  # -1 includes post_layernorm
+
+
+def test_fresh_siglip_starts_at_the_papers_scale_and_bias(tmp_path):
+    """Issue 20.6: t = 10, b = -10 (SigLIP paper, big_vision; the bias is open_clip's SigLIP configs' too)."""
+    import math
+
+    import open_clip
+
+    model = tiny().model
+    assert float(model.logit_scale.detach().exp()) == pytest.approx(10.0)
+    assert float(model.logit_bias.detach()) == open_clip.get_model_config("ViT-B-16-SigLIP")["init_logit_bias"] == -10
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(3.0))
+    model.save_pretrained(tmp_path / "m")  # a pretrained model keeps its own values
+    loaded = build_model(ModelConfig(kind="siglip", pretrained=str(tmp_path / "m"))).model
+    assert float(loaded.logit_scale.detach().exp()) == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("kind", ["siglip", "clip"])
+def test_logit_scale_is_clamped_to_ln_100_as_open_clip_does(kind):
+    """Issue 20.6: open_clip clamps the log scale to [0, ln 100] after every step; we clamp before each forward."""
+    import math
+
+    torch.manual_seed(0)
+    bundle = build_model(ModelConfig(kind=kind, config=str(CONFIGS / f"{kind}_tiny.yaml")))
+    with torch.no_grad():
+        bundle.model.logit_scale.fill_(6.0)
+    out = bundle.forward(bundle.model, batch())
+    assert float(out["logit_scale"]) == pytest.approx(100.0)
+    assert float(bundle.model.logit_scale) == pytest.approx(math.log(100.0))
+    with torch.no_grad():
+        bundle.model.logit_scale.fill_(-1.0)
+    assert float(bundle.forward(bundle.model, batch())["logit_scale"]) == pytest.approx(1.0)

@@ -41,3 +41,13 @@ def make_word_tokenizer():
 @pytest.fixture(scope="session")
 def word_tokenizer():
     return make_word_tokenizer()
+
+
+BPE_TEXTS = ["a red square on the left", "a blue circle on the right", "caption en", "what is it\nblue"] * 4
+
+
+def bpe_tokenizer(kind: str, folder):
+    """A small BPE with `<image>` and the pre-tokenizer `kind` (see `demo_tokenizer.PRE_TOKENIZERS`)."""
+    from open_vlm.tokenize.demo_tokenizer import build_demo_tokenizer
+
+    return build_demo_tokenizer(BPE_TEXTS, folder, vocab_size=80, pre_tokenizer=kind)

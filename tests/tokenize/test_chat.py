@@ -64,20 +64,59 @@ def test_collator_left_and_right(word_tokenizer):
     assert left["pixel_values"].shape == (2, 4, 4, 3)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(st.integers(0, 6), st.integers(0, 6), st.integers(1, 16), st.integers(1, 4))
 def test_truncation_property(word_tokenizer, n_prompt, n_answer, max_len, n_img):
     proc = ChatProcessor(word_tokenizer, n_img, max_len=max_len)
     prompt = " ".join(WORDS[i % 5] for i in range(n_prompt))
     answer = " ".join(WORDS[5 + i % 5] for i in range(n_answer))
     messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
-    full = ChatProcessor(word_tokenizer, n_img, max_len=10_000).encode(messages)
     out = proc.encode(messages)
     ids, labels = out["input_ids"].tolist(), out["labels"].tolist()
-    image_end = 2 + n_img
-    assert ids.count(IMG) == n_img  # never cut into the image block
-    assert len(ids) == min(len(full["input_ids"]), max(max_len, image_end))
-    assert ids == full["input_ids"].tolist()[: len(ids)] and labels == full["labels"].tolist()[: len(ids)]
-    answer_start = image_end + n_prompt + 2  # prompt, EOS, <|assistant|>
-    assert all(x == IGNORE for x in labels[:answer_start])
-    assert labels[answer_start:] == ids[answer_start:]
+    # text tokens: BOS <|user|> prompt <eos> <|assistant|> answer <eos>; the image tokens are not counted
+    fixed, answer_len = 4, n_answer + 1
+    excess = fixed + n_prompt + 1 - max_len  # the user turn gives way so that one answer token fits
+    kept_prompt = max(n_prompt - max(excess, 0), 0)
+    n_text = max(min(fixed + kept_prompt + answer_len, max_len), 2)  # never cut into the image block
+    assert ids.count(IMG) == n_img and len(ids) == n_text + n_img
+    expected = [BOS, USER, *[IMG] * n_img, *words(prompt)[:kept_prompt], EOS, ASSISTANT, *words(answer), EOS]
+    assert ids == expected[: len(ids)]
+    answer_start = 2 + n_img + kept_prompt + 2
+    assert all(x == IGNORE for x in labels[:answer_start]) and labels[answer_start:] == ids[answer_start:]
+    if max_len >= fixed + 1:  # room for the template and one answer token: something is always supervised
+        assert len(labels) > answer_start
+
+
+def demo_tokenizer(tmp_path):
+    from make_demo_data import all_captions
+
+    from open_vlm.tokenize.demo_tokenizer import build_demo_tokenizer
+
+    return build_demo_tokenizer(all_captions() + ["caption en\n"], tmp_path / "tok"), all_captions()
+
+
+@pytest.mark.parametrize("n_img", [4, 64])
+def test_image_tokens_do_not_eat_the_text_budget(tmp_path, n_img):
+    """Issue 20.1: `max_len` (data.max_text_len) counts text tokens; the image placeholders come on top."""
+    tok, captions = demo_tokenizer(tmp_path)
+    full = ChatProcessor(tok, n_img, max_len=10_000)({"image": IMAGE, "text": captions[0]})
+    out = ChatProcessor(tok, n_img, max_len=32)({"image": IMAGE, "text": captions[0]})
+    ids, labels = out["input_ids"], out["labels"]
+    assert int((ids == tok.convert_tokens_to_ids("<image>")).sum()) == n_img
+    assert len(ids) == n_img + min(32, len(full["input_ids"]) - n_img)
+    supervised = labels[labels != IGNORE].tolist()
+    answer = full["labels"][full["labels"] != IGNORE].tolist()
+    assert supervised and supervised == answer[: len(supervised)]  # the answer's start, never nothing
+
+
+def test_system_turn_and_literal_image_text(word_tokenizer):
+    proc = ChatProcessor(word_tokenizer, num_image_tokens=1, template=ChatTemplate(system_start="top"))
+    messages = [
+        {"role": "system", "content": "describe"},
+        {"role": "user", "content": "<image> what is it"},  # a literal placeholder from LLaVA-style data
+        {"role": "assistant", "content": "a <eos> square"},
+    ]
+    out = proc({"image": IMAGE, "messages": messages})
+    expected = [BOS, word_id("top"), word_id("describe"), EOS, USER, IMG, *words("what is it"), EOS, ASSISTANT]
+    assert out["input_ids"].tolist() == [*expected, *words("a square"), EOS]
+    assert out["labels"].tolist() == [IGNORE] * len(expected) + [*words("a square"), EOS]

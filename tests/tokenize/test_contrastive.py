@@ -37,3 +37,12 @@ def test_collator_stacks_and_counts():
     batch = ContrastiveCollator()([proc({"image": IMAGE, "text": t}) for t in ("a red", "a red square on the left")])
     assert batch["input_ids"].shape == (2, 5) and batch["pixel_values"].shape == (2, 4, 4, 3)
     assert batch["num_tokens"] == 2 + 5 and batch["num_supervised"] == 0 and batch["num_pairs"] == 2
+
+
+def test_collator_marks_invalid_rows_and_counts_valid_pairs(word_tokenizer):
+    proc = ContrastiveProcessor(word_tokenizer, max_len=8)
+    image = torch.zeros(4, 4, 3, dtype=torch.uint8)
+    good = [proc({"image": image, "text": t}) for t in ("a red square", "a circle")]
+    batch = ContrastiveCollator()([good[0], {**good[0], "__valid__": False}, good[1]])
+    assert batch["valid"].tolist() == [True, False, True] and batch["valid"].dtype == torch.bool
+    assert batch["num_pairs"] == 2 and batch["num_tokens"] == ContrastiveCollator()(good)["num_tokens"]

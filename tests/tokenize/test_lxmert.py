@@ -117,3 +117,21 @@ def test_batch_feeds_transformers_lxmert(word_tokenizer):
         **{k: batch[k] for k in keys}, labels=batch["labels"], matched_label=batch["matched_label"]
     )
     assert torch.isfinite(out.loss)
+
+
+def test_invalid_rows_are_never_negatives_and_draw_as_without_them(word_tokenizer):
+    """Interface 1: invalid copies get matched_label -100 and no MLM targets, and are nobody's negative; the valid
+    rows draw what they draw in the batch without the copies (so the loss does not depend on bad samples)."""
+    texts = ["a red square", "a blue circle on the left", "green triangle", "the top right"]
+    good = batch_samples(word_tokenizer, texts)
+    rows = [good[0], {**good[1], "__valid__": False}, good[1], {**good[3], "__valid__": False}, good[2], good[3]]
+    for seed in range(6):
+        mixed = LxmertCollator(PAD, seed=seed, negative_prob=0.7)(rows)
+        clean = LxmertCollator(PAD, seed=seed, negative_prob=0.7)(good)
+        valid = mixed["valid"]
+        assert valid.tolist() == [True, False, True, False, True, True]
+        assert mixed["matched_label"][~valid].tolist() == [IGNORE, IGNORE] and (mixed["labels"][~valid] == IGNORE).all()
+        assert mixed["matched_label"][valid].tolist() == clean["matched_label"].tolist()
+        n = clean["input_ids"].shape[1]
+        assert torch.equal(mixed["input_ids"][valid][:, :n], clean["input_ids"])
+        assert mixed["num_supervised"] == clean["num_supervised"] and mixed["num_tokens"] == clean["num_tokens"]

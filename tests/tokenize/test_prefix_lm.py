@@ -1,16 +1,17 @@
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from open_vlm.tokenize.prefix_lm import IGNORE, PrefixLMCollator, PrefixLMProcessor
-from tests.tokenize.conftest import BOS, EOS, IMG, PAD, WORDS, word_id, words
+from tests.tokenize.conftest import BOS, EOS, IMG, PAD, WORDS, bpe_tokenizer, word_id, words
 
 N_IMG = 3
 SEP = word_id("what")  # a visible one-token separator, so its place can be pinned
 
 
 def processor(tok, max_len=32):
-    return PrefixLMProcessor(tok, N_IMG, max_len, prompt="caption en", separator="what")
+    return PrefixLMProcessor(tok, N_IMG, max_len, prompt="caption en", separator=" what")
 
 
 def test_hand_written_example(word_tokenizer):
@@ -41,13 +42,13 @@ def test_collator_pads_right_and_counts(word_tokenizer):
     assert batch["pixel_values"].shape == (2, 4, 4, 3)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(st.integers(0, 8), st.integers(0, 8), st.integers(3, 14), st.booleans())
-def test_truncation_keeps_image_tokens_bos_separator_and_eos(word_tokenizer, n_prefix, n_suffix, max_len, has_suffix):
+def test_truncation_keeps_image_tokens_bos_separator(word_tokenizer, n_prefix, n_suffix, max_len, has_suffix):
     tok = word_tokenizer
     prefix = " ".join(WORDS[i % 5] for i in range(n_prefix))
     suffix = " ".join(WORDS[5 + i % 5] for i in range(n_suffix)) if has_suffix else None
-    out = PrefixLMProcessor(tok, N_IMG, max_len, separator="what").encode(prefix, suffix)
+    out = PrefixLMProcessor(tok, N_IMG, max_len, separator=" what").encode(prefix, suffix)
     ids, types, labels = out["input_ids"].tolist(), out["token_type_ids"].tolist(), out["labels"].tolist()
     assert ids[:N_IMG] == [IMG] * N_IMG and IMG not in ids[N_IMG:]
     text = ids[N_IMG:]
@@ -59,11 +60,57 @@ def test_truncation_keeps_image_tokens_bos_separator_and_eos(word_tokenizer, n_p
     assert types == [0] * (N_IMG + n_pre) + [1] * len(suf)
     assert labels == [IGNORE] * (N_IMG + n_pre) + suf
     if has_suffix:
-        assert suf[-1] == EOS and suf[:-1] == words(suffix)[: len(suf) - 1]
-        # the suffix is cut before the prefix: a cut prefix means the suffix is down to its EOS
+        whole = [*words(suffix), EOS]
+        assert suf == whole[: len(suf)] and (EOS in suf) == (len(suf) == len(whole))  # a cut caption: no EOS
+        # the suffix is cut before the prefix: a cut prefix means the suffix is down to one token
         assert n_pre - 2 == n_prefix or len(suf) == 1
     else:
         assert suf == []
+
+
+def test_cut_caption_has_no_eos(word_tokenizer):
+    """Issue 20 (also): a caption cut by truncation has not ended; EOS would teach stopping early."""
+    out = processor(word_tokenizer, max_len=6).encode("caption en", "a red square on the left")
+    assert out["input_ids"].tolist() == [IMG] * 3 + [BOS, *words("caption en"), SEP, *words("a red")]
+    assert out["labels"].tolist()[-2:] == words("a red")
+
+
+def test_literal_special_tokens_in_text_are_removed(word_tokenizer):
+    """Issue 20.8: LLaVA-converted text holds `<image>`; it must not become an extra image token."""
+    proc = processor(word_tokenizer)
+    out = proc({"image": None, "prompt": "<image>\ncaption en", "text": "a <image> red<eos> square"})
+    assert out["input_ids"].tolist() == proc.encode("caption en", "a red square")["input_ids"].tolist()
+    assert out["input_ids"].tolist().count(IMG) == N_IMG
+
+
+def paligemma_processor(tokenizer, num_image_tokens):
+    import copy
+
+    from transformers import PaliGemmaProcessor, SiglipImageProcessor
+
+    # the processor adds 1,152 <loc>/<seg> tokens to the tokenizer it gets: give it a copy
+    processor = PaliGemmaProcessor(SiglipImageProcessor(size={"height": 8, "width": 8}), copy.deepcopy(tokenizer))
+    processor.image_seq_length = num_image_tokens
+    return processor
+
+
+@pytest.mark.parametrize("kind", ["metaspace", "metaspace_first", "metaspace_never", "byte_level", "words"])
+def test_encoding_equals_paligemma_processor(tmp_path, word_tokenizer, kind):
+    """Issue 20.7: ids, token types and labels equal `PaliGemmaProcessor`'s, with and without a space marker."""
+    from PIL import Image
+
+    tok = word_tokenizer if kind == "words" else bpe_tokenizer(kind, tmp_path)
+    reference = paligemma_processor(tok, N_IMG)
+    ours = PrefixLMProcessor(tok, N_IMG, max_text_len=64)
+    image = Image.new("RGB", (8, 8))
+    pairs = [("caption en", "a red square on the left"), ("what is it", "blue"), ("", "a circle"), ("caption en", "")]
+    for prompt, suffix in pairs:
+        want = reference(images=[image], text=[prompt], suffix=[suffix], return_tensors="pt")
+        got = ours.encode(prompt, suffix)
+        for key in ("input_ids", "token_type_ids", "labels"):
+            assert got[key].tolist() == want[key][0].tolist(), (kind, prompt, suffix, key)
+        prompt_only = reference(images=[image], text=[prompt], return_tensors="pt")["input_ids"][0]
+        assert ours.encode(prompt, None)["input_ids"].tolist() == prompt_only.tolist()
 
 
 def test_loss_matches_transformers_paligemma(word_tokenizer):
