@@ -28,6 +28,10 @@ def _eval(argv: list[str]) -> int:
 
 
 def _view(argv: list[str]) -> int:
+    if "--attention" in argv:
+        from open_vlm.view import attention_main
+
+        return attention_main(argv)
     parser = argparse.ArgumentParser(
         prog="open-vlm view", description="Show a shard, manifest, run folder or checkpoint."
     )

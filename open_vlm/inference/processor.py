@@ -52,17 +52,21 @@ def image_tensor(image: ImageInput, size: int) -> torch.Tensor:
         if image.size != (size, size):
             image = image.resize((size, size), Image.BICUBIC, reducing_gap=None)
         return torch.from_numpy(np.array(image))
-    if not isinstance(image, bytes):
-        from open_vlm.storage import is_remote
+    return decode_image(image_bytes(image), size)
 
-        if is_remote(str(image)):
-            import fsspec
 
-            with fsspec.open(str(image), "rb") as f:
-                image = f.read()
-        else:
-            image = Path(image).read_bytes()
-    return decode_image(image, size)
+def image_bytes(image: bytes | str | Path) -> bytes:
+    """The encoded bytes of an image given as bytes, a local path or a URL (s3://...)."""
+    if isinstance(image, bytes):
+        return image
+    from open_vlm.storage import is_remote
+
+    if is_remote(str(image)):
+        import fsspec
+
+        with fsspec.open(str(image), "rb") as f:
+            return f.read()
+    return Path(image).read_bytes()
 
 
 class InferenceProcessor:
