@@ -35,6 +35,10 @@ class ProcessorSettings:
     # The trainer normalises every kind's images with 0.5 / 0.5 (`data.decode.normalize_images`).
     image_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     image_std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    # Which layer `encode_image` / `encode_text` read (`model.vision_feature_layer` / `model.text_feature_layer`):
+    # -1 the pooled, projected embedding; other values index `hidden_states`, mean-pooled over the tokens.
+    vision_feature_layer: int = -1
+    text_feature_layer: int = -1
 
     def to_dict(self) -> dict:
         return asdict(self)
