@@ -152,10 +152,11 @@ class LoggingConfig:
 class RegionExtractorConfig:
     """`extract.extractor region`: a torchvision Faster R-CNN; K RoI-pooled features per image."""
 
-    backbone: str = "resnet50_fpn"  # resnet50_fpn | resnet18_fpn | mobilenet_v3_large_fpn
+    # resnet50_fpn | resnet18_fpn | mobilenet_v3_large_fpn | resnet101_c4 (bottom-up attention: D = 2048) | resnet50_c4
+    backbone: str = "resnet50_fpn"
     weights: str | None = None  # state dict (.pt/.pth/.safetensors), local or s3://; None: random init (tests)
     num_classes: int = 91  # including background (COCO: 91)
-    representation_size: int = 1024  # box-head width: the feature size D when feature=box_head
+    representation_size: int = 1024  # FPN box-head width: the feature size D when feature=box_head (C4: 2048)
     feature: str = "box_head"  # box_head: the fc7 features | roi_pool: RoIAlign output averaged (D = FPN width)
     min_size: int = 600  # the detector's resize (shorter side), as bottom-up-attention
     max_size: int = 1000
