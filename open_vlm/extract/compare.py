@@ -108,7 +108,7 @@ def _npz_regions(data: bytes) -> ImageRegions:
 def read_npz(ref: str) -> dict[str, ImageRegions]:
     """One `.npz` per image (`<image id>.npz`): a folder of them or a single file."""
     fs, root = fsspec.core.url_to_fs(ref)
-    paths = [root] if root.endswith(".npz") else sorted(fs.glob(posixpath.join(root, "*.npz")))
+    paths = sorted(fs.glob(posixpath.join(root, "*.npz"))) if fs.isdir(root) else [root]
     return {posixpath.basename(p)[: -len(".npz")]: _npz_regions(fs.cat_file(p)) for p in paths}
 
 
@@ -117,14 +117,14 @@ READERS: dict[str, Callable[[str], dict[str, ImageRegions]]] = {"tsv": read_tsv,
 
 def reference_format(ref: str) -> str:
     """`tsv`, `npz` or `shards`, from the name (a folder: whichever files it holds)."""
-    if ref.endswith(".tsv"):
-        return "tsv"
-    if ref.endswith(".npz"):
-        return "npz"
     fs, root = fsspec.core.url_to_fs(ref)
-    if fs.isdir(root) and fs.glob(posixpath.join(root, "*.npz")):
-        return "npz"
-    if ref.endswith(".tar") or "{" in ref or (fs.isdir(root) and fs.glob(posixpath.join(root, "*.tar"))):
+    if fs.isdir(root):
+        for fmt, suffix in (("npz", "*.npz"), ("shards", "*.tar")):
+            if fs.glob(posixpath.join(root, suffix)):
+                return fmt
+    elif ref.endswith((".tsv", ".npz")):
+        return ref.rsplit(".", 1)[1]
+    elif ref.endswith(".tar") or "{" in ref:
         return "shards"
     raise ValueError(f"--compare {ref}: not a .tsv, .npz or .tar (or a folder of .npz / .tar files)")
 
