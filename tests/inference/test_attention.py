@@ -155,3 +155,26 @@ def test_bad_requests_are_one_line_errors(spot_run, trained, examples, capsys):
     assert "missing.jpg" in capsys.readouterr().err
     assert main(["view", "--attention", "--checkpoint", str(trained("lxmert")), "--image", examples[0]]) == 2
     assert "attention maps are for" in capsys.readouterr().err
+
+
+def test_clip_maps_are_the_class_token_rows(examples):
+    """CLIP pools its class token: the default map is its last-layer row over the patches (without itself)."""
+    from open_vlm.config.schema import ModelConfig
+    from open_vlm.inference.attention import attention_maps
+    from open_vlm.inference.processor import InferenceProcessor, ProcessorSettings
+    from open_vlm.inference.wrapper import OpenVLM
+    from open_vlm.models.registry import build_model
+
+    torch.manual_seed(0)
+    bundle = build_model(
+        ModelConfig(kind="clip", config=str(Path(__file__).parents[2] / "configs/models/clip_tiny.yaml"))
+    )
+    settings = ProcessorSettings(kind="clip", task="contrastive", image_size=bundle.image_size)
+    model = OpenVLM(bundle.model, InferenceProcessor(None, settings))
+    maps = attention_maps(model, examples[0])
+    config = bundle.model.config.vision_config
+    side = config.image_size // config.patch_size
+    assert maps.layers.shape == (config.num_hidden_layers, config.num_attention_heads, side, side)
+    np.testing.assert_array_equal(maps.by_head, maps.layers[-1])
+    totals = maps.layers.sum(axis=(2, 3))  # a softmax row minus the class token's weight on itself
+    assert (totals > 0).all() and (totals < 1).all()
