@@ -33,7 +33,8 @@ def _view(argv: list[str]) -> int:
 
         return attention_main(argv)
     parser = argparse.ArgumentParser(
-        prog="open-vlm view", description="Show a shard, manifest, run folder or checkpoint."
+        prog="open-vlm view",
+        description="Show a shard, manifest, run folder or checkpoint (attention maps: open-vlm view --attention -h).",
     )
     parser.add_argument("path")
     parser.add_argument("--json", action="store_true", help="print one JSON object")

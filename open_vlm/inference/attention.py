@@ -68,6 +68,11 @@ def _indices(chosen: Selection, size: int, flag: str, what: str) -> list[int] | 
     return [i % size for i in chosen]
 
 
+def pixels(vlm: OpenVLM, image: ImageInput) -> torch.Tensor:
+    """One image as the model's pixel values (the training transform), on its device and dtype."""
+    return vlm.processor.pixel_values([image]).to(vlm.device, vlm.dtype)
+
+
 def grid(weights: torch.Tensor) -> np.ndarray:
     """(..., N) attention over N image tokens → (..., rows, cols) for the square grid they come from."""
     n = weights.shape[-1]
@@ -78,29 +83,18 @@ def grid(weights: torch.Tensor) -> np.ndarray:
 
 
 # --- generative kinds: the language model's attention from the answer onto the image tokens ----------------
-# (model, ids, token types, pixels) → per-layer attentions (1, heads, T, T)
-LayerAttentions = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], tuple]
-_LM_ATTENTIONS: dict[str, LayerAttentions] = {}
-
-
-def register_lm_attentions(kind: str) -> Callable[[LayerAttentions], LayerAttentions]:
-    def add(fn: LayerAttentions) -> LayerAttentions:
-        _LM_ATTENTIONS[kind] = fn
-        return fn
-
-    return add
-
-
-@register_lm_attentions("paligemma")
 def _paligemma(model, ids, types, pixels) -> tuple:
     out = model(input_ids=ids, token_type_ids=types, pixel_values=pixels, output_attentions=True, use_cache=False)
     return out.attentions
 
 
-@register_lm_attentions("vlm")
 def _vlm(model, ids, types, pixels) -> tuple:
     out = model.language_model(inputs_embeds=model.embed(ids, pixels), output_attentions=True, use_cache=False)
     return out.attentions
+
+
+# (model, ids, token types, pixels) → the language model's per-layer attentions, each (1, heads, T, T)
+LM_ATTENTIONS: dict[str, Callable[..., tuple]] = {"paligemma": _paligemma, "vlm": _vlm}
 
 
 def answer_maps(vlm: OpenVLM, image: ImageInput, prompt: str | None, answer: str | None, settings) -> AttentionMaps:
@@ -116,7 +110,7 @@ def answer_maps(vlm: OpenVLM, image: ImageInput, prompt: str | None, answer: str
     ids = torch.cat([prompt_batch["input_ids"], answer_t], dim=1).to(vlm.device)
     types = torch.cat([prompt_batch["token_type_ids"], torch.ones_like(answer_t)], dim=1).to(vlm.device)
     with torch.no_grad():
-        attentions = _LM_ATTENTIONS[vlm.kind](vlm.model, ids, types, vlm._pixels([image]))
+        attentions = LM_ATTENTIONS[vlm.kind](vlm.model, ids, types, pixels(vlm, image))
     image_positions = (ids[0] == proc.image_token_id).nonzero().squeeze(1)
     queries = torch.arange(n - 1, n - 1 + max(len(answer_ids), 1), device=ids.device)
     per_layer = torch.stack([a[0][:, queries][:, :, image_positions].mean(1) for a in attentions])  # (L, H, N)
@@ -129,7 +123,7 @@ def tower_maps(vlm: OpenVLM, image: ImageInput, prompt: str | None, answer: str 
     """The pooled token's attention over the patches per head, and each layer's (see the module docstring)."""
     tower = vlm.model.vision_model
     with torch.no_grad():
-        out = tower(pixel_values=vlm._pixels([image]), output_attentions=True)
+        out = tower(pixel_values=pixels(vlm, image), output_attentions=True)
         attentions = torch.stack([a[0] for a in out.attentions])  # (L, H, N, N)
         if vlm.kind == "clip":  # token 0 is the class token, the one CLIP pools
             per_layer = attentions[:, :, 0, 1:]
