@@ -141,7 +141,7 @@ def _indices(values: list[str] | None, flag: str) -> list[int] | str | None:
 def attention_main(argv: list[str]) -> int:
     """`open-vlm view --attention --checkpoint RUN --image X.jpg [...]`: PNGs per image and selected view."""
     parser = argparse.ArgumentParser(
-        prog="open-vlm view --attention", description="Draw where a model looks in an image (attention maps)."
+        prog="open-vlm view", description="Draw where a model looks in an image (attention maps)."
     )
     parser.add_argument("--attention", action="store_true", required=True)
     parser.add_argument("--checkpoint", required=True, help="checkpoint, run folder or exported folder (or s3://)")
