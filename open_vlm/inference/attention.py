@@ -155,7 +155,8 @@ def attention_maps(
     answer: str | None = None,
     settings: GenerationSettings | None = None,
 ) -> AttentionMaps:
-    """The attention maps of one image (for paligemma / vlm: of `answer`, or of the greedy answer to `prompt`)."""
+    """The attention maps of one image (for paligemma / vlm: of `answer`, or of the greedy answer to `prompt`).
+    The model is switched to eager attention, the only one that returns its weights, and stays so."""
     if vlm.kind not in MAPS:
         raise ValueError(f"attention maps are for {sorted(MAPS)}; this model is {vlm.kind!r}")
     from open_vlm.models.spec import set_attention
