@@ -28,8 +28,13 @@ def _eval(argv: list[str]) -> int:
 
 
 def _view(argv: list[str]) -> int:
+    if "--attention" in argv:
+        from open_vlm.view import attention_main
+
+        return attention_main(argv)
     parser = argparse.ArgumentParser(
-        prog="open-vlm view", description="Show a shard, manifest, run folder or checkpoint."
+        prog="open-vlm view",
+        description="Show a shard, manifest, run folder or checkpoint (attention maps: open-vlm view --attention -h).",
     )
     parser.add_argument("path")
     parser.add_argument("--json", action="store_true", help="print one JSON object")

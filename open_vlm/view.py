@@ -1,10 +1,15 @@
-"""`open-vlm view PATH [--json]`: what a shard, manifest, run folder or checkpoint holds."""
+"""`open-vlm view PATH [--json]`: what a shard, manifest, run folder or checkpoint holds;
+`open-vlm view --attention ...`: attention maps of a trained model on an image (`inference/attention.py`)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import sys
+import tempfile
 from collections import Counter
+from pathlib import Path
 
 import fsspec
 
@@ -151,3 +156,51 @@ def render(info: dict) -> str:
         if info["last_metrics"]:
             lines.append(f"  last metrics: {info['last_metrics']}")
     return "\n".join(lines)
+
+
+def _indices(values: list[str] | None, flag: str) -> list[int] | str | None:
+    """`--layer 0 2` → [0, 2]; `--layer all` → "all"; absent → None."""
+    if values is None:
+        return None
+    if values == ["all"]:
+        return "all"
+    try:
+        return [int(v) for v in values]
+    except ValueError:
+        raise ValueError(f"{flag}: expected integers or 'all', got {' '.join(values)}") from None
+
+
+def attention_main(argv: list[str]) -> int:
+    """`open-vlm view --attention --checkpoint RUN --image X.jpg [...]`: PNGs per image and selected view."""
+    parser = argparse.ArgumentParser(
+        prog="open-vlm view", description="Draw where a model looks in an image (attention maps)."
+    )
+    parser.add_argument("--attention", action="store_true", required=True)
+    parser.add_argument("--checkpoint", required=True, help="checkpoint, run folder or exported folder (or s3://)")
+    parser.add_argument("--image", required=True, nargs="+", help="image file(s)")
+    parser.add_argument("--prompt", default=None, help="paligemma/vlm: default the prompt the model was trained with")
+    parser.add_argument("--answer", default=None, help="paligemma/vlm: the answer to explain (default: generated)")
+    parser.add_argument("--layer", nargs="+", default=None, help="layer indices or 'all' (default: averaged)")
+    parser.add_argument("--head", nargs="+", default=None, help="head indices or 'all' (default: averaged)")
+    parser.add_argument("--out", default=None, help="folder for the PNGs (default: <tmp>/open_vlm_attention)")
+    parser.add_argument("--max-new-tokens", type=int, default=20)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per image")
+    args = parser.parse_args(argv)
+    from open_vlm.inference.attention import write_attention_pngs
+    from open_vlm.inference.generate import GenerationSettings
+    from open_vlm.inference.wrapper import OpenVLM
+
+    out = args.out or str(Path(tempfile.gettempdir()) / "open_vlm_attention")
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
+    try:
+        layers, heads = _indices(args.layer, "--layer"), _indices(args.head, "--head")
+        model = OpenVLM.from_pretrained(args.checkpoint, device=args.device)
+        for image in args.image:
+            maps, paths = write_attention_pngs(model, image, out, args.prompt, args.answer, layers, heads, settings)
+            info = {"image": image, "answer": maps.answer, "pngs": [str(p) for p in paths]}
+            print(json.dumps(info) if args.json else f"{image}: {maps.answer!r} → {', '.join(info['pngs'])}")
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -79,6 +79,16 @@ class ModelConfig:
     # kind siglip: convert an open_clip SigLIP instead (a built-in name, a model-config json, or local-dir:...)
     open_clip_model: str | None = None
     open_clip_checkpoint: str | None = None  # its state-dict file (.pt/.bin/.safetensors), local or s3://
+    # A user module imported before the model is built (`my_package.my_models`): it registers its own model
+    # kinds, processors or losses with the library's decorators (`register_model`, `register_task`, ...).
+    module: str | None = None
+    # transformers' attention implementation for every transformers part: eager | sdpa | flash_attention_2
+    # ("" keeps transformers' default).
+    attn_implementation: str = ""
+    # Which text layer a text embedding reads (`open-vlm embed --text`): -1 the model's own pooled, projected
+    # embedding; other values index the text tower's `hidden_states`, mean-pooled over the real tokens. For image
+    # embeddings `vision_feature_layer` does the same (-1: the pooled embedding; else patches mean-pooled).
+    text_feature_layer: int = -1
 
 
 @dataclass
@@ -148,10 +158,11 @@ class LoggingConfig:
 class RegionExtractorConfig:
     """`extract.extractor region`: a torchvision Faster R-CNN; K RoI-pooled features per image."""
 
-    backbone: str = "resnet50_fpn"  # resnet50_fpn | resnet18_fpn | mobilenet_v3_large_fpn
+    # resnet50_fpn | resnet18_fpn | mobilenet_v3_large_fpn | resnet101_c4 (bottom-up attention: D = 2048) | resnet50_c4
+    backbone: str = "resnet50_fpn"
     weights: str | None = None  # state dict (.pt/.pth/.safetensors), local or s3://; None: random init (tests)
     num_classes: int = 91  # including background (COCO: 91)
-    representation_size: int = 1024  # box-head width: the feature size D when feature=box_head
+    representation_size: int = 1024  # FPN box-head width: the feature size D when feature=box_head (C4: 2048)
     feature: str = "box_head"  # box_head: the fc7 features | roi_pool: RoIAlign output averaged (D = FPN width)
     min_size: int = 600  # the detector's resize (shorter side), as bottom-up-attention
     max_size: int = 1000
@@ -219,6 +230,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.precision": ("fp32", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
     "model.frozen_dtype": ("fp32", "bf16"),
+    "model.attn_implementation": ("", "eager", "sdpa", "flash_attention_2"),
     "optim.schedule": ("cosine", "linear", "constant", "inverse_sqrt"),
     "logging.wandb.mode": ("online", "offline", "disabled"),
     "extract.extractor": ("region", "grid"),

@@ -8,14 +8,17 @@
   caption; regions come from `region_features` shards (`open-vlm extract`).
 
 Labels come from the json field `eval.label_field`: a class name, an index, or (multi-label) a list of them.
+The model is `eval.checkpoint` (a training checkpoint, run folder or exported folder) when given, else the `model`
+section.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -69,21 +72,51 @@ def raw_samples(cfg: RunConfig) -> Iterator[tuple[dict, str]]:
                     yield sample, source.modality
 
 
+@dataclass
+class EvalModel:
+    """The model under evaluation and how its inputs are made."""
+
+    model: torch.nn.Module
+    kind: str
+    tokenizer: object
+    max_text_len: int
+    pixels: Callable[[list], torch.Tensor]  # PIL images → normalised pixel values, as the model expects
+
+
+def eval_model(cfg: RunConfig) -> EvalModel:
+    """`eval.checkpoint` (a checkpoint, run folder or exported folder: preprocessing as it was trained), else the
+    `model` section (`model.pretrained` or `model.config`, with `data.max_text_len`)."""
+    if cfg.eval.checkpoint:
+        from open_vlm.inference.processor import InferenceProcessor
+        from open_vlm.inference.wrapper import load
+
+        loaded = load(cfg.eval.checkpoint)
+        processor = InferenceProcessor(loaded.tokenizer, loaded.settings)
+        s = loaded.settings
+        log.info("evaluating %s (%s, step %s)", loaded.source, s.kind, loaded.step)
+        return EvalModel(loaded.model, s.kind, loaded.tokenizer, s.max_text_len, processor.pixel_values)
+    from open_vlm.extract.grid import pixel_values
+
+    tokenizer = load_tokenizer(cfg.model.tokenizer) if cfg.model.tokenizer else None
+    bundle = build_model(cfg.model, tokenizer)
+    pixels = functools.partial(pixel_values, size=bundle.image_size, kind=bundle.kind)
+    return EvalModel(bundle.model, bundle.kind, tokenizer, cfg.data.max_text_len, pixels)
+
+
 class ZeroShotTask:
     """SigLIP / CLIP image-text scores against one prompt per class."""
 
     def __init__(self, cfg: RunConfig, device: torch.device):
         from open_vlm.tokenize.contrastive import ContrastiveProcessor
 
-        if cfg.model.kind not in ("siglip", "clip"):
-            raise ValueError(f"eval.task zero_shot needs model.kind siglip or clip, got {cfg.model.kind!r}")
-        tokenizer = load_tokenizer(cfg.model.tokenizer) if cfg.model.tokenizer else None
-        if tokenizer is None:
+        loaded = eval_model(cfg)
+        if loaded.kind not in ("siglip", "clip"):
+            raise ValueError(f"eval.task zero_shot needs model.kind siglip or clip, got {loaded.kind!r}")
+        if loaded.tokenizer is None:
             raise ValueError("eval.task zero_shot needs model.tokenizer")
-        self.bundle = build_model(cfg.model, tokenizer)
-        self.model = self.bundle.model.eval().to(device)
-        self.device = device
-        encode = ContrastiveProcessor(tokenizer, cfg.data.max_text_len).encode
+        self.model = loaded.model.eval().to(device)
+        self.pixels, self.device = loaded.pixels, device
+        encode = ContrastiveProcessor(loaded.tokenizer, loaded.max_text_len).encode
         texts = [encode(cfg.eval.prompt.format(name)) for name in cfg.eval.class_names]
         self.input_ids = torch.stack([t[0] for t in texts]).to(device)
         self.attention_mask = torch.stack([t[1] for t in texts]).to(device)
@@ -103,9 +136,7 @@ class ZeroShotTask:
 
     @torch.no_grad()
     def score(self, items: list) -> torch.Tensor:
-        from open_vlm.extract.grid import pixel_values
-
-        pixels = pixel_values(items, self.bundle.image_size, self.bundle.kind).to(self.device)
+        pixels = self.pixels(items).to(self.device)
         out = self.model(input_ids=self.input_ids, attention_mask=self.attention_mask, pixel_values=pixels)
         return out.logits_per_image.float().cpu()
 
@@ -116,10 +147,10 @@ class VqaTask:
     def __init__(self, cfg: RunConfig, device: torch.device):
         from open_vlm.tokenize.registry import build_processor
 
-        if cfg.model.kind != "lxmert":
-            raise ValueError(f"eval.task vqa needs model.kind lxmert, got {cfg.model.kind!r}")
-        tokenizer = load_tokenizer(cfg.model.tokenizer) if cfg.model.tokenizer else None
-        self.model = build_model(cfg.model, tokenizer).model.eval().to(device)
+        loaded = eval_model(cfg)
+        if loaded.kind != "lxmert":
+            raise ValueError(f"eval.task vqa needs model.kind lxmert, got {loaded.kind!r}")
+        self.model = loaded.model.eval().to(device)
         config = self.model.config
         if not config.task_qa or config.num_qa_labels != len(cfg.eval.class_names):
             raise ValueError(
@@ -129,9 +160,9 @@ class VqaTask:
         # No MLM corruption, no mismatched pairs: the question as written, with its own image.
         self.process, self.collate = build_processor(
             "lxmert",
-            tokenizer,
+            loaded.tokenizer,
             num_regions=cfg.eval.num_regions,
-            max_len=cfg.data.max_text_len,
+            max_len=loaded.max_text_len,
             mlm_prob=0.0,
             negative_prob=0.0,
         )

@@ -10,7 +10,6 @@ whole-image box (repeated). The sample json says how (`nms_iou`, `num_detected`,
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,23 +55,35 @@ def _mobilenet_v3_large_fpn(num_classes: int, representation_size: int, **kwargs
     return model
 
 
+def _resnet_c4(name: str) -> Callable[..., nn.Module]:
+    def build(num_classes: int, representation_size: int, **kwargs) -> nn.Module:
+        from open_vlm.extract.c4 import build_c4_detector
+
+        return build_c4_detector(name, num_classes, **kwargs)  # the box feature is res5's width: 2048
+
+    return build
+
+
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "resnet50_fpn": _resnet_fpn("resnet50"),
     "resnet18_fpn": _resnet_fpn("resnet18"),
     "mobilenet_v3_large_fpn": _mobilenet_v3_large_fpn,
+    "resnet101_c4": _resnet_c4("resnet101"),  # bottom-up attention's layout (extract/c4.py)
+    "resnet50_c4": _resnet_c4("resnet50"),
 }
 
 
 def load_state_dict(url: str) -> dict[str, torch.Tensor]:
-    """A state dict from a `.pt`/`.pth` (weights_only) or `.safetensors` file, local or any fsspec URL."""
-    with fsspec.open(url, "rb") as f:
-        data = f.read()
-    if url.endswith(".safetensors"):
-        from safetensors.torch import load
+    """A state dict from a `.pt`/`.pth` (weights_only), `.safetensors` or `.pkl` (numpy arrays only) file, local or
+    any fsspec URL; detectron2 bottom-up-attention weights are converted to the `resnet101_c4` layout."""
+    from open_vlm.extract.bottom_up_weights import convert_detectron2_c4, is_detectron2_c4, read_weights_file
 
-        return load(data)
-    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    return state.get("model", state) if isinstance(state, dict) else state
+    with fsspec.open(url, "rb") as f:
+        state = read_weights_file(f.read(), url)
+    if is_detectron2_c4(state):
+        log.info("%s: detectron2 bottom-up-attention weights, converted to the resnet101_c4 layout", url)
+        return convert_detectron2_c4(state)
+    return state
 
 
 def build_detector(cfg: RegionExtractorConfig) -> nn.Module:

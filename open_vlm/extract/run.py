@@ -1,4 +1,5 @@
-"""`open-vlm extract --config X.yaml`: image shards → `region_features` shards + manifest.
+"""`open-vlm extract --config X.yaml [--compare REF]`: image shards → `region_features` shards + manifest (then,
+with `--compare`, our regions against another extractor's: `extract/compare.py`).
 
 One output shard per input shard (same file name, same sample keys, the caption and source json carried over).
 Under torchrun rank r takes input shards r::world. Output shards that exist are complete (they are committed
@@ -177,8 +178,47 @@ def extract(cfg: RunConfig, rank: int = 0, world: int = 1) -> ExtractResult:
     return result
 
 
+def pop_option(argv: list[str], flag: str) -> str | None:
+    """Remove `flag VALUE` (or `flag=VALUE`) from `argv`; the value, or None when absent."""
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            del argv[i]
+            return argv.pop(i)
+        if arg.startswith(f"{flag}="):
+            return argv.pop(i).split("=", 1)[1]
+    return None
+
+
+def compare_outputs(cfg: RunConfig, reference: str, folder) -> int:
+    """Compare the finished output shards with `reference`: print the table, write `compare.json`."""
+    from open_vlm.extract.compare import compare, read_reference, read_shards, render
+
+    outs = [o for _, o in plan(cfg)]
+    missing = [o for o in outs if not shard_exists(o)]
+    if missing:
+        print(
+            f"error: --compare: {len(missing)} output shard(s) are not written yet, e.g. {missing[0]}", file=sys.stderr
+        )
+        return 2
+    try:
+        ours = {}
+        for url in outs:
+            ours.update(read_shards(url))
+        result = compare(ours, read_reference(reference))
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    result["summary"].update(ours=cfg.extract.out, reference=reference)
+    path = folder / "compare.json"
+    path.write_text(json.dumps(result, indent=1))
+    print(render(result))
+    print(f"compare: {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = [FLAG_ALIASES.get(a, a) for a in (sys.argv[1:] if argv is None else argv)]
+    reference = pop_option(argv, "--compare")
     try:
         cfg = load_run_config(argv)
         plan(cfg)
@@ -211,4 +251,6 @@ def main(argv: list[str] | None = None) -> int:
     if result.failed:
         print(f"error: {len(result.failed)} shard(s) failed: {result.failed}", file=sys.stderr)
         return 1
+    if reference and rank == 0:
+        return compare_outputs(cfg, reference, folder)
     return 0

@@ -15,6 +15,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     what.add_argument("--image", nargs="+", help="image file(s)")
     what.add_argument("--text", nargs="+", help="text(s)")
     parser.add_argument("--out", default=None, help="write a (N, D) float32 .npy here instead of printing")
+    layer = "-1: the pooled embedding; other: hidden_states[N] mean-pooled (default: the model's %s)"
+    parser.add_argument("--vision-feature-layer", type=int, default=None, help=layer % "model.vision_feature_layer")
+    parser.add_argument("--text-feature-layer", type=int, default=None, help=layer % "model.text_feature_layer")
     parser.add_argument("--device", default="cpu")
     return parser.parse_args(argv)
 
@@ -25,7 +28,10 @@ def main(argv: list[str]) -> int:
 
     try:
         model = OpenVLM.from_pretrained(args.checkpoint, device=args.device)
-        vectors = model.encode_image(args.image) if args.image else model.encode_text(args.text)
+        if args.image:
+            vectors = model.encode_image(args.image, args.vision_feature_layer)
+        else:
+            vectors = model.encode_text(args.text, args.text_feature_layer)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

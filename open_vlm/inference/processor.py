@@ -35,6 +35,10 @@ class ProcessorSettings:
     # The trainer normalises every kind's images with 0.5 / 0.5 (`data.decode.normalize_images`).
     image_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     image_std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    # Which layer `encode_image` / `encode_text` read (`model.vision_feature_layer` / `model.text_feature_layer`):
+    # -1 the pooled, projected embedding; other values index `hidden_states`, mean-pooled over the tokens.
+    vision_feature_layer: int = -1
+    text_feature_layer: int = -1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,17 +56,21 @@ def image_tensor(image: ImageInput, size: int) -> torch.Tensor:
         if image.size != (size, size):
             image = image.resize((size, size), Image.BICUBIC, reducing_gap=None)
         return torch.from_numpy(np.array(image))
-    if not isinstance(image, bytes):
-        from open_vlm.storage import is_remote
+    return decode_image(image_bytes(image), size)
 
-        if is_remote(str(image)):
-            import fsspec
 
-            with fsspec.open(str(image), "rb") as f:
-                image = f.read()
-        else:
-            image = Path(image).read_bytes()
-    return decode_image(image, size)
+def image_bytes(image: bytes | str | Path) -> bytes:
+    """The encoded bytes of an image given as bytes, a local path or a URL (s3://...)."""
+    if isinstance(image, bytes):
+        return image
+    from open_vlm.storage import is_remote
+
+    if is_remote(str(image)):
+        import fsspec
+
+        with fsspec.open(str(image), "rb") as f:
+            return f.read()
+    return Path(image).read_bytes()
 
 
 class InferenceProcessor:

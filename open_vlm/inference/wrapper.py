@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 EXPORT_FILE = "open_vlm_export.json"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+CLASS_TOKENS = {"clip": 1}  # leading non-patch tokens of a vision tower's hidden states
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -63,6 +64,8 @@ def load(path: str) -> Loaded:
         num_image_tokens=bundle.num_image_tokens,
         prompt=cfg.data.prompt,
         max_text_len=cfg.data.max_text_len,
+        vision_feature_layer=cfg.model.vision_feature_layer,
+        text_feature_layer=cfg.model.text_feature_layer,
     )
     name = cfg.model.tokenizer if cfg.model.tokenizer and cfg.model.tokenizer.startswith("openclip:") else None
     if name:
@@ -149,24 +152,41 @@ class OpenVLM:
             raise ValueError(f"{self.kind} is not a contrastive model (siglip, clip)")
 
     @torch.no_grad()
-    def encode_image(self, images) -> torch.Tensor:
-        """L2-normalised image embeddings (N, D)."""
+    def encode_image(self, images, layer: int | None = None) -> torch.Tensor:
+        """L2-normalised image embeddings (N, D): the pooled embedding (layer -1) or the patches of
+        `hidden_states[layer]` averaged; `layer` defaults to the model's `vision_feature_layer`."""
         self._contrastive()
-        out = self.model.get_image_features(pixel_values=self._pixels(images))
-        return torch.nn.functional.normalize(_pooled(out).float(), dim=-1)
+        layer = self.processor.settings.vision_feature_layer if layer is None else layer
+        pixels = self._pixels(images)
+        if layer == -1:
+            out = _pooled(self.model.get_image_features(pixel_values=pixels))
+        else:
+            states = self.model.vision_model(pixel_values=pixels, output_hidden_states=True).hidden_states
+            hidden = _layer(states, layer, "vision_feature_layer")
+            out = hidden[:, CLASS_TOKENS.get(self.kind, 0) :].mean(1)  # patches only: a class token has no place
+        return torch.nn.functional.normalize(out.float(), dim=-1)
 
     @torch.no_grad()
-    def encode_text(self, texts: list[str]) -> torch.Tensor:
-        """L2-normalised text embeddings (N, D), tokenized as in training."""
+    def encode_text(self, texts: list[str], layer: int | None = None) -> torch.Tensor:
+        """L2-normalised text embeddings (N, D), tokenized as in training: the pooled embedding (layer -1) or
+        `hidden_states[layer]` averaged over the attention mask; `layer` defaults to `text_feature_layer`."""
         self._contrastive()
+        layer = self.processor.settings.text_feature_layer if layer is None else layer
         batch = {k: v.to(self.device) for k, v in self.processor.texts(list(texts)).items()}
-        out = self.model.get_text_features(**batch)
-        return torch.nn.functional.normalize(_pooled(out).float(), dim=-1)
+        if layer == -1:
+            out = _pooled(self.model.get_text_features(**batch))
+        else:
+            states = self.model.text_model(**batch, output_hidden_states=True).hidden_states
+            hidden = _layer(states, layer, "text_feature_layer")
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            out = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return torch.nn.functional.normalize(out.float(), dim=-1)
 
     @torch.no_grad()
     def zero_shot_logits(self, images, class_names: list[str], template: str = "a photo of a {}") -> torch.Tensor:
         """(images, classes) logits as the model scores pairs: scale * cosine (+ bias for SigLIP)."""
-        image, text = self.encode_image(images), self.encode_text([template.format(c) for c in class_names])
+        # The pooled embeddings the pair logits are trained on, whatever layer `encode_*` default to.
+        image, text = self.encode_image(images, -1), self.encode_text([template.format(c) for c in class_names], -1)
         logits = image @ text.T * self.model.logit_scale.float().exp()
         bias = getattr(self.model, "logit_bias", None)
         return logits + bias.float() if bias is not None else logits
@@ -174,6 +194,13 @@ class OpenVLM:
     def zero_shot(self, images, class_names: list[str], template: str = "a photo of a {}") -> torch.Tensor:
         """(images, classes) probabilities: a softmax over the classes of `zero_shot_logits`."""
         return self.zero_shot_logits(images, class_names, template).softmax(-1)
+
+
+def _layer(states: tuple, layer: int, key: str) -> torch.Tensor:
+    """`states[layer]`, or a ValueError naming `key` and the layers there are."""
+    if not -len(states) <= layer < len(states):
+        raise ValueError(f"{key} {layer}: the tower has hidden states 0..{len(states) - 1} (-1: the pooled embedding)")
+    return states[layer]
 
 
 def _pooled(out) -> torch.Tensor:

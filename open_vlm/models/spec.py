@@ -43,3 +43,26 @@ def pretrained_or_config(model_cls, cfg, tokenizer, make_config) -> nn.Module:
     if cfg.config:
         return model_cls(make_config(read_model_config(cfg.config), tokenizer))
     raise ValueError(f"model.kind {cfg.kind} needs model.pretrained or model.config")
+
+
+def set_attention(model: nn.Module, implementation: str, key: str = "model.attn_implementation") -> None:
+    """Switch every transformers model inside `model` to attention `implementation` (eager, sdpa,
+    flash_attention_2); a ValueError naming `key` when one of them cannot use it."""
+    from transformers import PreTrainedModel
+
+    outer: list[str] = []  # the outermost transformers models (they pass the choice on to their parts)
+    for name, module in model.named_modules():
+        if isinstance(module, PreTrainedModel) and not any(name.startswith(f"{o}.") or o == "" for o in outer):
+            outer.append(name)
+            try:
+                module.set_attn_implementation(implementation)
+            except (ValueError, ImportError) as err:
+                reason = str(err).split(". ")[0].rstrip(".")
+                raise ValueError(
+                    f"{key} {implementation}: {type(module).__name__}: {reason}; choose another (eager, sdpa)"
+                ) from None
+            if module.config._attn_implementation != implementation:
+                raise ValueError(
+                    f"{key} {implementation}: {type(module).__name__} has only "
+                    f"{module.config._attn_implementation} attention; use that or leave the key unset"
+                )

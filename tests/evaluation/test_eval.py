@@ -197,3 +197,44 @@ def test_plot_shades_cells_by_row_rate():
 
     assert colour(0, 0) == shade(0.75) and colour(0, 1) == shade(0.25) and colour(1, 1) == shade(0.5)
     assert sum(shade(0.75)) < sum(shade(0.25))  # more → darker
+
+
+@pytest.fixture(scope="module")
+def siglip_run(demo_dir, tmp_path_factory):
+    """A SigLIP trained in-process for a few steps on the demo shards (a run folder with one checkpoint)."""
+    from open_vlm.config.load import load_run_config
+    from open_vlm.trainer.loop import Trainer
+    from tests.trainer.runs import folder, write_config
+
+    tmp = tmp_path_factory.mktemp("siglip-run")
+    model = {"kind": "siglip", "config": str(CONFIGS / "siglip_tiny.yaml"), "tokenizer": str(demo_dir / "tokenizer")}
+    config = write_config(tmp, demo_dir, "siglip", model=model, train={"loss": "siglip", "max_steps": 3})
+    Trainer(load_run_config(["--config", str(config)]), folder(tmp, "siglip")).fit()
+    return folder(tmp, "siglip")
+
+
+def test_classification_of_a_checkpoint_run_folder_or_export(demo_dir, siglip_run, tmp_path):
+    from open_vlm import OpenVLM
+    from open_vlm.cli import main as cli
+
+    source = [{"name": "demo", "urls": [str(demo_dir / "demo-000000.tar")], "modality": "image_text"}]
+    common = ["--data.sources", json.dumps(source), "--eval.class_names", "[circle,square,triangle]"]
+    common += ["--eval.prompt", "a {}", "--eval.label_field", "shape", "--eval.max_samples", "20"]
+    checkpoint = sorted((siglip_run / "checkpoints").glob("step_*"))[-1]
+    assert cli(["export", str(siglip_run), str(tmp_path / "export")]) == 0
+    reports = []
+    for name, path in (("run", siglip_run), ("ckpt", checkpoint), ("export", tmp_path / "export")):
+        args = [*common, "--kind", "classification", "--checkpoint", str(path), "--run.output_dir", str(tmp_path)]
+        assert main([*args, "--run.name", name]) == 0
+        reports.append(json.loads((tmp_path / "open_vlm" / name / "eval-zero_shot.json").read_text()))
+    assert reports[0] == reports[1] == reports[2]
+
+    # The same predictions straight from the trained model, preprocessed as in training.
+    model = OpenVLM.from_pretrained(str(siglip_run))
+    samples = first_samples(demo_dir / "demo-000000.tar", 20)
+    truth = [SHAPES.index(json.loads(s["json"])["shape"]) for s in samples]
+    predicted = model.zero_shot_logits([s["jpg"] for s in samples], SHAPES, template="a {}").argmax(1).tolist()
+    cm = np.zeros((3, 3), dtype=int)
+    for t, p in zip(truth, predicted):
+        cm[t, p] += 1
+    assert reports[0]["confusion_matrix"] == cm.tolist()
