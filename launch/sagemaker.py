@@ -22,6 +22,7 @@ from launch.image import REPO_ROOT, build_and_push, check_image_exists, default_
 from launch.instances import LaunchError
 from launch.plan import CONFIG_IN_SOURCE, ENTRY_SCRIPT, SHIPPED, JobPlan, LaunchConfig, job_definition, make_plan
 from open_vlm.config.load import ConfigError
+from open_vlm.errors import run_main
 
 log = logging.getLogger("launch.sagemaker")
 
@@ -197,4 +198,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -22,6 +22,9 @@ class OpenVLMError(Exception):
 
     exit_code = 1
 
+    def __init__(self, message: str):
+        super().__init__(" ".join(line.strip() for line in str(message).splitlines() if line.strip()))
+
 
 class ConfigError(OpenVLMError):
     """A bad config key, value, path or command-line argument (exit status 2)."""

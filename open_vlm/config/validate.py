@@ -97,6 +97,14 @@ MODEL_PATHS: dict[str, tuple[str, str]] = {
     "model.open_clip_checkpoint": ("state-dict file", "an open_clip state dict .pt/.bin/.safetensors (or s3://)"),
 }
 WEIGHTS = ("state-dict file", "a detector state dict .pt/.pth/.safetensors (local or s3://), or nothing")
+PATHS = {
+    **MODEL_PATHS,
+    "checkpoint.init_from": CHECKPOINT,
+    "checkpoint.resume": CHECKPOINT,
+    "eval.checkpoint": CHECKPOINT,
+    "extract.region.weights": WEIGHTS,
+}
+IMAGE = ("image file", "an image file (jpg, png or webp)")
 SHARDS = "shard files or brace patterns such as data/x-{000000..000009}.tar (local or s3://)"
 
 
@@ -125,19 +133,20 @@ def check_values(cfg: RunConfig) -> None:
             check_range(f"{section}[{i}].weight", source.weight, POSITIVE)
     if cfg.logging.level.upper() not in LOG_LEVELS:
         raise ConfigError(f"logging.level: expected one of {list(LOG_LEVELS)}, got {cfg.logging.level!r}")
-    check_batch(cfg, world=1)
+    check_batch(cfg, world=None)
 
 
-def check_batch(cfg: RunConfig, world: int) -> None:
-    """`train.global_batch_size` must be `data.batch_size` x world size x accumulation steps."""
+def check_batch(cfg: RunConfig, world: int | None) -> None:
+    """`train.global_batch_size` must be `data.batch_size` x world size x accumulation steps (world None: not
+    known yet, e.g. in the launcher; then only a multiple of `data.batch_size`)."""
     total, micro = cfg.train.global_batch_size, cfg.data.batch_size
-    per_step = micro * world
+    per_step = micro * (world or 1)
     if total and total % per_step:
         below = total // per_step * per_step
         near = " or ".join(str(n) for n in (below, below + per_step) if n)
+        of = f"data.batch_size ({micro})" + (f" x world size ({world}) = {per_step}" if world else "")
         raise ConfigError(
-            f"train.global_batch_size: {total} is not a multiple of data.batch_size ({micro}) x world size "
-            f"({world}) = {per_step}; use {near}, or change data.batch_size"
+            f"train.global_batch_size: {total} is not a multiple of {of}; use {near}, or change data.batch_size"
         )
 
 
@@ -178,14 +187,18 @@ def _not_found(key: str, url: str) -> str:
     return f"(not found{where}{hint})"
 
 
+def _exists(key: str, url: str) -> bool:
+    fs, path = _fs(key, url)
+    try:
+        return fs.exists(path)
+    except Exception as err:  # credentials, endpoint, network
+        raise _unreachable(key, url, err) from err
+
+
 def require_path(key: str, value: str, what: str, fix: str) -> None:
     """`ConfigError` unless `value` (a local path or URL) exists: names the key, the path and what to give."""
-    fs, path = _fs(key, value)
-    try:
-        if fs.exists(path):
-            return
-    except Exception as err:
-        raise _unreachable(key, value, err) from err
+    if _exists(key, value):
+        return
     raise ConfigError(f"{key}: no {what} at '{value}' {_not_found(key, value)}; give {fix}")
 
 
@@ -197,8 +210,7 @@ def missing_shards(key: str, urls: list[str]) -> list[str]:
     missing = []
     for group in by_folder.values():
         if group[0].startswith(("http://", "https://")):
-            fs, path = _fs(key, group[0])
-            missing += [] if fs.exists(path) else group[:1]
+            missing += [] if _exists(key, group[0]) else group[:1]
             continue
         names = set(_names_in(key, group[0]) or ())
         missing += [url for url in group if posixpath.basename(url) not in names]
@@ -219,9 +231,6 @@ def check_shards(key: str, patterns: list[str]) -> None:
             f"{key}: {len(missing)} of {len(urls)} shard(s) match no file, e.g. '{first}' {_not_found(key, first)}; "
             f"fix {patterns}: give {SHARDS}"
         )
-
-
-IMAGE = ("image file", "an image file (jpg, png or webp)")
 
 
 def check_model_inputs(checkpoint: str, images: list[str] | None, key: str = "--checkpoint") -> None:
@@ -267,22 +276,16 @@ def reads(cfg: RunConfig, command: str) -> Reads:
     raise ValueError(f"unknown command {command!r}")
 
 
-def path_kind(key: str) -> tuple[str, str]:
-    """(what, fix) for a path-valued key."""
-    if key in MODEL_PATHS:
-        return MODEL_PATHS[key]
-    return WEIGHTS if key == "extract.region.weights" else CHECKPOINT
-
-
 def check_inputs(cfg: RunConfig, command: str, world: int = 1) -> None:
-    """Before `command` (train, eval, extract) does any work: batch sizes for `world` processes, every path it
-    reads present, and each source's first shard decodable as its modality (`DataError`, exit 1)."""
-    check_batch(cfg, world)
+    """Before `command` (train, eval, extract) does any work: every path it reads present, each source's first
+    shard decodable as its modality (`DataError`, exit 1), and for train the batch sizes for `world` processes."""
+    if command == "train":
+        check_batch(cfg, world)
     inputs = reads(cfg, command)
     for key in inputs.paths:
         value = value_at(cfg, key)
         if value and not str(value).startswith("openclip:"):
-            require_path(key, value, *path_kind(key))
+            require_path(key, value, *PATHS[key])
     if command == "train" and cfg.checkpoint.dir and is_remote(cfg.checkpoint.dir):
         _bucket("checkpoint.dir", cfg.checkpoint.dir)
     for key, patterns in [(f"{k}.urls", s.urls) for k, s in inputs.sources] + inputs.shards:

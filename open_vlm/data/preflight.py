@@ -105,6 +105,6 @@ def check_first_shards(sources: list[tuple[str, SourceConfig]]) -> None:
             log.warning("%s (%s): reading %s: %s", key, source.name, probe.url, probe.read_error)
         problem = probe.problem()
         if problem:
-            origin = f", dataset from {source.catalog_file}" if source.dataset else ""
+            origin = f"dataset {source.dataset} from {source.catalog_file}" if source.dataset else source.name
             fix = misfit_fix(probe, f"{key}.modality", f"{key}.urls")
-            raise DataError(f"{key} ({source.name}{origin}): {problem}; {fix}")
+            raise DataError(f"{key}{f' ({origin})' if origin else ''}: {problem}; {fix}")
