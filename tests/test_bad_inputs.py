@@ -141,7 +141,7 @@ def places(tmp_path_factory, demo_dir) -> dict[str, str]:
     return {
         "tmp": str(tmp),
         "demo": str(demo_dir),
-        "config": str(runs.write_config(tmp, demo_dir, "bad")),
+        "config": str(runs.write_config(tmp, demo_dir, "bad", checkpoint={"resume": "none"})),
         "launch_config": str(tmp / "launch.yaml"),
         "png_cls": png_cls_tgz(tmp / "sample.tgz"),
         "image": str(next((demo_dir / "examples").glob("*.jpg"))),
