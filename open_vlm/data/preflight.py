@@ -55,11 +55,11 @@ class ShardProbe:
 
 
 def _decodes(sample: dict, modality: str) -> bool:
-    from open_vlm.data.decode import SampleError, decode_sample
+    from open_vlm.data.decode import decode_sample
 
     try:
         decode_sample(sample, modality, PROBE_IMAGE_SIZE)
-    except SampleError:
+    except Exception:  # another modality's decoder may fail in any way on these members: it does not fit
         return False
     return True
 
