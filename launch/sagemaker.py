@@ -33,6 +33,7 @@ from launch.preflight import (
 )
 from launch.request import CONTAINER_ARGUMENTS, CONTAINER_ENTRYPOINT, job_definition, training_job_request
 from open_vlm.config.load import ConfigError
+from open_vlm.errors import run_main
 
 log = logging.getLogger("launch.sagemaker")
 
@@ -220,4 +221,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from open_vlm.errors import ConfigError, run_main, usage_errors
 from open_vlm.names import did_you_mean
 
 
@@ -43,11 +44,8 @@ def _view(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from open_vlm.view import render, view
 
-    try:
+    with usage_errors(FileNotFoundError):
         info = view(args.path, boxes_png=args.out, index=args.index)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     print(json.dumps(info, indent=1) if args.json else render(info))
     return 0
 
@@ -66,9 +64,19 @@ def _generate(argv: list[str]) -> int:
     parser.add_argument("--no-cache", action="store_true", help="recompute every position each step (slow)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
+    from open_vlm.config import validate
+
+    validate.check_model_inputs(args.checkpoint, args.image)
+    for flag, value, allowed in (
+        ("--max-new-tokens", args.max_new_tokens, validate.AT_LEAST_1),
+        ("--temperature", args.temperature, validate.POSITIVE),
+        ("--top-p", args.top_p, validate.UNIT_OPEN_BOTTOM),
+        ("--top-k", args.top_k, validate.AT_LEAST_0),
+    ):
+        validate.check_range(flag, value, allowed)
     from open_vlm.inference.wrapper import OpenVLM
 
-    try:
+    with usage_errors(FileNotFoundError, ValueError):
         model = OpenVLM.from_pretrained(args.checkpoint, device=args.device)
         answers = model.generate(
             args.image,
@@ -81,9 +89,6 @@ def _generate(argv: list[str]) -> int:
             seed=args.seed,
             use_cache=not args.no_cache,
         )
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     for image, answer in zip(args.image, answers):
         print(f"{image}: {answer}")
     return 0
@@ -97,13 +102,13 @@ def _export(argv: list[str]) -> int:
     parser.add_argument("out_dir", help="output folder (local or s3://)")
     parser.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="default: as trained")
     args = parser.parse_args(argv)
+    from open_vlm.config.validate import check_model_inputs
+
+    check_model_inputs(args.checkpoint, [], key="CHECKPOINT")
     from open_vlm.inference.export import export
 
-    try:
+    with usage_errors(FileNotFoundError):
         folder = export(args.checkpoint, args.out_dir, args.dtype)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     print(f"exported {args.checkpoint} to {folder}")
     return 0
 
@@ -129,8 +134,7 @@ def _config(argv: list[str]) -> int:
             path = env.set_user_value(args.key, args.value)
         except KeyError:
             hint = did_you_mean(args.key, env.env_keys())
-            print(f"error: unknown environment config key '{args.key}'{hint}", file=sys.stderr)
-            return 2
+            raise ConfigError(f"unknown environment config key '{args.key}'{hint}") from None
         print(f"{args.key} = {args.value} (written to {path})")
         return 0
     for key, value, origin in env.describe():
@@ -158,6 +162,11 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`open-vlm COMMAND ...`: every failure ends in one `error:` line (`open_vlm.errors.run_main`)."""
+    return run_main(_dispatch, argv)
+
+
+def _dispatch(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: open-vlm COMMAND [ARGS...]\n\ncommands:")
@@ -166,9 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        hint = did_you_mean(command, COMMANDS)
-        print(f"error: unknown command '{command}'{hint}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"unknown command '{command}'{did_you_mean(command, COMMANDS)} (open-vlm --help lists them)")
     return COMMANDS[command][0](rest)
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
-from open_vlm.config.load import ConfigError, ignored_keys, load_run_config
+from open_vlm.config.load import ignored_keys, load_run_config
+from open_vlm.config.validate import check_inputs
 from open_vlm.data.version import DataVersionError
+from open_vlm.errors import run_main
 from open_vlm.lifeline import watch_launcher
 from open_vlm.runfolder import run_dir, setup_logging
 
@@ -16,11 +19,8 @@ log = logging.getLogger("open_vlm.train")
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     watch_launcher()  # under torchrun: exit when the agent dies, instead of hanging on as an orphan
-    try:
-        cfg = load_run_config(argv)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
+    cfg = load_run_config(argv)
+    check_inputs(cfg, "train", world=int(os.environ.get("WORLD_SIZE", "1")))
     folder = run_dir(cfg.run.output_dir, cfg.run.project, cfg.run.name)
     log_path = setup_logging(folder, cfg.run.project, "train", cfg.logging.level)
     log.info("run folder %s (log %s)", folder, log_path)
@@ -46,4 +46,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

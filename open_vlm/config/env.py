@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from open_vlm.errors import ConfigError
+
 
 @dataclass
 class EnvConfig:
@@ -40,10 +42,10 @@ def _read_user_file() -> dict:
         return {}
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of keys to values")
+        raise ConfigError(f"{path}: expected a mapping of keys to values")
     unknown = sorted(set(data) - set(env_keys()))
     if unknown:
-        raise ValueError(f"{path}: unknown key(s) {unknown}; valid keys: {env_keys()}")
+        raise ConfigError(f"{path}: unknown key(s) {unknown}; valid keys: {env_keys()}")
     return data
 
 

@@ -1,6 +1,7 @@
 """Load a `RunConfig`: environment defaults < YAML file < `--section.key value` CLI overrides (via draccus).
 
-Unknown keys and ill-typed values raise `ConfigError` (exit status 2) naming the key; the CLI prints it.
+Unknown keys, ill-typed values and out-of-range numbers (`validate.check_values`) raise `ConfigError` (exit
+status 2) naming the key; the entry point's wrapper (`open_vlm.errors.run_main`) prints it as one line.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import io
+import json
 import os
 import tempfile
 import typing
@@ -18,14 +20,10 @@ import yaml
 
 from open_vlm.config.env import EnvConfig, apply_process_env, load_env_config, run_defaults
 from open_vlm.config.schema import CHOICES, RunConfig, SourceConfig, data_task
-from open_vlm.data.catalog import CatalogError, resolve_sources
+from open_vlm.config.validate import check_values, value_at
+from open_vlm.data.catalog import resolve_sources
+from open_vlm.errors import ConfigError
 from open_vlm.storage import read_yaml_mapping
-
-
-class ConfigError(Exception):
-    """A bad config: the CLI prints the message and exits with status 2."""
-
-    exit_code = 2
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -171,16 +169,12 @@ def check_override_keys(overrides: list[str]) -> None:
 
 def _check_choices(cfg: RunConfig) -> None:
     for key, allowed in CHOICES.items():
-        value: Any = cfg
-        for part in key.split("."):
-            value = getattr(value, part)
+        value = value_at(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}: expected one of {list(allowed)}, got {value!r}")
     for i, source in enumerate(cfg.data.sources):
         if not source.urls:
             raise ConfigError(f"data.sources[{i}].urls: at least one shard URL is needed")
-        if source.weight <= 0:
-            raise ConfigError(f"data.sources[{i}].weight: must be > 0, got {source.weight}")
         if not source.name:
             source.name = f"source{i}"
         if isinstance(source.urls, str):
@@ -215,6 +209,7 @@ def load_run_config(argv: list[str], env: EnvConfig | None = None) -> RunConfig:
     overrides = _apply_renames(values, overrides)
     check_keys(values)
     check_override_keys(overrides)
+    overrides = _normalise_overrides(overrides)
     merged = _deep_merge(run_defaults(env), values)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as tmp:
         yaml.safe_dump(merged, tmp)
@@ -226,30 +221,62 @@ def load_run_config(argv: list[str], env: EnvConfig | None = None) -> RunConfig:
         os.unlink(tmp.name)
     _resolve_datasets(cfg)
     _check_choices(cfg)
+    check_values(cfg)
     return cfg
 
 
 def _resolve_datasets(cfg: RunConfig) -> None:
-    """Fill `dataset:` sources from the catalog and check each source fits `data.task` (reads no shards)."""
-    try:
-        resolve_sources(cfg.data, task=data_task(cfg))
-    except CatalogError as err:
-        raise ConfigError(str(err)) from err
+    """Fill `dataset:` sources from the catalog and check each source fits `data.task` (reads no shards).
+
+    Its `CatalogError` is a `ConfigError`."""
+    resolve_sources(cfg.data, task=data_task(cfg))
+
+
+def _declared_type(key: str) -> Any:
+    """The declared type of a dotted key (`train.seed` -> int), or None when there is no such key."""
+    cls: Any = RunConfig
+    tp: Any = None
+    for part in key.split("."):
+        if cls is None or not dataclasses.is_dataclass(cls):
+            return None
+        tp = _field_types(cls).get(part.split("[")[0])
+        cls = _dataclass_of(tp) if tp is not None else None
+    return tp
 
 
 def _expected_type(message: str) -> str:
     """Best-effort: the declared type of the key a draccus error names (`train.seed`: ...)."""
-    if not message.startswith("`"):
-        return "see the config schema"
-    key = message[1:].split("`", 1)[0]
-    cls: Any = RunConfig
-    tp: Any = None
-    for part in key.split("."):
-        if not dataclasses.is_dataclass(cls):
-            return "see the config schema"
-        tp = _field_types(cls).get(part.split("[")[0])
-        cls = _dataclass_of(tp) if tp is not None else None
-    return getattr(tp, "__name__", str(tp))
+    tp = _declared_type(message[1:].split("`", 1)[0]) if message.startswith("`") else None
+    return "see the config schema" if tp is None else getattr(tp, "__name__", str(tp))
+
+
+def _override_value(key: str, value: str) -> str:
+    """A bare value for a list-of-strings key becomes a one-item list (`--extract.urls x.tar`); a value that
+    looks like a YAML list or mapping must parse (an unquoted `{0..9}` does not)."""
+    if value.lstrip().startswith(("[", "{")):
+        try:
+            yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or "invalid YAML"
+            raise ConfigError(
+                f"{key}: cannot read {value!r} as YAML ({problem}); quote each item, e.g. --{key} '[\"x-{{0..9}}.tar\"]'"
+            ) from err
+        return value
+    return json.dumps([value]) if _declared_type(key) == list[str] else value
+
+
+def _normalise_overrides(overrides: list[str]) -> list[str]:
+    """`--key value` / `--key=value` overrides with each value passed through `_override_value`."""
+    out, key = [], None
+    for arg in overrides:
+        if arg.startswith("--"):
+            name, eq, value = arg[2:].partition("=")
+            out.append(f"--{name}={_override_value(name, value)}" if eq else arg)
+            key = None if eq else name
+        else:
+            out.append(_override_value(key, arg) if key else arg)
+            key = None
+    return out
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -30,6 +30,7 @@ from open_vlm.config.env import user_config_path
 from open_vlm.config.schema import DataConfig, SourceConfig
 from open_vlm.data.compat import fit_problem, unknown_names
 from open_vlm.data.shards import expand_urls
+from open_vlm.errors import ConfigError
 from open_vlm.storage import read_yaml_mapping
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-class CatalogError(ValueError):
+class CatalogError(ConfigError, ValueError):
     """A bad catalog file, an unknown dataset name or a dataset that does not fit the run (exit status 2)."""
 
 

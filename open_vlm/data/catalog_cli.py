@@ -8,6 +8,7 @@ import os
 import sys
 
 from open_vlm.config.env import apply_process_env, load_env_config
+from open_vlm.config.validate import check_shards
 from open_vlm.data.catalog import (
     NAME_PATTERN,
     CatalogError,
@@ -19,6 +20,7 @@ from open_vlm.data.catalog import (
 )
 from open_vlm.data.compat import DATASET_TASKS, MODALITY_TASKS, unknown_names
 from open_vlm.data.manifest import ShardManifest, read_manifest, write_manifest
+from open_vlm.data.preflight import misfit_fix, probe_shard
 from open_vlm.data.shards import expand_urls
 from open_vlm.data.verify import verify_manifest
 from open_vlm.data.version import manifest_version
@@ -107,8 +109,7 @@ def _verify(args: argparse.Namespace) -> int:
     entry = load_catalog(args.catalog).get(args.name)
     manifest, why = _manifest_summary(entry)
     if manifest is None:
-        print(f"error: {args.name}: {why}", file=sys.stderr)
-        return 2
+        raise CatalogError(f"{args.name}: {why}; build it with open-vlm data add {args.name} URLS... --replace")
     problems = verify_manifest(manifest, expand_urls(entry.urls), quick=args.quick)
     for problem in problems:
         print(f"{problem.kind:10s} {problem.url}  ({problem.detail})")
@@ -133,7 +134,9 @@ def _add(args: argparse.Namespace) -> int:
     target = args.catalog or str(user_catalog_path())
     if args.name in _existing(target) and not args.replace:  # before the (long) manifest build
         raise CatalogError(f"{target} already has a dataset {args.name!r} (--replace to overwrite it)")
+    check_shards("URLS", patterns)
     urls = expand_urls(patterns)
+    _warn_on_misfit(args.name, urls[0], args.modality)
     print(f"counting samples of {len(urls)} shard(s)...", file=sys.stderr)
     manifest = write_manifest(urls, entry.manifest_path())
     entry.version = manifest_version(manifest)
@@ -143,6 +146,14 @@ def _add(args: argparse.Namespace) -> int:
         f"version {entry.version}; manifest {entry.manifest_path()}; catalog {target}"
     )
     return 0
+
+
+def _warn_on_misfit(name: str, url: str, modality: str) -> None:
+    """Warn (the dataset is still registered) when the first shard's samples do not decode as `modality`."""
+    probe = probe_shard(url, modality)
+    problem = probe.problem()
+    if problem:
+        print(f"warning: {name}: {problem}; {misfit_fix(probe, '--modality', 'URLS')}", file=sys.stderr)
 
 
 def _existing(path: str) -> dict[str, DatasetEntry]:
@@ -156,14 +167,7 @@ ACTIONS = {"list": _list, "show": _show, "verify": _verify, "add": _add}
 
 
 def main(argv: list[str]) -> int:
-    """Run one `open-vlm data` action; catalog errors exit 2 with one line."""
+    """Run one `open-vlm data` action; `CatalogError` is a `ConfigError` (exit 2, one line via the CLI wrapper)."""
     args = _parser().parse_args(argv)
     apply_process_env(load_env_config())
-    try:
-        return ACTIONS[args.action](args)
-    except CatalogError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError) as err:  # a missing shard, a corrupt tar, a bad manifest
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return ACTIONS[args.action](args)

@@ -15,6 +15,7 @@ import numpy as np
 
 from open_vlm.config.load import ConfigError, dump_config, ignored_keys, load_run_config
 from open_vlm.config.schema import RunConfig
+from open_vlm.config.validate import check_inputs
 from open_vlm.names import did_you_mean
 from open_vlm.runfolder import run_dir, setup_logging
 
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = did_you_mean(kind, eval_kinds())
         print(f"error: eval.kind: unknown kind '{kind}'{hint} (known: {eval_kinds()})", file=sys.stderr)
         return 2
+    check_inputs(cfg, "eval")
     folder = run_dir(cfg.run.output_dir, cfg.run.project, cfg.run.name)
     setup_logging(folder, cfg.run.project, "eval", cfg.logging.level)
     ignored = ignored_keys(argv, "eval")

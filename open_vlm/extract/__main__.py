@@ -2,6 +2,7 @@
 
 import sys
 
+from open_vlm.errors import run_main
 from open_vlm.extract.run import main
 
-sys.exit(main())
+sys.exit(run_main(main))

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from open_vlm.config.load import ConfigError, dump_config, ignored_keys, load_run_config
 from open_vlm.config.schema import RunConfig
+from open_vlm.config.validate import check_inputs
 from open_vlm.data.decode import IMAGE_SUFFIXES, SampleError, decode_text
 from open_vlm.data.manifest import read_manifest, write_manifest
 from open_vlm.data.shards import expand_urls, iter_tar_samples, open_url
@@ -222,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_run_config(argv)
         plan(cfg)
+        check_inputs(cfg, "extract")
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code

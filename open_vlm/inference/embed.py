@@ -7,6 +7,8 @@ import sys
 
 import numpy as np
 
+from open_vlm.config.validate import check_model_inputs
+
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="open-vlm embed", description="Embed images or texts (siglip, clip).")
@@ -24,6 +26,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse(argv)
+    check_model_inputs(args.checkpoint, args.image)
     from open_vlm.inference.wrapper import OpenVLM
 
     try:

@@ -107,3 +107,9 @@ def test_ignored_keys_are_named(tmp_path):
     ]
     assert ignored_keys(["--config", path], "eval") == ["extract.num_regions", "optim.lr"]
     assert ignored_keys(["--config", path], "train") == ["extract.num_regions"]
+
+
+def test_a_bare_value_of_a_list_key_is_a_one_item_list():
+    assert load_run_config(["--extract.urls", "in/x-{0..3}.tar"]).extract.urls == ["in/x-{0..3}.tar"]
+    assert load_run_config(["--data.catalogs=s3://b/c.yaml"]).data.catalogs == ["s3://b/c.yaml"]
+    assert load_run_config(["--extract.urls", '["a.tar", "b.tar"]']).extract.urls == ["a.tar", "b.tar"]
