@@ -105,10 +105,15 @@ def _npz_regions(data: bytes) -> ImageRegions:
     return ImageRegions(boxes.astype(np.float32) / np.array([w, h, w, h], dtype=np.float32), features)
 
 
+def _region_npz_files(fs, root: str) -> list[str]:
+    """The per-image `.npz` files of a folder (not a shard folder's `manifest.index.npz`)."""
+    return sorted(p for p in fs.glob(posixpath.join(root, "*.npz")) if not p.endswith(".index.npz"))
+
+
 def read_npz(ref: str) -> dict[str, ImageRegions]:
     """One `.npz` per image (`<image id>.npz`): a folder of them or a single file."""
     fs, root = fsspec.core.url_to_fs(ref)
-    paths = sorted(fs.glob(posixpath.join(root, "*.npz"))) if fs.isdir(root) else [root]
+    paths = _region_npz_files(fs, root) if fs.isdir(root) else [root]
     return {posixpath.basename(p)[: -len(".npz")]: _npz_regions(fs.cat_file(p)) for p in paths}
 
 
@@ -119,9 +124,10 @@ def reference_format(ref: str) -> str:
     """`tsv`, `npz` or `shards`, from the name (a folder: whichever files it holds)."""
     fs, root = fsspec.core.url_to_fs(ref)
     if fs.isdir(root):
-        for fmt, suffix in (("npz", "*.npz"), ("shards", "*.tar")):
-            if fs.glob(posixpath.join(root, suffix)):
-                return fmt
+        if _region_npz_files(fs, root):
+            return "npz"
+        if fs.glob(posixpath.join(root, "*.tar")):
+            return "shards"
     elif ref.endswith((".tsv", ".npz")):
         return ref.rsplit(".", 1)[1]
     elif ref.endswith(".tar") or "{" in ref:
