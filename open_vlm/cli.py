@@ -90,8 +90,13 @@ def _generate(argv: list[str]) -> int:
             use_cache=not args.no_cache,
         )
     for image, answer in zip(args.image, answers):
-        print(f"{image}: {answer}")
+        print(f"{image}: {one_line_answer(answer)}")
     return 0
+
+
+def one_line_answer(answer: str) -> str:
+    """An answer on one output line: a generated newline is written as `\\n` (one line per image)."""
+    return answer.replace("\\", "\\\\").replace("\n", "\\n")
 
 
 def _export(argv: list[str]) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -35,6 +36,20 @@ def demo_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo")
     assert main(["--out", str(out), "--num-shards", "4", "--per-shard", "32", "--seed", "3"]) == 0
     return out
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging():
+    """Drop the log handlers a test's in-process `main()` added (they hold that test's captured stderr, which is
+    closed afterwards: a later test's log record would print a 'Logging error' into its output)."""
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in before and not type(handler).__module__.startswith("_pytest"):
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
 
 
 @pytest.fixture(autouse=True)

@@ -123,8 +123,9 @@ def test_generate_prints_text(trained, demo_dir):
         assert len(line.split(": ", 1)[1].split()) >= 2  # words, not an empty answer
 
 
-def test_missing_checkpoint_is_a_clear_error(tmp_path):
-    out = run_cli("-m", "open_vlm.cli", "generate", "--checkpoint", str(tmp_path), "--image", "x.jpg")
+def test_missing_checkpoint_is_a_clear_error(tmp_path, demo_dir):
+    image = next((demo_dir / "examples").glob("*.jpg"))
+    out = run_cli("-m", "open_vlm.cli", "generate", "--checkpoint", str(tmp_path), "--image", str(image))
     assert out.returncode == 2 and "no complete checkpoint" in out.stderr
 
 
