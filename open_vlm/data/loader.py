@@ -23,6 +23,7 @@ from open_vlm.data.manifest import ShardManifest
 from open_vlm.data.order import MixSchedule, SourceOrder, StreamCursor
 from open_vlm.data.stream import StreamReader
 from open_vlm.data.version import check_versions, manifest_version
+from open_vlm.trainer.signals import ignore_stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +195,8 @@ class ShardLoader:
             num_workers=workers,
             persistent_workers=workers > 0,
             prefetch_factor=self.settings.prefetch_factor if workers > 0 else None,
+            worker_init_fn=ignore_stop_signals,  # trainer/signals.py: SIGTERM is the rank's to handle
+            generator=torch.Generator().manual_seed(self.settings.seed),  # never draws from the global RNG
         )
 
     def __iter__(self) -> Iterator[dict]:
