@@ -40,7 +40,7 @@ def _view(argv: list[str]) -> int:
 
     try:
         info = view(args.path, boxes_png=args.out, index=args.index)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:  # ValueError: e.g. a checkpoint refused as unsafe
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(info, indent=1) if args.json else render(info))
@@ -96,7 +96,7 @@ def _export(argv: list[str]) -> int:
 
     try:
         folder = export(args.checkpoint, args.out_dir, args.dtype)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:  # ValueError: e.g. a checkpoint refused as unsafe
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"exported {args.checkpoint} to {folder}")

@@ -8,6 +8,7 @@ from collections import Counter
 import fsspec
 
 from open_vlm.checkpoint.checkpointer import MARKER, Checkpointer, read_meta
+from open_vlm.checkpoint.dcp_io import saved_model_keys
 from open_vlm.data.manifest import read_manifest
 from open_vlm.data.shards import iter_tar_samples, open_url
 
@@ -59,7 +60,13 @@ def view_manifest(path: str) -> dict:
 
 def view_checkpoint(url: str) -> dict:
     meta = read_meta(url)
-    return {"kind": "checkpoint", "url": url, **{k: v for k, v in meta.items() if k != "config"}}
+    tensors = len(saved_model_keys(url))  # through the restricted reader: a tampered checkpoint is refused
+    return {
+        "kind": "checkpoint",
+        "url": url,
+        "model_tensors": tensors,
+        **{k: v for k, v in meta.items() if k != "config"},
+    }
 
 
 def view_run(path: str) -> dict:
