@@ -76,14 +76,6 @@ def test_keep_last_on_s3(tmp_path, demo_dir, s3_bucket):
     s3fs.S3FileSystem.clear_instance_cache()
 
 
-@pytest.fixture(scope="module")
-def base_run(tmp_path_factory, demo_dir):
-    tmp = tmp_path_factory.mktemp("base")
-    config = write_config(tmp, demo_dir, "base", train={"max_steps": 4}, checkpoint={"every_steps": 2})
-    train(config)
-    return tmp, config
-
-
 def test_init_from_loads_weights_only(base_run, demo_dir):
     tmp, _ = base_run
     source = folder(tmp, "base") / "checkpoints" / "step_00000004"
