@@ -289,7 +289,7 @@ class Checkpointer:
             moved.append(url)
         if moved:
             log.warning(
-                "resuming at step %d: moved the later checkpoints %s aside to %s/%s (another timeline)",
+                "starting at step %d: moved the later checkpoints %s aside to %s/%s (another timeline)",
                 step,
                 ", ".join(u.rsplit("/", 1)[1] for u in moved),
                 self.directory,

@@ -19,7 +19,7 @@ from open_vlm.checkpoint.checkpointer import Checkpointer, read_meta, resolve_ch
 from open_vlm.checkpoint.collective import new_checkpoint_group
 from open_vlm.checkpoint.dcp_io import load_model_weights, weights_report
 from open_vlm.checkpoint.model_io import model_files
-from open_vlm.checkpoint.resume import check_init_from, check_resumable
+from open_vlm.checkpoint.resume import ResumeRefused, check_init_from, check_resumable
 from open_vlm.checkpoint.rng import rng_state, seed_everything, set_rng_state
 from open_vlm.config.load import dump_config
 from open_vlm.config.schema import RunConfig
@@ -109,16 +109,23 @@ class Trainer:
         if ck.resume == "latest":
             ckpt = self.checkpointer.latest()
         elif ck.resume != "none":
-            ckpt = comm.from_rank0(lambda: resolve_checkpoint(ck.resume))  # one answer for every rank
+            ckpt = self._resolve("resume", ck.resume)
         if ckpt is not None:
             self.load(ckpt)
         else:
             if ck.init_from:
-                self._init_from(comm.from_rank0(lambda: resolve_checkpoint(ck.init_from)))
+                self._init_from(self._resolve("init_from", ck.init_from))
             log.info("starting at step 0 (checkpoint.resume=%s)", ck.resume)
             self.metrics.writer.truncate_after(0)  # a fresh run in an old folder starts a fresh metrics file
         # Saves from here on must not meet checkpoints of another timeline (a rollback, a fresh start).
         comm.from_rank0(lambda: self.checkpointer.set_aside_newer(self.step))
+
+    def _resolve(self, key: str, path: str) -> str:
+        """The checkpoint `checkpoint.<key>` names, found by rank 0 so that every rank gets the same one."""
+        try:
+            return self.checkpointer.comm.from_rank0(lambda: resolve_checkpoint(path))
+        except FileNotFoundError as err:
+            raise ResumeRefused(f"checkpoint.{key}: {err}") from None
 
     def _init_from(self, source: str) -> None:
         report = weights_report(source, self.model)

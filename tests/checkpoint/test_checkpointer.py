@@ -259,6 +259,15 @@ def test_init_from_another_model_kind_is_refused(tmp_path, demo_dir):
     assert not (folder(tmp_path, "wrong_kind") / "checkpoints").exists()  # not a single step trained
 
 
+@pytest.mark.parametrize("key", ["resume", "init_from"])
+def test_a_checkpoint_path_with_no_checkpoint_is_one_line(tmp_path, demo_dir, key):
+    config = write_config(tmp_path, demo_dir, "nowhere", checkpoint={key: str(tmp_path / "nothing-here")})
+    out = run_cli("-m", "open_vlm.train", "--config", str(config), env=ENV)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert f"checkpoint.{key}: no complete checkpoint at {tmp_path}/nothing-here" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_init_from_share_rule_and_override():
     from open_vlm.checkpoint.dcp_io import WeightsReport
     from open_vlm.checkpoint.resume import ResumeRefused, check_init_from
