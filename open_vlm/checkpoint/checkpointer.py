@@ -269,11 +269,13 @@ class Checkpointer:
         fs.rm(path, recursive=True)
         log.info("pruned checkpoint %s", url)
 
-    def set_aside_newer(self, step: int) -> list[str]:
-        """Move committed checkpoints past `step` to `<dir>/abandoned/` (a rollback's old timeline); rank 0."""
+    def set_aside_newer(self, step: int, resumed: str | None = None) -> list[str]:
+        """Move committed checkpoints of another timeline (past `step`, or at it but not `resumed`) aside; rank 0."""
+        # The saves of this run must neither meet them (a committed step is never rewritten) nor be pruned for
+        # them, and `resume latest` must not go back to them; they stay in `<dir>/abandoned/` for inspection.
         moved = []
         for later, url in self.list_complete():
-            if later <= step:
+            if later < step or (later == step and (resumed is None or canonical(url) == canonical(resumed))):
                 continue
             src = f"{self.root}/{step_name(later)}"
             dest = f"{self.root}/{ASIDE}/{step_name(later)}-{time.strftime('%Y%m%d-%H%M%S')}"

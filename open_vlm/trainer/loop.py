@@ -104,7 +104,7 @@ class Trainer:
 
     # --- state -------------------------------------------------------------------------------------
     def resume_or_init(self) -> None:
-        ck, comm = self.cfg.checkpoint, self.checkpointer.comm
+        ck = self.cfg.checkpoint
         ckpt = None
         if ck.resume == "latest":
             ckpt = self.checkpointer.latest()
@@ -118,7 +118,7 @@ class Trainer:
             log.info("starting at step 0 (checkpoint.resume=%s)", ck.resume)
             self.metrics.writer.truncate_after(0)  # a fresh run in an old folder starts a fresh metrics file
         # Saves from here on must not meet checkpoints of another timeline (a rollback, a fresh start).
-        comm.from_rank0(lambda: self.checkpointer.set_aside_newer(self.step))
+        self.checkpointer.comm.from_rank0(lambda: self.checkpointer.set_aside_newer(self.step, resumed=ckpt))
 
     def _resolve(self, key: str, path: str) -> str:
         """The checkpoint `checkpoint.<key>` names, found by rank 0 so that every rank gets the same one."""
