@@ -48,7 +48,9 @@ STEP_DIR = re.compile(r"^step_(\d+)$")
 ASIDE = "abandoned"  # where a rollback moves the checkpoints of the timeline it leaves
 RETRIES = 3
 RETRY_DELAY = 2.0  # seconds before the first retry; doubles each time
-FAILURES = (OSError, RuntimeError, CheckpointException)  # DCP's CheckpointException is a BaseException
+# Any error on one rank is shared with the others (they would otherwise wait for it in the next collective);
+# DCP's CheckpointException is a BaseException. Storage errors are the expected ones.
+FAILURES = (Exception, CheckpointException)
 
 
 class CheckpointError(RuntimeError):
@@ -312,7 +314,7 @@ class Checkpointer:
 
 
 def _attempt(fn: Callable[[], object]) -> BaseException | None:
-    """Run `fn`; the storage error it raised, or None."""
+    """Run `fn`; the error it raised, or None."""
     try:
         fn()
     except FAILURES as err:
