@@ -286,7 +286,7 @@ class Trainer:
                 self.metrics.step(self.step)
                 with window.excluded():  # throughput counts training, not evaluation
                     evaluated = {} if stops else self._maybe_evaluate()
-                if evaluated or stops or self.step % every_log == 0 or self.step == cfg.train.max_steps:
+                if evaluated or self.step % every_log == 0 or self.step == cfg.train.max_steps:
                     record = {**self._record(result, window.record(self.info.world)), "bad_samples": int(bad)}
                     self.metrics.log({**record, **evaluated})
                     window.reset()
