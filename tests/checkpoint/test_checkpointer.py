@@ -179,8 +179,8 @@ def test_relaunching_a_finished_run_leaves_its_checkpoint_alone(tmp_path, demo_d
 
     before = stamps()
     out = train(config)
-    assert "already committed" in out.stderr
     assert stamps() == before
+    assert "already committed" in out.stderr
     s3fs.S3FileSystem.clear_instance_cache()
 
 
@@ -199,8 +199,8 @@ def test_resuming_an_older_step_moves_the_later_timeline_aside(tmp_path, demo_di
     older = f"{tmp_path}/./ck/step_00000002/"
     overrides = ("--train.max_steps", "5", "--checkpoint.every_steps", "1", "--checkpoint.keep_last", "2")
     out = train(config, *overrides, "--checkpoint.resume", older)
-    assert "moved the later checkpoints" in out.stderr
     assert steps_of(str(ckdir)) == [2, 4, 5]  # 2 was resumed from: protected under any spelling
+    assert "moved the later checkpoints" in out.stderr
     assert "max_steps: 5" in read_meta(str(ckdir / "step_00000004"))["config"]  # the new timeline's step 4
     assert sorted(p.name.split("-")[0] for p in (ckdir / "abandoned").iterdir()) == ["step_00000004", "step_00000006"]
 
