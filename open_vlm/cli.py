@@ -44,7 +44,7 @@ def _view(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from open_vlm.view import render, view
 
-    with usage_errors(FileNotFoundError):
+    with usage_errors(FileNotFoundError, ValueError):  # ValueError: e.g. a checkpoint refused as unsafe
         info = view(args.path, boxes_png=args.out, index=args.index)
     print(json.dumps(info, indent=1) if args.json else render(info))
     return 0
@@ -112,7 +112,7 @@ def _export(argv: list[str]) -> int:
     check_model_inputs(args.checkpoint, [], key="CHECKPOINT")
     from open_vlm.inference.export import export
 
-    with usage_errors(FileNotFoundError):
+    with usage_errors(FileNotFoundError, ValueError):  # ValueError: e.g. a checkpoint refused as unsafe
         folder = export(args.checkpoint, args.out_dir, args.dtype)
     print(f"exported {args.checkpoint} to {folder}")
     return 0

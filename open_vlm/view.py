@@ -14,6 +14,7 @@ from pathlib import Path
 import fsspec
 
 from open_vlm.checkpoint.checkpointer import MARKER, Checkpointer, read_meta
+from open_vlm.checkpoint.dcp_io import saved_model_keys
 from open_vlm.data.manifest import read_manifest
 from open_vlm.data.shards import iter_tar_samples, open_url
 
@@ -67,7 +68,9 @@ def view_manifest(path: str) -> dict:
 
 def view_checkpoint(url: str) -> dict:
     meta = read_meta(url)
-    info = {"kind": "checkpoint", "url": url, **{k: v for k, v in meta.items() if k != "config"}}
+    tensors = len(saved_model_keys(url))  # through the restricted reader: a tampered checkpoint is refused
+    info = {"kind": "checkpoint", "url": url, "model_tensors": tensors}
+    info.update({k: v for k, v in meta.items() if k != "config"})
     files = _consumed_files(url, meta)
     if files is not None:  # the per-file list the compact record stands for
         info["consumed_summary"], info["consumed"] = meta.get("consumed"), files

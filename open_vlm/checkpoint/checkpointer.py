@@ -5,123 +5,98 @@ Layout of `<dir>/step_<N>/`:
 - `extra.pt` (scheduler, grad scaler, counters) and `rng/rank_<r>.pt`, loaded with `weights_only=True`;
 - `data.json` (loader state), `meta.json` (step, counts, consumed shards, dataset versions, config, code
   and library versions), `model/` (what it takes to rebuild the model: tokenizer, model config);
-- `COMPLETE`, written last by rank 0 after every rank finished.
+- `COMPLETE`, written last by rank 0 after every rank finished (JSON: step and commit time).
 Local checkpoints are staged in `.step_<N>.partial-*` and renamed into place; remote ones count only once
-`COMPLETE` exists. A failed or killed save therefore never replaces the last good checkpoint.
+`COMPLETE` exists. A failed or killed save therefore never replaces the last good checkpoint, and a
+committed step is never written again. Every phase of a save ends with an all-reduce of "did any rank
+fail" on the checkpoint group, so all ranks retry (or give up) together.
 """
 
 from __future__ import annotations
 
-import functools
-import io
 import json
 import logging
 import os
 import re
 import secrets
 import shutil
-import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import fsspec
-import torch
-import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException
 
-from open_vlm.checkpoint.dcp_io import load_model_and_optimizer, save_model_and_optimizer
+from open_vlm.checkpoint.collective import CheckpointComm
+from open_vlm.checkpoint.dcp_io import failure_summary, load_model_and_optimizer, save_model_and_optimizer
+from open_vlm.checkpoint.faults import maybe_crash_before_commit
+from open_vlm.checkpoint.files import (
+    fsync_dir,
+    git_sha,
+    library_versions,
+    read_bytes,
+    torch_bytes,
+    torch_load,
+    write_bytes,
+)
 from open_vlm.storage import is_remote
 
 log = logging.getLogger(__name__)
 
 MARKER = "COMPLETE"
 STEP_DIR = re.compile(r"^step_(\d+)$")
+ASIDE = "abandoned"  # where a rollback moves the checkpoints of the timeline it leaves
 RETRIES = 3
+RETRY_DELAY = 2.0  # seconds before the first retry; doubles each time
+# Any error on one rank is shared with the others (they would otherwise wait for it in the next collective);
+# DCP's CheckpointException is a BaseException. Storage errors are the expected ones.
+FAILURES = (Exception, CheckpointException)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written, even after retries (raised on every rank)."""
 
 
 def step_name(step: int) -> str:
     return f"step_{step:08d}"
 
 
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+def _describe(err: BaseException) -> str:
+    if isinstance(err, CheckpointException):
+        return failure_summary(err)
+    return f"{type(err).__name__}: {err}"
 
 
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def _broadcast(value):
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-@functools.cache  # the code this process runs does not change under it; saves a subprocess per save
-def git_sha() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-@functools.cache  # ~80 ms of metadata parsing that would otherwise stall every (async) save
-def library_versions() -> dict:
-    import importlib.metadata as md
-
-    versions = {}
-    for name in ("open_vlm", "torch", "transformers", "webdataset", "fsspec", "open_clip_torch", "numpy"):
-        try:
-            versions[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return versions
-
-
-def write_bytes(url: str, data: bytes) -> None:
+def canonical(url: str) -> tuple:
+    """One spelling per location (`a/./b/`, symlinks, `file://`): for comparing checkpoint URLs."""
     fs, path = fsspec.core.url_to_fs(url)
-    if not is_remote(url):
-        fs.makedirs(os.path.dirname(path), exist_ok=True)
-    with fs.open(path, "wb") as f:
-        f.write(data)
-
-
-def read_bytes(url: str) -> bytes:
-    fs, path = fsspec.core.url_to_fs(url)
-    return fs.cat_file(path)
-
-
-def torch_bytes(obj) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
-
-def torch_load(url: str):
-    return torch.load(io.BytesIO(read_bytes(url)), weights_only=True, map_location="cpu")
+    path = os.path.realpath(path) if not is_remote(url) else path
+    return (str(fs.protocol), path.rstrip("/"))
 
 
 class Checkpointer:
-    """Saves, finds, loads and prunes the checkpoints under one directory (local path or URL)."""
+    """Saves, finds, loads and prunes the checkpoints under one directory (local path or URL).
 
-    def __init__(self, directory: str, keep_last: int = 0):
+    `group`: the checkpoint process group (`collective.new_checkpoint_group`); needed for async saves
+    under torchrun, which must not share the training loop's group.
+    """
+
+    def __init__(self, directory: str, keep_last: int = 0, group=None):
         self.directory = str(directory).rstrip("/")
         self.keep_last = keep_last
+        self.group = group
+        self.comm = CheckpointComm(group)
         self.fs, self.root = fsspec.core.url_to_fs(self.directory)
         self._pending = None  # an async save waiting to be committed
         self.protected: str | None = None  # the checkpoint this run resumed from: never pruned
+        self.sync_next = False  # an async save failed: write the next one synchronously (with retries)
 
     def _url(self, name: str) -> str:
         return f"{self.directory}/{name}"
 
     # --- finding -------------------------------------------------------------------------------------
     def list_complete(self) -> list[tuple[int, str]]:
-        """(step, url) of every committed checkpoint, oldest first."""
+        """(step, url) of every committed checkpoint, oldest step first."""
         self.fs.invalidate_cache()
         if not self.fs.exists(self.root):
             return []
@@ -135,11 +110,10 @@ class Checkpointer:
 
     def latest(self) -> str | None:
         """The newest complete checkpoint; rank 0 looks and broadcasts, so all ranks agree."""
-        found = None
-        if _rank() == 0:
-            complete = self.list_complete()
-            found = complete[-1][1] if complete else None
-        return _broadcast(found)
+        return self.comm.from_rank0(lambda: (self.list_complete() or [(None, None)])[-1][1])
+
+    def is_committed(self, step: int) -> bool:
+        return self.fs.exists(f"{self.root}/{step_name(step)}/{MARKER}")
 
     # --- saving --------------------------------------------------------------------------------------
     def save(
@@ -155,99 +129,197 @@ class Checkpointer:
         files: dict[str, bytes],
         async_save: bool = False,
     ) -> str:
-        """Write a checkpoint (collective: every rank calls it). Retries transient storage errors."""
+        """Write a checkpoint (collective: every rank calls it). Storage errors are retried by all ranks together."""
         self.wait()
-        for attempt in range(RETRIES):
-            try:
-                return self._save_once(step, model, optimizer, extra, rng, data_state, meta, files, async_save)
-            except (OSError, RuntimeError) as err:
-                if attempt == RETRIES - 1:
-                    raise
-                delay = 2.0 * 2**attempt
-                log.warning("checkpoint step %d failed (%s); retrying in %.0fs", step, err, delay)
-                time.sleep(delay)
-        raise AssertionError("unreachable")
-
-    def _save_once(self, step, model, optimizer, extra, rng, data_state, meta, files, async_save) -> str:
         name = step_name(step)
-        remote = is_remote(self.directory)
-        if remote:
-            target = self._url(name)
-            if _rank() == 0 and self.fs.exists(f"{self.root}/{name}/{MARKER}"):
-                self.fs.rm(f"{self.root}/{name}/{MARKER}")  # uncommit first: it is being replaced
-            staging = target
-        else:
-            token = _broadcast(secrets.token_hex(4) if _rank() == 0 else None)
-            staging = os.path.join(self.root, f".{name}.partial-{token}")
-            if _rank() == 0:
-                os.makedirs(staging, exist_ok=True)
-        _barrier()
-        future = save_model_and_optimizer(staging, model, optimizer, async_save=async_save)
-        write_bytes(f"{staging}/rng/rank_{_rank():05d}.pt", torch_bytes(rng))
-        if _rank() == 0:
-            write_bytes(f"{staging}/extra.pt", torch_bytes(extra))
-            write_bytes(f"{staging}/data.json", json.dumps(data_state).encode())
-            full_meta = {**meta, "step": step, "git_sha": git_sha(), "versions": dict(library_versions())}
-            write_bytes(f"{staging}/meta.json", json.dumps(full_meta, indent=1, sort_keys=True).encode())
-            for rel, data in files.items():
-                write_bytes(f"{staging}/{rel}", data)
-        self._pending = (future, staging, name)
-        if future is None:
-            self.wait()
+        if self.comm.from_rank0(lambda: self.is_committed(step)):
+            log.info("step %d is already committed at %s: not writing it again", step, self._url(name))
+            return self._url(name)
+        if async_save and self.sync_next:
+            log.warning("the last async checkpoint failed: writing step %d synchronously", step)
+            async_save = False
+        self.sync_next = False
+        staging = self._staging(name)
+        self._together(f"preparing {name}", lambda: self._prepare(staging, name))
+        self._together(
+            f"writing the files of {name}",
+            lambda: self._write_files(staging, step, extra, rng, data_state, meta, files),
+        )
+        if async_save:  # shards in DCP's thread, on the checkpoint group; committed by `wait`
+            future = save_model_and_optimizer(staging, model, optimizer, async_save=True, group=self.group)
+            self._pending = (future, staging, step)
+            return self._url(name)
+        self._together(
+            f"writing the shards of {name}",
+            lambda: save_model_and_optimizer(staging, model, optimizer, group=self.group),
+        )
+        self._commit_together(staging, step)
         return self._url(name)
 
-    def wait(self) -> None:
-        """Finish (and commit) a save in flight; collective."""
+    def wait(self) -> bool:
+        """Finish (and commit) an async save in flight; collective. False when it failed on some rank."""
         if self._pending is None:
-            return
-        future, staging, name = self._pending
+            return True
+        future, staging, step = self._pending
         self._pending = None
-        if future is not None:
-            future.result()
-        _barrier()
-        if os.environ.get("OPEN_VLM_CRASH_BEFORE_COMMIT") == name:  # fault injection for the atomicity tests
-            os._exit(137)
-        if _rank() == 0:
-            self._commit(staging, name)
-            self.prune()
-        _barrier()
+        error = _attempt(future.result)
+        if self.comm.any(error is not None):
+            log.error(
+                "async checkpoint of step %d failed (%s); the previous checkpoint stays the latest and the next "
+                "save is written synchronously",
+                step,
+                _describe(error) if error else "on another rank",
+            )
+            self.sync_next = True
+            return False
+        self._commit_together(staging, step)
+        return True
 
-    def _commit(self, staging: str, name: str) -> None:
-        write_bytes(f"{staging}/{MARKER}", name.encode())
+    def _together(self, what: str, fn: Callable[[], object]) -> None:
+        """Run `fn` on every rank; while any rank failed, all retry; after the last try all raise."""
+        for attempt in range(1, RETRIES + 1):
+            error = _attempt(fn)
+            if not self.comm.any(error is not None):
+                return
+            reason = _describe(error) if error else "failed on another rank"
+            if attempt == RETRIES:
+                raise CheckpointError(
+                    f"checkpoint: {what} failed {RETRIES} times ({reason}); the previous checkpoint stays the latest"
+                )
+            delay = RETRY_DELAY * 2 ** (attempt - 1)
+            log.warning("checkpoint: %s failed (%s); all ranks retry in %.0fs", what, reason, delay)
+            time.sleep(delay)
+
+    def _staging(self, name: str) -> str:
+        if is_remote(self.directory):
+            return self._url(name)  # written in place; it counts once COMPLETE exists
+        token = self.comm.broadcast(secrets.token_hex(4) if self.comm.rank == 0 else None)
+        return os.path.join(self.root, f".{name}.partial-{token}")
+
+    def _prepare(self, staging: str, name: str) -> None:
+        if self.comm.rank != 0:
+            return
+        if not is_remote(self.directory):
+            os.makedirs(staging, exist_ok=True)
+        elif self.fs.exists(f"{self.root}/{name}"):  # an uncommitted leftover (a killed save): start clean
+            self.fs.rm(f"{self.root}/{name}", recursive=True)
+
+    def _write_files(self, staging, step, extra, rng, data_state, meta, files) -> None:
+        write_bytes(f"{staging}/rng/rank_{self.comm.rank:05d}.pt", torch_bytes(rng))
+        if self.comm.rank != 0:
+            return
+        write_bytes(f"{staging}/extra.pt", torch_bytes(extra))
+        write_bytes(f"{staging}/data.json", json.dumps(data_state).encode())
+        full_meta = {**meta, "step": step, "git_sha": git_sha(), "versions": dict(library_versions())}
+        write_bytes(f"{staging}/meta.json", json.dumps(full_meta, indent=1, sort_keys=True).encode())
+        for rel, data in files.items():
+            write_bytes(f"{staging}/{rel}", data)
+
+    def _commit_together(self, staging: str, step: int) -> None:
+        maybe_crash_before_commit(step_name(step))  # the atomicity drills (no-op otherwise)
+        self._together(f"committing {step_name(step)}", lambda: self._commit(staging, step))
+        if self.comm.rank == 0:
+            try:
+                self.prune()
+            except OSError as err:  # the new checkpoint is committed; pruning again next time is enough
+                log.warning("pruning old checkpoints failed: %s", err)
+
+    def _commit(self, staging: str, step: int) -> None:
+        if self.comm.rank != 0:
+            return
+        name = step_name(step)
+        marker = json.dumps({"step": step, "committed_at": time.time()}).encode()
         if not is_remote(self.directory):
             target = os.path.join(self.root, name)
-            if os.path.exists(target):  # re-saving a step after a resume: swap, then drop the old one
-                old = f"{target}.old-{secrets.token_hex(4)}"
-                os.replace(target, old)
+            if os.path.isdir(staging):  # not yet renamed (a retry after the rename skips this)
+                write_bytes(f"{staging}/{MARKER}", marker)
+                fsync_dir(staging)
+                if os.path.exists(target):  # not committed (checked in `save`): a stray folder of that name
+                    shutil.rmtree(target)
                 os.replace(staging, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(staging, target)
+            fsync_dir(self.root)
+        else:
+            write_bytes(f"{staging}/{MARKER}", marker)
         log.info("saved checkpoint %s", self._url(name))
 
+    # --- retention -----------------------------------------------------------------------------------
+    def commit_time(self, url: str) -> float:
+        """When a checkpoint was committed (0 for markers older than the commit time)."""
+        try:
+            return float(json.loads(read_bytes(f"{url}/{MARKER}")).get("committed_at", 0.0))
+        except (ValueError, AttributeError):
+            return 0.0
+
     def prune(self) -> None:
-        if self.keep_last <= 0:
-            return
-        complete = self.list_complete()
-        for _, url in complete[: -self.keep_last]:
-            if url != self.protected:
-                fs, path = fsspec.core.url_to_fs(url)
-                fs.rm(path, recursive=True)
-                log.info("pruned checkpoint %s", url)
+        """Keep the `keep_last` most recently committed checkpoints (and the protected one); rank 0."""
+        if self.keep_last > 0:
+            complete = self.list_complete()
+            by_commit = sorted(complete, key=lambda su: (self.commit_time(su[1]), su[0]))
+            for _, url in by_commit[: -self.keep_last]:
+                if self.protected is None or canonical(url) != canonical(self.protected):
+                    self._delete(url)
         if not is_remote(self.directory):  # leftovers of killed saves
             for entry in Path(self.root).glob(".step_*.partial-*"):
                 shutil.rmtree(entry, ignore_errors=True)
 
+    def _delete(self, url: str) -> None:
+        """Uncommit first, so that a kill mid-delete never leaves a COMPLETE checkpoint with files missing."""
+        fs, path = fsspec.core.url_to_fs(url)
+        fs.rm(f"{path}/{MARKER}")
+        if not is_remote(url):
+            fsync_dir(path)
+        fs.rm(path, recursive=True)
+        log.info("pruned checkpoint %s", url)
+
+    def set_aside_newer(self, step: int, resumed: str | None = None) -> list[str]:
+        """Move committed checkpoints of another timeline (past `step`, or at it but not `resumed`) aside; rank 0."""
+        # The saves of this run must neither meet them (a committed step is never rewritten) nor be pruned for
+        # them, and `resume latest` must not go back to them; they stay in `<dir>/abandoned/` for inspection.
+        moved = []
+        for later, url in self.list_complete():
+            if later < step or (later == step and (resumed is None or canonical(url) == canonical(resumed))):
+                continue
+            src = f"{self.root}/{step_name(later)}"
+            dest = f"{self.root}/{ASIDE}/{step_name(later)}-{time.strftime('%Y%m%d-%H%M%S')}"
+            marker = read_bytes(f"{src}/{MARKER}")
+            self.fs.rm(f"{src}/{MARKER}")  # uncommitted first: a half-finished move is never a checkpoint
+            if is_remote(self.directory):
+                self.fs.mv(src, dest, recursive=True)
+            else:
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                os.replace(src, dest)
+                fsync_dir(self.root)
+            write_bytes(f"{self.directory}/{ASIDE}/{dest.rsplit('/', 1)[1]}/{MARKER}", marker)
+            moved.append(url)
+        if moved:
+            log.warning(
+                "starting at step %d: moved the later checkpoints %s aside to %s/%s (another timeline)",
+                step,
+                ", ".join(u.rsplit("/", 1)[1] for u in moved),
+                self.directory,
+                ASIDE,
+            )
+        return moved
+
     # --- loading -------------------------------------------------------------------------------------
     def load(self, ckpt: str, model, optimizer) -> tuple[dict, dict | None, dict]:
         """Restore model + optimizer in place; returns (extra, this rank's rng or None, data_state)."""
-        load_model_and_optimizer(ckpt, model, optimizer)
+        load_model_and_optimizer(ckpt, model, optimizer, group=self.group)
         extra = torch_load(f"{ckpt}/extra.pt")
-        rng_url = f"{ckpt}/rng/rank_{_rank():05d}.pt"
+        rng_url = f"{ckpt}/rng/rank_{self.comm.rank:05d}.pt"
         fs, path = fsspec.core.url_to_fs(rng_url)
         rng = torch_load(rng_url) if fs.exists(path) else None
         data_state = json.loads(read_bytes(f"{ckpt}/data.json"))
         return extra, rng, data_state
+
+
+def _attempt(fn: Callable[[], object]) -> BaseException | None:
+    """Run `fn`; the error it raised, or None."""
+    try:
+        fn()
+    except FAILURES as err:
+        return err
+    return None
 
 
 def resolve_checkpoint(path: str) -> str:

@@ -2,6 +2,8 @@
 
 Every rank writes its own shard; loading reshards to the current world size and strategy (FSDP2 ⇄ DDP ⇄
 single), because the state dicts come from `get_state_dict`, which speaks in unsharded parameter names.
+Reads go through `dcp_safe` (no arbitrary unpickling); collectives go through the group the caller gives
+(the checkpointer's own, see `collective.py`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from dataclasses import dataclass
 
 import torch.distributed.checkpoint as dcp
 import torch.nn as nn
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter  # DCP's fsspec backend (private module)
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -21,6 +24,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from open_vlm.checkpoint.dcp_safe import SafeLoadPlanner, UnsafeCheckpoint, reader_for
+from open_vlm.checkpoint.faults import maybe_fail_write
 from open_vlm.storage import is_remote
 
 log = logging.getLogger(__name__)
@@ -29,43 +34,71 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
 
 
+class _FaultHook:
+    def write_data(self, plan, planner):
+        maybe_fail_write(f"{self.path}/shard.distcp")  # the drills' injected storage errors (no-op otherwise)
+        return super().write_data(plan, planner)
+
+
+class _FileSystemWriter(_FaultHook, dcp.FileSystemWriter):
+    pass
+
+
+class _FsspecWriter(_FaultHook, FsspecWriter):
+    pass
+
+
 def writer_for(url: str):
     if is_remote(url):
-        from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter  # the fsspec backend
-
-        return FsspecWriter(url, sync_files=False)
-    return dcp.FileSystemWriter(url, sync_files=True)
+        return _FsspecWriter(url, sync_files=False)
+    return _FileSystemWriter(url, sync_files=True)
 
 
-def reader_for(url: str):
-    if is_remote(url):
-        from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
-
-        return FsspecReader(url)
-    return dcp.FileSystemReader(url)
+def failure_summary(err: CheckpointException) -> str:
+    """One line per failed rank of a DCP exception (its str() is a multi-line traceback)."""
+    return "; ".join(f"rank {rank}: {type(exc).__name__}: {exc}" for rank, (exc, _) in err.failures.items())
 
 
-def save_model_and_optimizer(url: str, model: nn.Module, optimizer, async_save: bool = False):
-    """Write model + optimizer shards under `url`; returns a Future when `async_save`."""
+def _raise_unsafe(err: CheckpointException) -> None:
+    """Re-raise a refusal from our reader or planner that DCP wrapped on the way."""
+    for exc, _ in err.failures.values():
+        if isinstance(exc, UnsafeCheckpoint):
+            raise exc from None
+
+
+def save_model_and_optimizer(url: str, model: nn.Module, optimizer, async_save: bool = False, group=None):
+    """Write model + optimizer shards under `url` (collective over `group`); a Future when `async_save`."""
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
     if async_save:
-        return dcp.async_save(state, storage_writer=writer_for(url))
-    dcp.save(state, storage_writer=writer_for(url))
+        return dcp.async_save(state, storage_writer=writer_for(url), process_group=group)
+    dcp.save(state, storage_writer=writer_for(url), process_group=group)
     return None
 
 
-def load_model_and_optimizer(url: str, model: nn.Module, optimizer) -> None:
+def saved_model_keys(url: str) -> set[str]:
+    """Names of the model tensors in a checkpoint (its metadata only, through the restricted reader)."""
+    metadata = reader_for(url).read_metadata()
+    return {key[len("model.") :] for key in metadata.state_dict_metadata if key.startswith("model.")}
+
+
+def _load(state: dict, reader, group) -> None:
+    try:
+        dcp.load(state, storage_reader=reader, planner=SafeLoadPlanner(allow_partial_load=True), process_group=group)
+    except CheckpointException as err:
+        _raise_unsafe(err)
+        raise RuntimeError(f"reading checkpoint {reader.path} failed: {failure_summary(err)}") from None
+
+
+def load_model_and_optimizer(url: str, model: nn.Module, optimizer, group=None) -> None:
     """Load model + optimizer state saved by `save_model_and_optimizer` (any world size / strategy)."""
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    reader = reader_for(url)
-    saved = {key[len("model.") :] for key in reader.read_metadata().state_dict_metadata if key.startswith("model.")}
-    missing = sorted(set(model_sd) - saved)
+    missing = sorted(set(model_sd) - saved_model_keys(url))
     if missing:
         raise RuntimeError(f"{url}: model weights missing from the checkpoint: {missing[:5]}")
     # Optimizer state may lack parameters that never received a gradient (their state is still zero).
-    dcp.load(state, storage_reader=reader, planner=DefaultLoadPlanner(allow_partial_load=True))
+    _load(state, reader_for(url), group)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
 
@@ -75,14 +108,23 @@ class WeightsReport:
     missing: list[str]  # in the model, not in the checkpoint (left as initialised)
     unexpected: list[str]  # in the checkpoint, not in the model (ignored)
 
+    @property
+    def total(self) -> int:
+        return self.loaded + len(self.missing)
 
-def load_model_weights(url: str, model: nn.Module) -> WeightsReport:
+
+def weights_report(url: str, model: nn.Module) -> WeightsReport:
+    """Which of the model's weights a checkpoint holds (reads the metadata only)."""
+    saved = saved_model_keys(url)
+    names = set(get_model_state_dict(model))
+    return WeightsReport(len(names & saved), sorted(names - saved), sorted(saved - names))
+
+
+def load_model_weights(url: str, model: nn.Module, group=None) -> WeightsReport:
     """Load only the model weights that the checkpoint and the model share; report the rest."""
-    reader = reader_for(url)
-    saved = {key[len("model.") :] for key in reader.read_metadata().state_dict_metadata if key.startswith("model.")}
+    report = weights_report(url, model)
     model_sd = get_model_state_dict(model)
-    wanted = {k: v for k, v in model_sd.items() if k in saved}
-    report = WeightsReport(len(wanted), sorted(set(model_sd) - saved), sorted(saved - set(model_sd)))
-    dcp.load({"model": wanted}, storage_reader=reader, planner=DefaultLoadPlanner(allow_partial_load=True))
+    wanted = {k: v for k, v in model_sd.items() if k not in report.missing}
+    _load({"model": wanted}, reader_for(url), group)
     set_model_state_dict(model, wanted, options=StateDictOptions(strict=False))
     return report

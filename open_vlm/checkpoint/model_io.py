@@ -10,8 +10,9 @@ from pathlib import Path
 
 import fsspec
 
-from open_vlm.checkpoint.checkpointer import read_bytes, read_meta, resolve_checkpoint
+from open_vlm.checkpoint.checkpointer import read_meta, resolve_checkpoint
 from open_vlm.checkpoint.dcp_io import load_model_weights
+from open_vlm.checkpoint.files import read_bytes
 from open_vlm.config.load import config_from_yaml_text
 from open_vlm.config.schema import RunConfig
 from open_vlm.storage import is_remote

@@ -1,14 +1,18 @@
-"""Which config changes break an exact resume, and refusing them unless the user allows it."""
+"""Which config changes break an exact resume (or make `init_from` pointless), and refusing them unless allowed."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 
+from open_vlm.checkpoint.dcp_io import WeightsReport
 from open_vlm.config.load import config_from_yaml_text
 from open_vlm.config.schema import RunConfig
 
 log = logging.getLogger(__name__)
+
+# `init_from` is refused when fewer than this share of the model's tensors are in the checkpoint.
+MIN_INIT_SHARE = 0.5
 
 
 class ResumeRefused(ValueError):
@@ -16,10 +20,15 @@ class ResumeRefused(ValueError):
 
 
 def resume_fingerprint(cfg: RunConfig) -> dict:
-    """The settings the sample order and the batch composition depend on."""
+    """The settings the sample order, the batch composition, the numerics and the optimizer depend on.
+
+    The optimizer's hyperparameters are here because a resume restores them from the checkpoint: a changed
+    value would otherwise be silently ignored. When allowed, the trainer applies the new values.
+    """
     return {
         "train.seed": cfg.train.seed,
         "train.global_batch_size": cfg.train.global_batch_size,
+        "train.precision": cfg.train.precision,
         "data.sources": [
             {k: v for k, v in dataclasses.asdict(s).items() if k in ("name", "urls", "weight", "modality")}
             for s in cfg.data.sources
@@ -28,17 +37,44 @@ def resume_fingerprint(cfg: RunConfig) -> dict:
         "data.mixing": cfg.data.mixing,
         "data.shuffle_window": cfg.data.shuffle_window,
         "model.kind": cfg.model.kind,
+        "optim.lr": cfg.optim.lr,
+        "optim.group_lr": dict(cfg.optim.group_lr),
+        "optim.weight_decay": cfg.optim.weight_decay,
+        "optim.beta1": cfg.optim.beta1,
+        "optim.beta2": cfg.optim.beta2,
+        "optim.eps": cfg.optim.eps,
     }
 
 
-def check_resumable(meta: dict, cfg: RunConfig, allow: bool = False) -> None:
-    """Raise `ResumeRefused` naming each changed setting, unless `allow` (then warn)."""
+def check_resumable(meta: dict, cfg: RunConfig, allow: bool = False) -> list[str]:
+    """Raise `ResumeRefused` naming each changed setting, unless `allow` (then warn); returns the changed keys."""
     saved = resume_fingerprint(config_from_yaml_text(meta["config"]))
     now = resume_fingerprint(cfg)
-    changed = [f"{k}: {saved[k]!r} -> {now[k]!r}" for k in saved if saved[k] != now[k]]
+    changed = [k for k in now if saved.get(k) != now[k]]
     if not changed:
-        return
-    message = "config changed since the checkpoint in ways that break resume: " + "; ".join(changed)
+        return []
+    message = "config changed since the checkpoint in ways that break resume: " + "; ".join(
+        f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed
+    )
     if not allow:
-        raise ResumeRefused(message + " (set checkpoint.allow_config_change true to resume anyway)")
+        raise ResumeRefused(
+            message + " (set checkpoint.allow_config_change true to resume anyway; new optim.* values then apply)"
+        )
     log.warning("%s (allowed by checkpoint.allow_config_change)", message)
+    return changed
+
+
+def check_init_from(meta: dict, report: WeightsReport, cfg: RunConfig, source: str) -> None:
+    """Refuse an `init_from` of another model kind or that loads too little, unless `allow_partial_init`."""
+    problems = []
+    kind = meta.get("model_kind")
+    if kind and kind != cfg.model.kind:
+        problems.append(f"it holds a {kind} model and this run builds {cfg.model.kind}")
+    if report.loaded < MIN_INIT_SHARE * report.total:
+        problems.append(f"only {report.loaded} of this model's {report.total} tensors are in it")
+    if not problems:
+        return
+    message = f"checkpoint.init_from {source}: " + "; ".join(problems)
+    if not cfg.checkpoint.allow_partial_init:
+        raise ResumeRefused(message + " (set checkpoint.allow_partial_init true to start from it anyway)")
+    log.warning("%s (allowed by checkpoint.allow_partial_init)", message)

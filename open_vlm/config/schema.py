@@ -134,7 +134,8 @@ class CheckpointConfig:
     async_save: bool = False  # DCP async save: training continues while the write proceeds (`checkpoint.async`)
     init_from: str | None = None  # load model weights only from this checkpoint (fresh optimizer, data, step)
     reset_data: bool = False  # resume weights + optimizer, but restart the data order
-    allow_config_change: bool = False  # resume even if seed / sources / global batch changed
+    allow_config_change: bool = False  # resume even if seed / sources / batch / precision / optim.* changed
+    allow_partial_init: bool = False  # init_from a checkpoint of another kind, or holding < half the weights
     # Resume even when a source's dataset version differs from the checkpoint's (the position then names
     # other samples); by default such a resume is refused.
     allow_data_change: bool = False

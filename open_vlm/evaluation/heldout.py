@@ -5,6 +5,7 @@ The held-out order is the loader's, seeded by the run seed, so every evaluation 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -57,8 +58,14 @@ class HeldOutEvaluator:
         return min(src.manifest.num_samples for src in self.loader.sources)
 
     @torch.no_grad()
-    def evaluate(self, model: torch.nn.Module, device: torch.device, all_reduce=lambda x: x) -> dict[str, float]:
-        """Evaluate `model` (wrapped or not); `all_reduce` sums a number over ranks."""
+    def evaluate(
+        self, model: torch.nn.Module, device: torch.device, all_reduce=lambda x: x, autocast=contextlib.nullcontext
+    ) -> dict[str, float]:
+        """Evaluate `model` (wrapped or not); `all_reduce` sums a number over ranks.
+
+        `autocast`: the training strategy's context, so that evaluation runs in the training precision under
+        every strategy (FSDP's mixed precision casts the parameters whatever the mode).
+        """
         was_training = model.training
         model.eval()
         total = count = 0.0
@@ -67,8 +74,9 @@ class HeldOutEvaluator:
         batches = iter(self.loader)
         for _ in range(self.num_batches):
             batch = batch_to_device(next(batches), device)
-            outputs = self.bundle.forward(model, batch)
-            out = self.loss_fn(outputs, batch)
+            with autocast():
+                outputs = self.bundle.forward(model, batch)
+                out = self.loss_fn(outputs, batch)
             weight = out.count if out.reduction == "sum" else 1
             total += float(out.loss) if out.reduction == "sum" else float(out.loss)
             count += weight

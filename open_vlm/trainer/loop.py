@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 
 from open_vlm.checkpoint.checkpointer import Checkpointer, read_meta, resolve_checkpoint
-from open_vlm.checkpoint.dcp_io import load_model_weights
+from open_vlm.checkpoint.collective import new_checkpoint_group
+from open_vlm.checkpoint.dcp_io import load_model_weights, weights_report
 from open_vlm.checkpoint.model_io import model_files
-from open_vlm.checkpoint.resume import check_resumable
+from open_vlm.checkpoint.resume import ResumeRefused, check_init_from, check_resumable
 from open_vlm.checkpoint.rng import rng_state, seed_everything, set_rng_state
 from open_vlm.config.load import dump_config
 from open_vlm.config.schema import RunConfig
@@ -29,7 +30,7 @@ from open_vlm.models.losses import build_loss
 from open_vlm.models.registry import build_model
 from open_vlm.tokenize.tokenizers import load_tokenizer
 from open_vlm.trainer.metrics import MetricsLogger, ThroughputWindow, peak_memory_gb
-from open_vlm.trainer.optim import build_optimizer
+from open_vlm.trainer.optim import build_optimizer, group_hyperparameters, restore_hyperparameters
 from open_vlm.trainer.parallel import (
     all_reduce_sum,
     all_reduce_sums,
@@ -58,6 +59,8 @@ class Trainer:
     def __init__(self, cfg: RunConfig, run_folder: Path):
         self.cfg, self.run_folder = cfg, run_folder
         self.info = init_distributed(cfg.train.device)
+        # The checkpointer's own gloo group (made here, by every rank, once): see checkpoint/collective.py.
+        checkpoint_group = new_checkpoint_group()
         self.strategy = build_strategy(cfg.train, self.info)
         if cfg.train.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -80,7 +83,7 @@ class Trainer:
         self.scaler = self.strategy.grad_scaler()
         self.loss_fn = build_loss(cfg.train.loss, rank=self.info.rank, world_size=world)
         self.checkpointer = Checkpointer(
-            cfg.checkpoint.dir or str(run_folder / "checkpoints"), cfg.checkpoint.keep_last
+            cfg.checkpoint.dir or str(run_folder / "checkpoints"), cfg.checkpoint.keep_last, group=checkpoint_group
         )
         self.metrics = MetricsLogger(cfg, run_folder, enabled=self.info.is_main)
         self.evaluator = None
@@ -108,28 +111,44 @@ class Trainer:
         if ck.resume == "latest":
             ckpt = self.checkpointer.latest()
         elif ck.resume != "none":
-            ckpt = resolve_checkpoint(ck.resume)
+            ckpt = self._resolve("resume", ck.resume)
         if ckpt is not None:
             self.load(ckpt)
-            return
-        if ck.init_from:
-            source = resolve_checkpoint(ck.init_from)
-            report = load_model_weights(source, self.model)
-            log.info(
-                "initialised %d tensors from %s; missing %s; unexpected %s",
-                report.loaded,
-                source,
-                report.missing or "none",
-                report.unexpected or "none",
-            )
-        log.info("starting at step 0 (checkpoint.resume=%s)", ck.resume)
-        self.metrics.writer.truncate_after(0)  # a fresh run in an old folder starts a fresh metrics file
+        else:
+            if ck.init_from:
+                self._init_from(self._resolve("init_from", ck.init_from))
+            log.info("starting at step 0 (checkpoint.resume=%s)", ck.resume)
+            self.metrics.writer.truncate_after(0)  # a fresh run in an old folder starts a fresh metrics file
+        # Saves from here on must not meet checkpoints of another timeline (a rollback, a fresh start).
+        self.checkpointer.comm.from_rank0(lambda: self.checkpointer.set_aside_newer(self.step, resumed=ckpt))
+
+    def _resolve(self, key: str, path: str) -> str:
+        """The checkpoint `checkpoint.<key>` names, found by rank 0 so that every rank gets the same one."""
+        try:
+            return self.checkpointer.comm.from_rank0(lambda: resolve_checkpoint(path))
+        except FileNotFoundError as err:
+            raise ResumeRefused(f"checkpoint.{key}: {err}") from None
+
+    def _init_from(self, source: str) -> None:
+        report = weights_report(source, self.model)
+        check_init_from(read_meta(source), report, self.cfg, source)
+        load_model_weights(source, self.model, group=self.checkpointer.group)
+        log.info(
+            "initialised %d tensors from %s; missing %s; unexpected %s",
+            report.loaded,
+            source,
+            report.missing or "none",
+            report.unexpected or "none",
+        )
 
     def load(self, ckpt: str) -> None:
         ck = self.cfg.checkpoint
-        check_resumable(read_meta(ckpt), self.cfg, allow=ck.allow_config_change)
+        changed = check_resumable(read_meta(ckpt), self.cfg, allow=ck.allow_config_change)
+        configured = group_hyperparameters(self.optimizer)  # this run's, before the checkpoint's replace them
         extra, rng, data_state = self.checkpointer.load(ckpt, self.model, self.optimizer)
         self.scheduler.load_state_dict(extra["scheduler"])
+        if any(key.startswith("optim.") for key in changed):  # allowed: the new optimizer settings apply
+            restore_hyperparameters(self.optimizer, self.scheduler, configured)
         if self.scaler is not None and extra.get("scaler"):
             self.scaler.load_state_dict(extra["scaler"])
         self.step, self.samples_seen, self.tokens_seen = extra["step"], extra["samples_seen"], extra["tokens_seen"]
@@ -152,7 +171,8 @@ class Trainer:
         self.metrics.writer.truncate_after(self.step)
         log.info("resumed from %s at step %d", ckpt, self.step)
 
-    def save(self) -> str:
+    def save(self, final: bool = False) -> str:
+        """Checkpoint the current step (collective). The final one (end, stop signal) is written synchronously."""
         data_state = self.loader.state_dict()  # collective
         extra = {
             "scheduler": self.scheduler.state_dict(),
@@ -184,7 +204,7 @@ class Trainer:
             data_state=data_state,
             meta=meta,
             files=model_files(self.cfg, self.tokenizer) if self.info.is_main else {},
-            async_save=self.cfg.checkpoint.async_save,
+            async_save=self.cfg.checkpoint.async_save and not final,
         )
 
     # --- one step ----------------------------------------------------------------------------------
@@ -251,42 +271,66 @@ class Trainer:
                 # the counts, any rank's stop signal, and rank 0's clock for timed saves.
                 minutes = cfg.checkpoint.every_minutes
                 due_time = self.info.is_main and minutes > 0 and time.monotonic() - last_save > 60 * minutes
-                result.loss, samples, tokens, stops, due = all_reduce_sums(
-                    [result.loss, result.samples, result.tokens, float(stop.requested), float(due_time)],
+                result.loss, samples, tokens, stops, due, bad = all_reduce_sums(
+                    [
+                        result.loss,
+                        result.samples,
+                        result.tokens,
+                        float(stop.requested),
+                        float(due_time),
+                        sum(self.loader.bad_samples.values()),  # rank 0 carries the count restored at resume
+                    ],
                     self.info.device,
                 )
                 self.samples_seen += int(samples)
                 self.tokens_seen += int(tokens)
-                window.samples += result.samples
-                window.tokens += result.tokens
+                window.add_step(samples, tokens)
                 self.metrics.step(self.step)
-                evaluated = self._maybe_evaluate()
+                with window.excluded():  # throughput counts training, not evaluation
+                    evaluated = {} if stops else self._maybe_evaluate()
                 if evaluated or self.step % every_log == 0 or self.step == cfg.train.max_steps:
-                    self.metrics.log({**self._record(result, window), **evaluated})
+                    record = {**self._record(result, window.record(self.info.world)), "bad_samples": int(bad)}
+                    self.metrics.log({**record, **evaluated})
                     window.reset()
                 if stops > 0:
                     reason = stop.reason or "signal"
                     break
                 due_steps = every_ckpt and self.step % every_ckpt == 0
                 if (due_steps or due > 0) and self.step < cfg.train.max_steps:
-                    self.save()
+                    with window.excluded():  # nor saving
+                        self.save()
                     last_save = time.monotonic()
-            self.save()
+            self.save(final=True)
             self.checkpointer.wait()
+            if stop.at is not None:
+                self._report_stop_time(stop)
         finally:
             stop.uninstall()
             self.metrics.close()
         return reason
+
+    def _report_stop_time(self, stop: StopRequest) -> None:
+        took = time.monotonic() - stop.at
+        grace = float(os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "30"))
+        log.info("checkpoint committed %.1fs after %s", took, stop.reason)
+        if took > 0.8 * grace:
+            log.warning(
+                "stopping took %.0fs of torchrun's %.0fs grace before SIGKILL: raise torchrun --shutdown-timeout "
+                "or make steps/saves shorter",
+                took,
+                grace,
+            )
 
     def _maybe_evaluate(self) -> dict:
         every = self.cfg.eval.every_steps
         if self.evaluator is None or self.step % every:
             return {}
         device = self.info.device
-        return self.evaluator.evaluate(self.model, device, all_reduce=lambda v: all_reduce_sum(v, device))
+        return self.evaluator.evaluate(
+            self.model, device, all_reduce=lambda v: all_reduce_sum(v, device), autocast=self.strategy.autocast
+        )
 
-    def _record(self, result: StepResult, window: ThroughputWindow) -> dict:
-        elapsed = window.elapsed()
+    def _record(self, result: StepResult, rates: dict) -> dict:
         return {
             "step": self.step,
             "loss": result.loss,
@@ -294,11 +338,7 @@ class Trainer:
             "grad_norm": result.grad_norm,
             "samples_seen": self.samples_seen,
             "tokens_seen": self.tokens_seen,
-            "samples_per_sec_per_device": window.samples / elapsed,
-            "tokens_per_sec_per_device": window.tokens / elapsed,
-            "data_wait_sec": window.data_wait,
-            "step_time_sec": elapsed,
+            **rates,
             "peak_memory_gb": peak_memory_gb(self.info.device),
             "skipped_step": result.skipped,
-            "bad_samples": sum(self.loader.bad_samples.values()),
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import resource
@@ -24,18 +25,47 @@ def peak_memory_gb(device: torch.device) -> float:
 
 
 class ThroughputWindow:
-    """Counts samples, tokens and data-wait time between two logged steps."""
+    """Steps, samples and tokens (all ranks) and data-wait time between two logged steps.
+
+    Time spent saving or evaluating is left out (`excluded()`), so a save never reads as slow training.
+    """
 
     def __init__(self):
         self.reset()
 
     def reset(self) -> None:
-        self.samples = self.tokens = 0
-        self.data_wait = 0.0
+        self.steps = 0
+        self.samples = self.tokens = 0.0
+        self.data_wait = self.paused = 0.0
         self.start = time.perf_counter()
 
+    def add_step(self, samples: float, tokens: float) -> None:
+        """One optimizer step with these global (summed over ranks) counts."""
+        self.steps += 1
+        self.samples += samples
+        self.tokens += tokens
+
+    @contextlib.contextmanager
+    def excluded(self):
+        """Time inside this block does not count as training time."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused += time.perf_counter() - t0
+
     def elapsed(self) -> float:
-        return max(time.perf_counter() - self.start, 1e-9)
+        return max(time.perf_counter() - self.start - self.paused, 1e-9)
+
+    def record(self, world: int) -> dict:
+        """Per-device rates and per-step times of the window."""
+        elapsed, steps = self.elapsed(), max(self.steps, 1)
+        return {
+            "samples_per_sec_per_device": self.samples / world / elapsed,
+            "tokens_per_sec_per_device": self.tokens / world / elapsed,
+            "data_wait_sec": self.data_wait / steps,
+            "step_time_sec": elapsed / steps,
+        }
 
 
 class MetricsLogger:

@@ -71,3 +71,26 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, max_steps: int, groups: 
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, max_steps, cfg))
     return optimizer, scheduler
+
+
+HYPERPARAMETERS = ("initial_lr", "weight_decay", "betas", "eps")  # what a loaded optimizer state overwrites
+
+
+def group_hyperparameters(optimizer: torch.optim.Optimizer) -> list[dict]:
+    """The configured hyperparameters of each parameter group (base LR as `initial_lr`)."""
+    return [{k: group[k] for k in HYPERPARAMETERS if k in group} for group in optimizer.param_groups]
+
+
+def restore_hyperparameters(optimizer: torch.optim.Optimizer, scheduler, configured: list[dict]) -> None:
+    """After loading a checkpoint, apply this run's hyperparameters; the LR schedule continues from the new base."""
+    if len(configured) != len(optimizer.param_groups):
+        raise ValueError(
+            f"the checkpoint's optimizer has {len(optimizer.param_groups)} parameter groups, this run's config "
+            f"makes {len(configured)} (optim.group_lr changed?): cannot apply the new settings"
+        )
+    for group, hyper in zip(optimizer.param_groups, configured):
+        group.update(hyper)
+    scheduler.base_lrs = [hyper["initial_lr"] for hyper in configured]
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports

@@ -7,9 +7,11 @@ import pytest
 import s3fs
 import torch
 
-from open_vlm.checkpoint.checkpointer import MARKER, Checkpointer, read_meta
+from open_vlm.checkpoint.checkpointer import MARKER, Checkpointer, read_meta, step_name
 from open_vlm.checkpoint.model_io import load_model_from_checkpoint
-from tests.conftest import run_cli
+from open_vlm.config.schema import ModelConfig, OptimConfig, RunConfig
+from open_vlm.trainer.optim import lr_factor
+from tests.conftest import REPO, run_cli
 from tests.trainer.runs import ENV, folder, metrics, train, write_config
 
 
@@ -76,14 +78,6 @@ def test_keep_last_on_s3(tmp_path, demo_dir, s3_bucket):
     s3fs.S3FileSystem.clear_instance_cache()
 
 
-@pytest.fixture(scope="module")
-def base_run(tmp_path_factory, demo_dir):
-    tmp = tmp_path_factory.mktemp("base")
-    config = write_config(tmp, demo_dir, "base", train={"max_steps": 4}, checkpoint={"every_steps": 2})
-    train(config)
-    return tmp, config
-
-
 def test_init_from_loads_weights_only(base_run, demo_dir):
     tmp, _ = base_run
     source = folder(tmp, "base") / "checkpoints" / "step_00000004"
@@ -122,7 +116,13 @@ def test_reset_data_keeps_weights_restarts_data(base_run):
 
 
 @pytest.mark.parametrize(
-    "override, key", [(("--train.seed", "5"), "train.seed"), (("--data.num_streams", "4"), "data.num_streams")]
+    "override, key",
+    [
+        (("--train.seed", "5"), "train.seed"),
+        (("--data.num_streams", "4"), "data.num_streams"),
+        (("--train.precision", "bf16"), "train.precision"),
+        (("--optim.lr", "1e-3"), "optim.lr"),
+    ],
 )
 def test_config_change_refused_unless_allowed(base_run, override, key):
     tmp, config = base_run
@@ -143,9 +143,14 @@ def test_config_change_refused_unless_allowed(base_run, override, key):
         str(tmp / f"allowed_{key}"),
         "--checkpoint.resume",
         str(folder(tmp, "base") / "checkpoints" / "step_00000004"),
+        "--run.name",
+        f"allowed_{key}",
         env=ENV,
     )
     assert out.returncode == 0, out.stderr[-2000:]
+    if key == "optim.lr":  # allowed: the new base LR applies from the resumed step on
+        expected = 1e-3 * lr_factor(4, 5, OptimConfig(lr=1e-3, warmup_steps=2))
+        assert metrics(tmp, f"allowed_{key}")[-1]["lr"] == pytest.approx(expected)
 
 
 def test_async_save_matches_sync(tmp_path, demo_dir):
@@ -159,3 +164,119 @@ def test_async_save_matches_sync(tmp_path, demo_dir):
     assert steps_of(str(folder(tmp_path, "async") / "checkpoints")) == [2, 4]
     meta = read_meta(str(folder(tmp_path, "async") / "checkpoints" / "step_00000004"))
     assert meta["step"] == 4 and meta["samples_seen"] == 32 and meta["consumed"]
+
+
+def test_relaunching_a_finished_run_leaves_its_checkpoint_alone(tmp_path, demo_dir, s3_bucket):
+    """No new step, no save: the committed final checkpoint is never uncommitted and rewritten in place."""
+    ckdir = f"s3://{s3_bucket}/finished"
+    config = write_config(tmp_path, demo_dir, "finished", train={"max_steps": 2}, checkpoint={"dir": ckdir})
+    train(config)
+
+    def stamps():
+        s3fs.S3FileSystem.clear_instance_cache()
+        fs, root = fsspec.core.url_to_fs(ckdir)
+        return {p: fs.info(p)["LastModified"] for p in fs.find(f"{root}/step_00000002")}
+
+    before = stamps()
+    out = train(config)
+    assert stamps() == before
+    assert "already committed" in out.stderr
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_resuming_an_older_step_moves_the_later_timeline_aside(tmp_path, demo_dir):
+    """Roll back from step 6 to step 2 (spelled another way): the new steps are kept, the old ones set aside."""
+    ckdir = tmp_path / "ck"
+    config = write_config(
+        tmp_path,
+        demo_dir,
+        "roll",
+        train={"max_steps": 6},
+        checkpoint={"every_steps": 2, "dir": str(ckdir), "keep_last": 3},
+    )
+    train(config)
+    assert steps_of(str(ckdir)) == [2, 4, 6]
+    older = f"{tmp_path}/./ck/step_00000002/"
+    overrides = ("--train.max_steps", "5", "--checkpoint.every_steps", "1", "--checkpoint.keep_last", "2")
+    out = train(config, *overrides, "--checkpoint.resume", older)
+    assert steps_of(str(ckdir)) == [2, 4, 5]  # 2 was resumed from: protected under any spelling
+    assert "moved the later checkpoints" in out.stderr
+    assert "max_steps: 5" in read_meta(str(ckdir / "step_00000004"))["config"]  # the new timeline's step 4
+    assert sorted(p.name.split("-")[0] for p in (ckdir / "abandoned").iterdir()) == ["step_00000004", "step_00000006"]
+
+
+def fake_checkpoints(root, commits: dict[int, float]) -> Checkpointer:
+    for step, when in commits.items():
+        folder_ = root / step_name(step)
+        folder_.mkdir(parents=True)
+        (folder_ / "__0_0.distcp").write_bytes(b"x")
+        (folder_ / MARKER).write_text(json.dumps({"step": step, "committed_at": when}))
+    return Checkpointer(str(root), keep_last=1)
+
+
+def test_prune_keeps_the_last_committed_not_the_highest_step(tmp_path):
+    checkpointer = fake_checkpoints(tmp_path, {5: 100.0, 3: 200.0})  # 3 was committed after 5
+    checkpointer.prune()
+    assert steps_of(str(tmp_path)) == [3]
+
+
+def test_a_kill_mid_prune_never_leaves_a_complete_checkpoint_with_files_missing(tmp_path, monkeypatch):
+    checkpointer = fake_checkpoints(tmp_path, {1: 1.0, 2: 2.0})
+    real_rm = type(checkpointer.fs).rm
+
+    def killed_while_deleting_files(fs, path, recursive=False, **kwargs):
+        if recursive:
+            raise KeyboardInterrupt  # the process dies while the shards are being deleted
+        return real_rm(fs, path, recursive=recursive, **kwargs)
+
+    monkeypatch.setattr(type(checkpointer.fs), "rm", killed_while_deleting_files)
+    with pytest.raises(KeyboardInterrupt):
+        checkpointer.prune()
+    assert steps_of(str(tmp_path)) == [2]  # step 1 was uncommitted first
+
+
+def test_init_from_another_model_kind_is_refused(tmp_path, demo_dir):
+    from open_vlm.models.registry import build_model
+    from open_vlm.trainer.optim import build_optimizer
+
+    siglip = build_model(ModelConfig(kind="siglip", config=str(REPO / "configs/models/siglip_tiny.yaml")), None)
+    optimizer, _ = build_optimizer(siglip.model, OptimConfig(), 1, siglip.groups)
+    source = Checkpointer(str(tmp_path / "siglip")).save(
+        1,
+        model=siglip.model,
+        optimizer=optimizer,
+        extra={},
+        rng={},
+        data_state={},
+        meta={"model_kind": "siglip"},
+        files={},
+    )
+    config = write_config(tmp_path, demo_dir, "wrong_kind", checkpoint={"init_from": source})
+    out = run_cli("-m", "open_vlm.train", "--config", str(config), env=ENV)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "holds a siglip model and this run builds paligemma" in out.stderr
+    assert "allow_partial_init" in out.stderr and "Traceback" not in out.stderr
+    assert not (folder(tmp_path, "wrong_kind") / "checkpoints").exists()  # not a single step trained
+
+
+@pytest.mark.parametrize("key", ["resume", "init_from"])
+def test_a_checkpoint_path_with_no_checkpoint_is_one_line(tmp_path, demo_dir, key):
+    config = write_config(tmp_path, demo_dir, "nowhere", checkpoint={key: str(tmp_path / "nothing-here")})
+    out = run_cli("-m", "open_vlm.train", "--config", str(config), env=ENV)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert f"checkpoint.{key}: no complete checkpoint at {tmp_path}/nothing-here" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_init_from_share_rule_and_override():
+    from open_vlm.checkpoint.dcp_io import WeightsReport
+    from open_vlm.checkpoint.resume import ResumeRefused, check_init_from
+
+    cfg = RunConfig()
+    cfg.model.kind = "paligemma"
+    same_kind = {"model_kind": "paligemma"}
+    with pytest.raises(ResumeRefused, match="only 3 of this model's 7 tensors"):
+        check_init_from(same_kind, WeightsReport(3, ["a", "b", "c", "d"], []), cfg, "src")
+    check_init_from(same_kind, WeightsReport(4, ["a", "b", "c"], []), cfg, "src")  # most of it: fine
+    cfg.checkpoint.allow_partial_init = True
+    check_init_from({"model_kind": "siglip"}, WeightsReport(0, ["a"], ["b"]), cfg, "src")  # allowed: a warning

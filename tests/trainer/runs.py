@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO
 
 TORCHRUN = ["-m", "torch.distributed.run", "--standalone"]
 ENV = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -52,12 +56,11 @@ def metrics(tmp: Path, name: str) -> list[dict]:
     return [json.loads(line) for line in (folder(tmp, name) / "metrics.jsonl").read_text().splitlines()]
 
 
-def train(config: Path, *overrides: str, procs: int = 1, env: dict | None = None):
-    """Run training to the end; asserts success."""
-    args = [*TORCHRUN, f"--nproc_per_node={procs}"] if procs > 1 else []
-    out = run_cli(*args, "-m", "open_vlm.train", "--config", str(config), *overrides, env={**ENV, **(env or {})})
-    assert out.returncode == 0, out.stderr[-4000:]
-    return out
+def train(config: Path, *overrides: str, procs: int = 1, env: dict | None = None, timeout: float = 600):
+    """Run training to the end; asserts success. A run that hangs is killed, whole tree, at `timeout`."""
+    status, err = finish(start(config, *overrides, procs=procs, env=env), timeout=timeout)
+    assert status == 0, f"exit status {status}\n{err[-4000:]}"
+    return subprocess.CompletedProcess([str(config), *overrides], status, "", err)
 
 
 def descendants(pid: int) -> list[int]:
@@ -87,22 +90,77 @@ def kill_tree(pid: int) -> None:
             pass
 
 
-def train_until_killed(config: Path, metrics_path: Path, kill_after: int, *overrides: str, procs: int = 1, env=None):
-    """Start training and SIGKILL the whole process group once `kill_after` steps are logged."""
+def start(config: Path, *overrides: str, procs: int = 1, env: dict | None = None) -> subprocess.Popen:
+    """Start training in a session of its own (so the whole tree can be signalled or killed).
+
+    Its stderr goes to a file (a pipe nobody reads would fill and stall the run); `finish` returns it.
+    """
     args = [*TORCHRUN, f"--nproc_per_node={procs}"] if procs > 1 else []
+    stderr = tempfile.TemporaryFile("w+")
     proc = subprocess.Popen(
         [sys.executable, *args, "-m", "open_vlm.train", "--config", str(config), *overrides],
         cwd=REPO,
         env={**os.environ, **ENV, **(env or {})},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
+        text=True,
         start_new_session=True,
     )
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if metrics_path.exists() and len(metrics_path.read_text().splitlines()) >= kill_after:
-            kill_tree(proc.pid)
-            break
+    proc.stderr_file = stderr
+    return proc
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int | None, str]:
+    """(exit status, stderr) of a started run; a run still going after `timeout` is killed (status None)."""
+    try:
+        proc.wait(timeout=timeout)
+        status = proc.returncode
+    except subprocess.TimeoutExpired:
+        kill_tree(proc.pid)
+        proc.wait()
+        status = None
+    proc.stderr_file.seek(0)
+    err = proc.stderr_file.read()
+    proc.stderr_file.close()
+    return status, err
+
+
+def logged_steps(metrics_path: Path) -> int:
+    return len(metrics_path.read_text().splitlines()) if metrics_path.exists() else 0
+
+
+def wait_for_steps(proc: subprocess.Popen, metrics_path: Path, steps: int, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and logged_steps(metrics_path) < steps:
         time.sleep(0.02)
-    proc.wait()
-    return proc.returncode
+
+
+def train_until_killed(config: Path, metrics_path: Path, kill_after: int, *overrides: str, procs: int = 1, env=None):
+    """Start training and SIGKILL the whole process group once `kill_after` steps are logged."""
+    proc = start(config, *overrides, procs=procs, env=env)
+    wait_for_steps(proc, metrics_path, kill_after)
+    kill_tree(proc.pid)
+    return finish(proc)[0]
+
+
+def varied_demo(demo_dir: Path, out: Path) -> Path:
+    """A copy of the demo shards where odd samples have a short caption and every 8th image is not an image.
+
+    Ranks then see different token counts per sample, and bad samples are counted: what the per-device
+    throughput and `bad_samples` metrics must sum over all ranks to get right.
+    """
+    shutil.copytree(demo_dir, out)
+    for shard in sorted(out.glob("demo-*.tar")):
+        with tarfile.open(shard) as tar:
+            members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+        with tarfile.open(shard, "w") as tar:
+            for member, content in members:
+                key, ext = member.name.rsplit(".", 1)
+                index = int(key.rsplit("_", 1)[1])
+                if ext == "txt" and index % 2:
+                    content = b"a red circle"
+                if ext == "jpg" and index % 8 == 3:
+                    content = b"not a jpeg"
+                member.size = len(content)
+                tar.addfile(member, io.BytesIO(content))
+    return out

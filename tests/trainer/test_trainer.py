@@ -66,3 +66,24 @@ def test_sigterm_checkpoints_and_exits_0(tmp_path, demo_dir):
     saved = Checkpointer(str(folder(tmp_path, "term") / "checkpoints")).list_complete()
     assert [step for step, _ in saved] == [last_step]
     assert 3 <= last_step < 10_000
+
+
+def test_evaluation_runs_in_the_training_precision(tmp_path, demo_dir):
+    """bf16 under single/DDP evaluates under autocast, as FSDP's mixed precision does, not in fp32."""
+    from open_vlm.trainer.loop import Trainer
+
+    config = write_config(
+        tmp_path,
+        demo_dir,
+        "evalbf16",
+        train={"precision": "bf16", "max_steps": 1},
+        eval={"every_steps": 1, "max_batches": 1},
+    )
+    trainer = Trainer(load_run_config(["--config", str(config)]), folder(tmp_path, "evalbf16"))
+    trainer.step = 1
+    got = trainer._maybe_evaluate()["eval_loss"]
+    device = trainer.info.device
+    fp32 = trainer.evaluator.evaluate(trainer.model, device)["eval_loss"]
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        bf16 = trainer.evaluator.evaluate(trainer.model, device)["eval_loss"]
+    assert got == bf16 and bf16 != fp32
