@@ -159,9 +159,9 @@ class Trainer:
                 self.loader.load_state_dict(data_state, allow_data_change=ck.allow_data_change)
             except DataVersionError:
                 raise
-            except ValueError as err:
+            except ValueError as err:  # an incompatible data state (another format, order settings)
                 if not ck.allow_config_change:
-                    raise
+                    raise ResumeRefused(f"cannot continue the data order of {ckpt}: {err}") from None
                 log.warning("data order restarts: %s (checkpoint.allow_config_change)", err)
         if rng is not None and data_state.get("world") == self.info.world:
             set_rng_state(rng)
@@ -242,7 +242,7 @@ class Trainer:
             loss=float(total),
             grad_norm=grad_norm,
             lr=lr,
-            samples=sum(len(b["__meta__"]) for b in micro_batches),
+            samples=sum(int(b["valid"].sum()) if "valid" in b else len(b["__meta__"]) for b in micro_batches),
             tokens=sum(b["num_tokens"] for b in micro_batches),
             skipped=skipped,
         )

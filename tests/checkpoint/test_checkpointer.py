@@ -280,3 +280,20 @@ def test_init_from_share_rule_and_override():
     check_init_from(same_kind, WeightsReport(4, ["a", "b", "c"], []), cfg, "src")  # most of it: fine
     cfg.checkpoint.allow_partial_init = True
     check_init_from({"model_kind": "siglip"}, WeightsReport(0, ["a"], ["b"]), cfg, "src")  # allowed: a warning
+
+
+def test_a_data_state_from_before_data_order_v2_is_refused_with_the_way_out(tmp_path, demo_dir):
+    """Format 1 states (per-stream cursors) name other samples under the new order: a clear refusal, exit 2."""
+    ckdir = tmp_path / "ck"
+    config = write_config(tmp_path, demo_dir, "v1", train={"max_steps": 2}, checkpoint={"dir": str(ckdir)})
+    train(config)
+    data = ckdir / step_name(2) / "data.json"
+    state = json.loads(data.read_text())
+    old = {k: v for k, v in state.items() if k not in ("version", "groups_taken", "mix_group")}
+    data.write_text(json.dumps({**old, "batches_taken": [2], "streams": [[[1, 0, 0, 1]] * 8]}))
+    out = run_cli("-m", "open_vlm.train", "--config", str(config), "--train.max_steps", "4", env=ENV)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "format 1" in out.stderr and "--checkpoint.reset_data true" in out.stderr
+    assert "Traceback" not in out.stderr
+    train(config, "--train.max_steps", "4", "--checkpoint.reset_data", "true")  # the way out it names works
+    assert steps_of(str(ckdir)) == [2, 4]
