@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
+import socket
 import tempfile
 from pathlib import Path
 
@@ -41,7 +43,8 @@ def write_atomic(url: str, data: bytes) -> None:
         return
     path = Path(url.removeprefix("file://"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Unique even across machines sharing a filesystem (pids repeat between containers).
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
 

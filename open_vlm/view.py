@@ -85,15 +85,24 @@ def _consumed_files(url: str, meta: dict) -> list[dict] | None:
     from open_vlm.data.consumed import consumed_files
     from open_vlm.data.loader import STATE_VERSION, Source
     from open_vlm.data.order import SourceOrder
+    from open_vlm.data.version import manifest_version
 
     state = json.loads(read_bytes(f"{url}/data.json"))
     if state.get("version") != STATE_VERSION or "config" not in meta:
         return None  # an older checkpoint: its meta.json lists the files itself
     cfg = config_from_yaml_text(meta["config"])
-    try:
-        sources = [Source(s.name, s.modality, s.weight, source_manifest(s)) for s in cfg.data.sources]
+    try:  # the manifests as they are now (never counting shards just to show a checkpoint)
+        sources = [
+            Source(s.name, s.modality, s.weight, source_manifest(s, count_missing=False)) for s in cfg.data.sources
+        ]
     except (OSError, ValueError) as err:  # shards or manifests moved: the summary is all there is
         log.warning("cannot list the consumed files of %s (%s): showing the summary", url, err)
+        return None
+    changed = [
+        src.name for src, saved in zip(sources, state.get("versions", [])) if manifest_version(src.manifest) != saved
+    ]
+    if changed:  # the same positions would name other files now
+        log.warning("data of %s changed since %s (version differs): showing the summary", ", ".join(changed), url)
         return None
     orders = [
         SourceOrder(src.manifest.counts, state["seed"], i, streams, state["window"])

@@ -11,7 +11,7 @@ import fsspec
 from open_vlm.config.schema import DataConfig, SourceConfig
 from open_vlm.data.loader import LoaderSettings, ShardLoader, Source
 from open_vlm.data.manifest import ShardManifest, build_manifest, read_manifest, save_manifest
-from open_vlm.data.manifest_index import training_manifest, write_index
+from open_vlm.data.manifest_index import training_manifest, view_name, write_index
 from open_vlm.data.shards import expand_urls
 from open_vlm.data.version import manifest_version
 
@@ -38,7 +38,7 @@ def _first_url(patterns: list[str]) -> str:
         pattern = reduced
 
 
-def source_manifest(cfg: SourceConfig) -> ShardManifest:
+def source_manifest(cfg: SourceConfig, count_missing: bool = True) -> ShardManifest:
     """The (counts-only) manifest of a source's shards, in the order its URL patterns give them.
 
     Reads `cfg.manifest` or `manifest.json` beside the first shard, through its binary index (manifest_index.py):
@@ -61,6 +61,8 @@ def source_manifest(cfg: SourceConfig) -> ShardManifest:
     full = read_manifest(path) if known is not None else ShardManifest()
     where = {url: i for i, url in enumerate(full.urls)}
     missing = [u for u in urls if u not in where]
+    if missing and not count_missing:
+        raise FileNotFoundError(f"source {cfg.name}: {len(missing)} shard(s) have no manifest entry ({missing[0]})")
     if missing:
         log.info("source %s: counting samples of %d shard(s) without a manifest entry", cfg.name, len(missing))
         full = ShardManifest(full.shards + build_manifest(missing).shards)
@@ -70,7 +72,10 @@ def source_manifest(cfg: SourceConfig) -> ShardManifest:
             log.info("source %s: manifest cached at %s", cfg.name, path)
         except OSError as err:
             log.warning("source %s: could not cache the manifest at %s (%s)", cfg.name, path, err)
-    return full.select([where[u] for u in urls])
+    subset = full.select([where[u] for u in urls])
+    if known is not None and not missing:  # remember this view of the manifest: later processes load it at once
+        write_index(subset, path, patterns=cfg.urls, view=view_name(cfg.urls))
+    return subset
 
 
 def build_loader(

@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 
 STATE_VERSION = 2
 MAX_LOGGED_HOLES = 20  # per kind and process; the counts are exact regardless
+BAD_RUN_SHARDS = 3  # an unbroken run of bad samples across this many shards means the source itself is bad
 WATCH_POLL_S = 5.0  # how often the main process looks at the workers' heartbeats while it waits
+_POLL_TIMEOUT = "DataLoader timed out after"  # torch's message when that poll expires (nothing else says it)
 
 
 @dataclass
@@ -127,6 +129,7 @@ class _RankSteps(IterableDataset):
         readers: dict[tuple[int, int], StreamReader] = {}
         while True:
             plan = planner.next_step(state)
+            self._beat()  # a new chunk is asked for: the silence before was waiting, not hanging
             mine = plan.rank_slots(s.rank, s.world)[worker::workers]
             samples, metas = [], []
             for source, position in mine:
@@ -148,7 +151,12 @@ class _RankSteps(IterableDataset):
             return self._hole(meta, raw)
         meta.update(key=raw["__key__"], url=raw["__url__"])
         try:
-            decoded = decode_sample(raw, source.modality, self.settings.image_size)
+            try:
+                decoded = decode_sample(raw, source.modality, self.settings.image_size)
+            except SampleError:
+                raise
+            except Exception as err:  # bytes no decoder expected (bad UTF-8, a broken gzip...): bad data too
+                raise SampleError("other", f"undecodable sample ({type(err).__name__}: {err})") from err
             decoded["__url__"] = raw["__url__"]
             # What seeds per-sample randomness (answer choice, augmentation): the same wherever it is made.
             decoded["__order__"] = (self.settings.seed, src, position)
@@ -194,6 +202,7 @@ class ShardLoader:
         self.bad_samples: Counter[str] = Counter()
         self._logged: Counter[str] = Counter()
         self._bad_run = [0] * len(sources)  # consecutive bad samples per source (an all-bad source stops)
+        self._bad_urls: list[set[str]] = [set() for _ in sources]  # the shards that run of bad samples touched
         self._spare: dict[int, dict] = {}  # per source: a good processed sample, for all-bad micro-batches
         self._watch: WorkerWatch | None = None
         self._warn_shared_reads()
@@ -241,7 +250,7 @@ class ShardLoader:
         workers = max(1, self.settings.num_workers)
         micro = self.settings.micro_batch
         while True:
-            step_chunks = [self._next_chunk(parts) for _ in range(workers)]
+            step_chunks = [self._next_chunk(parts, self.state.step, w) for w in range(workers)]
             samples, metas = self._merge(step_chunks)
             plan = self.planner.next_step(self.state)  # the step's data is all here: advance first
             self._account(plan, metas)
@@ -249,15 +258,25 @@ class ShardLoader:
                 rows = slice(a * micro, (a + 1) * micro)
                 yield self._collate(samples[rows], metas[rows])
 
-    def _next_chunk(self, parts: Iterator[dict]) -> dict:
-        """The next chunk; while waiting, a worker silent past `worker_timeout_s` stops the run with its shard."""
+    def _next_chunk(self, parts: Iterator[dict], step: int, worker: int) -> dict:
+        """Worker `worker`'s chunk of `step`; while waiting, that worker silent past `worker_timeout_s` stops the run.
+
+        The DataLoader hands chunks out round-robin: a chunk from another step or worker means a worker ended
+        (its error was raised already) or the protocol broke, and batches would be wrong: stop instead."""
         while True:
             try:
-                return next(parts)
+                chunk = next(parts)
+                break
             except RuntimeError as err:
-                if self._watch is None or "timed out" not in str(err):
+                if self._watch is None or not str(err).startswith(_POLL_TIMEOUT):
                     raise
-                self._watch.check()
+                self._watch.check(worker)
+        if (chunk["step"], chunk["worker"]) != (step, worker):
+            raise RuntimeError(
+                f"data worker {chunk['worker']} sent step {chunk['step']} where worker {worker}'s step {step} was "
+                "due: a loader worker stopped early"
+            )
+        return chunk
 
     def _merge(self, step_chunks: list[dict]) -> tuple[list[dict | None], list[dict]]:
         """The rank's samples of one step in slot order (worker w made slots t with t % K == w)."""
@@ -274,11 +293,13 @@ class ShardLoader:
         for meta in metas:
             src = meta["source"]
             if "hole" not in meta:
-                self._bad_run[src] = 0
+                self._bad_run[src], self._bad_urls[src] = 0, set()
                 continue
             kind, message = meta["hole"]
             self.bad_samples[kind if kind in HOLE_KINDS else "other"] += 1
             self._bad_run[src] += 1
+            if len(self._bad_urls[src]) < BAD_RUN_SHARDS:
+                self._bad_urls[src].add(meta["url"])
             if self._logged[kind] < MAX_LOGGED_HOLES:
                 self._logged[kind] += 1
                 key = f" key {meta['key']}" if meta.get("key") else ""
@@ -288,8 +309,11 @@ class ShardLoader:
                     else ""
                 )
                 log.warning("skipped bad data (%s) in %s%s: %s%s", kind, meta["url"], key, message, more)
-            limit = min(self.orders[src].total, 1000)
-            if self._bad_run[src] >= limit:
+            # A missing shard is a long run of holes on the stream that reads it; a source is dead only when the
+            # run also spans several shards (every shard it has, if fewer).
+            order = self.orders[src]
+            shards = min(BAD_RUN_SHARDS, len(order.counts) if order.nonempty is None else len(order.nonempty))
+            if self._bad_run[src] >= min(order.total, 1000) and len(self._bad_urls[src]) >= shards:
                 raise RuntimeError(
                     f"source {self.sources[src].name}: the last {self._bad_run[src]} samples were all bad "
                     f"(counts so far: {dict(self.bad_samples)}; last: {kind} in {meta['url']}: {message})"
@@ -358,7 +382,7 @@ class ShardLoader:
         local = self.local_state_dict()
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-            counts = torch.tensor([float(self.bad_samples.get(k, 0)) for k in HOLE_KINDS], device=device)
+            counts = torch.tensor([self.bad_samples.get(k, 0) for k in HOLE_KINDS], dtype=torch.int64, device=device)
             dist.all_reduce(counts)
             local["bad_samples"] = {k: int(v) for k, v in zip(HOLE_KINDS, counts.tolist()) if v}
         return local
@@ -382,6 +406,7 @@ class ShardLoader:
         # The saved counts are the whole run's: one rank carries them on, or every resume would multiply them.
         self.bad_samples = Counter(sd.get("bad_samples", {}) if self.settings.rank == 0 else {})
         self._bad_run = [0] * len(self.sources)
+        self._bad_urls = [set() for _ in self.sources]
 
     def consumed(self, state: dict | None = None) -> list[dict]:
         """Which tar files the state has read, how far, which complete (compact: see consumed.py)."""

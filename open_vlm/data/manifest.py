@@ -45,8 +45,8 @@ class UrlColumn:
     @classmethod
     def from_list(cls, urls: Sequence[str]) -> UrlColumn:
         urls = list(urls)
-        base = posixpath.commonprefix(urls) if len(urls) > 1 else posixpath.dirname(urls[0]) + "/" if urls else ""
-        base = base[: base.rfind("/") + 1]  # a directory prefix, never part of a file name
+        base = posixpath.commonprefix(urls) if urls else ""
+        base = base[: base.rfind("/") + 1]  # a directory prefix ("" for bare names), never part of a file name
         return cls(base, np.array([u[len(base) :].encode() for u in urls], dtype=bytes))
 
     def __len__(self) -> int:

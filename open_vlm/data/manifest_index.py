@@ -28,14 +28,20 @@ log = logging.getLogger(__name__)
 INDEX_FORMAT = "open_vlm.manifest-index/1"
 
 
-def index_url(manifest_url: str) -> str:
+def view_name(patterns: list[str]) -> str:
+    """The name of the index of a source that takes a subset (or another order) of a manifest's shards."""
+    return hashlib.sha1(json.dumps(list(patterns)).encode()).hexdigest()[:10]
+
+
+def index_url(manifest_url: str, view: str = "") -> str:
     stem = manifest_url[: -len(".json")] if manifest_url.endswith(".json") else manifest_url
-    return f"{stem}.index.npz"
+    return f"{stem}.index{'-' + view if view else ''}.npz"
 
 
-def _cache_path(manifest_url: str) -> Path:
+def _cache_path(manifest_url: str, view: str = "") -> Path:
     root = Path(os.environ.get("OPEN_VLM_CACHE", Path(tempfile.gettempdir()) / "open_vlm_cache"))
-    return root / "manifests" / (hashlib.sha1(manifest_url.encode()).hexdigest()[:20] + ".index.npz")
+    name = hashlib.sha1(manifest_url.encode()).hexdigest()[:20] + (f"-{view}" if view else "")
+    return root / "manifests" / f"{name}.index.npz"
 
 
 def _identity(manifest_url: str) -> str | None:
@@ -66,20 +72,21 @@ def _encode(manifest: ShardManifest, identity: str, patterns: list[str] | None) 
     return buf.getvalue()
 
 
-def write_index(manifest: ShardManifest, manifest_url: str, patterns: list[str] | None = None) -> None:
-    """Write the index of `manifest` (just written at `manifest_url`) beside it, else in the local cache."""
+def write_index(manifest: ShardManifest, manifest_url: str, patterns: list[str] | None = None, view: str = "") -> None:
+    """Write the index of `manifest` (the one at `manifest_url`, or the `view` a source takes of it) beside it,
+    else in the local cache."""
     identity = _identity(manifest_url)
     if identity is None:
         return
     data = _encode(manifest, identity, patterns)
-    target = index_url(manifest_url)
+    target = index_url(manifest_url, view)
     try:
         write_atomic(target, data)
         if not is_remote(target):
             return
     except OSError as err:
         log.info("manifest index not written beside %s (%s); caching it locally", manifest_url, err)
-    write_atomic(str(_cache_path(manifest_url)), data)
+    write_atomic(str(_cache_path(manifest_url, view)), data)
 
 
 def _load(path_or_bytes, identity: str) -> tuple[ShardManifest, list[str] | None] | None:
@@ -90,22 +97,22 @@ def _load(path_or_bytes, identity: str) -> tuple[ShardManifest, list[str] | None
         urls = UrlColumn(str(npz["base"]), npz["names"])
         manifest = ShardManifest.from_columns(urls, npz["counts"], version=str(npz["version"]))
         return manifest, json.loads(str(npz["patterns"]))
-    except (OSError, ValueError, KeyError) as err:
-        log.info("ignoring an unreadable manifest index (%s)", err)
+    except Exception as err:  # an index is a cache: damaged (half-written, truncated), it is rebuilt
+        log.info("ignoring an unreadable manifest index (%s: %s)", type(err).__name__, err)
         return None
 
 
-def load_index(manifest_url: str) -> tuple[ShardManifest, list[str] | None] | None:
-    """The counts-only manifest and the patterns it was built from, if a current index exists."""
+def load_index(manifest_url: str, view: str = "") -> tuple[ShardManifest, list[str] | None] | None:
+    """The counts-only manifest (or `view` of it) and the patterns it was built from, if a current index exists."""
     identity = _identity(manifest_url)
     if identity is None:
         return None
-    beside = index_url(manifest_url)
+    beside = index_url(manifest_url, view)
     if not is_remote(beside) and os.path.exists(beside):
         found = _load(beside, identity)
         if found:
             return found
-    cache = _cache_path(manifest_url)
+    cache = _cache_path(manifest_url, view)
     if cache.exists():
         found = _load(str(cache), identity)
         if found:
@@ -134,4 +141,9 @@ def training_manifest(manifest_url: str, patterns: list[str] | None = None) -> t
         write_index(full, manifest_url)
         found = load_index(manifest_url) or (full, None)
     manifest, built_from = found
-    return manifest, patterns is not None and built_from == list(patterns)
+    if patterns is None or built_from == list(patterns):
+        return manifest, patterns is not None
+    view = load_index(manifest_url, view_name(patterns))  # a subset or reordering another process resolved
+    if view is not None and view[1] == list(patterns):
+        return view[0], True
+    return manifest, False

@@ -22,8 +22,14 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def seed_entropy(key: int) -> int:
+    """A key as SeedSequence entropy: any int, without folding different seeds together (negatives too)."""
+    key = int(key)
+    return 2 * key if key >= 0 else -2 * key - 1
+
+
 def _rng(*keys: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in keys]))
+    return np.random.default_rng(np.random.SeedSequence([seed_entropy(k) for k in keys]))
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from open_vlm.data.order import seed_entropy
+
 
 @dataclass
 class PlanState:
@@ -33,7 +35,7 @@ class MixSchedule:
     def __init__(self, weights: list[float], seed: int = 0):
         total = float(sum(weights))
         self.weights = np.array([w / total for w in weights])
-        self.phase = np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFF, 0x313])).random(len(weights))
+        self.phase = np.random.default_rng(np.random.SeedSequence([seed_entropy(seed), 0x313])).random(len(weights))
 
     def pick(self, groups_taken: list[int]) -> int:
         h = sum(groups_taken)

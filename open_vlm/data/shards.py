@@ -73,6 +73,8 @@ def _pax_path(data: bytes) -> str | None:
         if space < 0:
             return None
         length = int(data[pos:space])
+        if length <= space - pos:  # a record cannot be shorter than its own length field: corrupt
+            raise ValueError(f"corrupt pax record length {length}")
         key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
         if key == b"path":
             return value.decode("utf-8")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import tarfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -34,6 +36,13 @@ HOLE_KINDS = (
 
 # Skipping this many samples forward in an open shard is cheaper by reading than by re-opening and seeking.
 READ_AHEAD_LIMIT = 64
+TRANSIENT_RETRIES = 3  # a read that fails mid-shard (connection reset, timeout) reopens there, with backoff
+RETRY_SECONDS = 0.5
+
+
+def _transient(error: BaseException | None) -> bool:
+    """A storage hiccup worth reopening for, as opposed to a tar that really ends (truncated or corrupt)."""
+    return isinstance(error, OSError) and not isinstance(error, tarfile.TarError | EOFError)
 
 
 @dataclass(frozen=True)
@@ -95,7 +104,10 @@ class StreamReader:
         self._open: _OpenShard | None = None
         self._window_key: tuple[int, int, int] | None = None
         self._window: list[dict | Hole] = []
-        self._missing: dict[int, str] = {}  # shards that failed to open: the error, so they are tried once
+        # Per shard, what failed in which epoch: a shard that failed to open, or ended early, is not re-read for
+        # every window of that epoch (the next epoch tries again: storage recovers, files get replaced).
+        self._missing: dict[int, tuple[int, str]] = {}
+        self._short: dict[int, tuple[int, int, str]] = {}  # (epoch, samples readable, why)
 
     def fetch(self, slot: Slot) -> dict | Hole:
         """The raw sample (`{"__key__", "__url__", suffix: bytes}`) of `slot`, or the `Hole` it is."""
@@ -110,35 +122,56 @@ class StreamReader:
     def _load_window(self, epoch: int, range_index: int, window: int) -> list[dict | Hole]:
         raws: list[dict | Hole] = []
         for shard, first, stop in self.order.window_span(epoch, range_index, window):
-            raws.extend(self._read_run(shard, first, stop))
+            raws.extend(self._read_run(epoch, shard, first, stop))
         return raws
 
-    def _read_run(self, shard: int, first: int, stop: int) -> list[dict | Hole]:
+    def _read_run(self, epoch: int, shard: int, first: int, stop: int) -> list[dict | Hole]:
+        """Raw samples [first, stop) of `shard`; what cannot be read becomes holes (the rest of the order stays)."""
         url = self.urls[shard]
         if self.on_read is not None:
             self.on_read(url)
-        if shard in self._missing:
-            return [Hole("missing_shard", url, None, self._missing[shard])] * (stop - first)
+        missing = self._missing.get(shard)
+        if missing is not None and missing[0] == epoch:  # failed to open in this epoch: next epoch tries again
+            return [Hole("missing_shard", url, None, missing[1])] * (stop - first)
+        short = self._short.get(shard)
+        if short is not None and short[0] == epoch and first >= short[1]:  # past where it ends: no re-reading
+            return [Hole("truncated_shard", url, None, short[2])] * (stop - first)
+        got: list[dict | Hole] = []
+        error: BaseException | None = None
+        for attempt in range(TRANSIENT_RETRIES + 1):
+            current = self._open_at(epoch, shard, url, first + len(got))
+            if current is None:
+                why = self._missing[shard][1]
+                return got + [Hole("missing_shard", url, None, why)] * (stop - first - len(got))
+            got += current.read(stop - first - len(got))
+            if len(got) == stop - first:
+                return got
+            error = current.errors[-1] if current.errors else None
+            self.close()
+            if not _transient(error) or attempt == TRANSIENT_RETRIES:
+                break
+            log.warning("reading %s failed (%s); reopening at sample %d", url, error, first + len(got))
+            time.sleep(RETRY_SECONDS * 2**attempt)
+        reason = str(error) if error is not None else "fewer samples than the manifest says"
+        self._short[shard] = (epoch, first + len(got), reason)
+        return got + [Hole("truncated_shard", url, None, reason)] * (stop - first - len(got))
+
+    def _open_at(self, epoch: int, shard: int, url: str, offset: int) -> _OpenShard | None:
+        """The shard open at sample `offset`: the open one read forward when close enough, else reopened."""
         current = self._open
-        reusable = (
-            current is not None
-            and current.shard == shard
-            and current.next_offset <= first <= current.next_offset + READ_AHEAD_LIMIT
-        )
-        if not reusable:
+        if (
+            current is None
+            or current.shard != shard
+            or not (current.next_offset <= offset <= current.next_offset + READ_AHEAD_LIMIT)
+        ):
             self.close()
             try:
-                current = self._open = _OpenShard(shard, url, first)
+                current = self._open = _OpenShard(shard, url, offset)
             except OSError as err:
-                self._missing[shard] = str(err)
-                return [Hole("missing_shard", url, None, str(err))] * (stop - first)
-        assert current is not None
-        current.skip(first - current.next_offset)  # read, not decoded: someone else's samples
-        got: list[dict | Hole] = list(current.read(stop - first))
-        if len(got) < stop - first:
-            reason = current.errors[0] if current.errors else "fewer samples than the manifest says"
-            got += [Hole("truncated_shard", url, None, str(reason))] * (stop - first - len(got))
-        return got
+                self._missing[shard] = (epoch, str(err))
+                return None
+        current.skip(offset - current.next_offset)  # read, not decoded: someone else's samples
+        return current
 
     def close(self) -> None:
         if self._open is not None:

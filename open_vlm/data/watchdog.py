@@ -45,11 +45,9 @@ class WorkerWatch:
         start = worker * URL_BYTES
         return self.urls[start : start + URL_BYTES].split(b"\0", 1)[0].decode("utf-8", "replace")
 
-    def check(self) -> None:
-        """Raise `WorkerHung` naming the worker that has been silent longest, if past the timeout."""
-        now = time.monotonic()
-        worker = min(range(len(self.beats)), key=lambda w: self.beats[w])
-        silent = now - self.beats[worker]
+    def check(self, worker: int) -> None:
+        """Raise `WorkerHung` if worker `worker` (the one whose chunk is awaited) is silent past the timeout."""
+        silent = time.monotonic() - self.beats[worker]
         if silent > self.timeout_s:
             where = self.url(worker) or "no shard yet"
             raise WorkerHung(

@@ -36,7 +36,7 @@ def write_shards(folder: Path, prefix: str, num_shards: int, per_shard: int | li
 
 def keys_only(sample: dict, source) -> dict:
     """A processor that keeps what the tests look at."""
-    return {"key": sample["__key__"], "text": sample["text"], "source": source.name}
+    return {"key": sample["__key__"], "text": sample.get("text"), "source": source.name}
 
 
 def collate_keys(samples: list[dict]) -> dict:
