@@ -37,6 +37,17 @@ def demo_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def mixture_dir(tmp_path_factory) -> Path:
+    """Demo captions, VQA (`vqa/`) and text-only (`text/`) shards, 2 x 32 samples each, one tokenizer for all."""
+    from make_demo_data import main
+
+    out = tmp_path_factory.mktemp("mixture")
+    args = ["--out", str(out), "--num-shards", "2", "--per-shard", "32", "--seed", "5", "--sets", "captions,vqa,text"]
+    assert main(args) == 0
+    return out
+
+
 @pytest.fixture(autouse=True)
 def _isolated_user_config(tmp_path, monkeypatch):
     """Never read or write the real user's config dir; no stray OPEN_VLM_* settings."""
