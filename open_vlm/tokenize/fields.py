@@ -1,6 +1,6 @@
 """What each task reads from a decoded sample (the fields `data/decode.py` normalises from the shard conventions).
 
-`prefix_lm` and `chat_lm` take the first of these a sample has:
+`prefix_lm` and `chat_lm` take the first of these a sample has (`chat_lm` takes `messages` first):
 
 1. `prefix` + `suffix` (PaliGemma's transfer convention);
 2. `answers` with `question` (or `prompt`): VQA and instructions; of several answers one is picked, seeded by the
