@@ -5,9 +5,11 @@ tokens and trains the language model alone. Two things make that safe:
 
 - PaliGemma builds its attention from `token_type_ids`; without them its SDPA path is not causal (transformers
   5.x), so a text-only call that carries none gets token type 1 (causal) everywhere.
-- DDP wants a gradient for every trainable parameter at every step, and FSDP ranks must issue the same
-  collectives. So in training the vision tower and projector still run, on one blank image, and enter the
-  output at weight zero: their gradients are exactly 0 and the loss is unchanged.
+- DDP wants a gradient for every trainable parameter at every step (it fails on the next step otherwise). So in
+  training the vision tower and projector still run, on one blank image, and enter the output at weight zero:
+  their gradients are exactly 0 and the loss is unchanged. (FSDP2 would tolerate the unused tower; the tie runs
+  under every strategy so that they all train alike: AdamW moves a parameter with a zero gradient, not one
+  without.)
 """
 
 from __future__ import annotations

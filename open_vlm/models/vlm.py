@@ -84,7 +84,7 @@ class VisionLanguageModel(nn.Module):
         """The language model's output (logits, and its loss when `labels` is given)."""
         del token_type_ids  # prefix-LM batches carry it; a causal LM has no use for it
         embeds = self.embed(input_ids, pixel_values)
-        # A text-only training batch still runs the vision side at weight zero (models/text_only.py: DDP / FSDP).
+        # A text-only training batch still runs the vision side at weight zero (models/text_only.py: DDP).
         if needs_vision_tie(self, [self.vision_tower, self.projector], {"pixel_values": pixel_values, **kwargs}):
             tie = zero_weight_vision(self.image_features, self.vision_tower.config.image_size, embeds)
             embeds = embeds + tie.to(embeds.dtype)
