@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import zlib
 from collections.abc import Callable
 
 import numpy as np
@@ -132,7 +133,7 @@ def decode_fields(sample: dict) -> dict:
     out: dict = {}
     raw = _field(sample, "txt", "text", "caption")
     if raw is not None:
-        out["text"] = raw.decode("utf-8", errors="replace").strip()
+        out["text"] = raw.decode("utf-8").strip()  # not UTF-8: a counted bad sample (bad_text), not mojibake
     data = _json(sample) or {}
     if "text" not in out:
         for name in TEXT_FIELDS:
@@ -218,6 +219,15 @@ def decode_sample(sample: dict, modality: str, image_size: int) -> dict:
         decoder = DECODERS[modality]
     except KeyError:
         raise ValueError(f"unknown modality {modality!r}; known: {sorted(DECODERS)}") from None
-    out = decoder(sample, image_size)
+    try:
+        out = decoder(sample, image_size)
+    except SampleError:
+        raise
+    except UnicodeDecodeError as err:
+        raise SampleError("bad_text", f"text that is not UTF-8: {err}") from err
+    except (OSError, EOFError, zlib.error) as err:  # a broken .gz member, a file cut short
+        raise SampleError("bad_member", f"unreadable member ({type(err).__name__}: {err})") from err
+    except Exception as err:  # bytes no decoder expected: bad data, never a crash of the run
+        raise SampleError("other", f"undecodable sample ({type(err).__name__}: {err})") from err
     out["__key__"] = sample["__key__"]
     return out

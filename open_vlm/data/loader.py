@@ -151,12 +151,7 @@ class _RankSteps(IterableDataset):
             return self._hole(meta, raw)
         meta.update(key=raw["__key__"], url=raw["__url__"])
         try:
-            try:
-                decoded = decode_sample(raw, source.modality, self.settings.image_size)
-            except SampleError:
-                raise
-            except Exception as err:  # bytes no decoder expected (bad UTF-8, a broken gzip...): bad data too
-                raise SampleError("other", f"undecodable sample ({type(err).__name__}: {err})") from err
+            decoded = decode_sample(raw, source.modality, self.settings.image_size)
             decoded["__url__"] = raw["__url__"]
             # What seeds per-sample randomness (answer choice, augmentation): the same wherever it is made.
             decoded["__order__"] = (self.settings.seed, src, position)

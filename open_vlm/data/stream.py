@@ -30,6 +30,8 @@ HOLE_KINDS = (
     "missing_field",
     "bad_json",
     "bad_array",
+    "bad_text",  # text members that are not UTF-8
+    "bad_member",  # a member that cannot be read (a broken .gz)
     "oversized_member",
     "unfit_for_task",  # the sample decodes, but has none of the fields its source's task reads
     "other",

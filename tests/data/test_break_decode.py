@@ -7,10 +7,10 @@ yield every batch, with that one position marked invalid (`__valid__: False`) an
 
 import gzip
 import io
+import tarfile
 
 import numpy as np
 import pytest
-import tarfile
 
 from open_vlm.data.decode import SampleError, decode_sample
 from open_vlm.data.loader import Source
