@@ -1,0 +1,137 @@
+"""Break: checkpoint claims that do not hold (each test fails on today's code)."""
+
+import json
+import os
+import shutil
+import signal
+import time
+
+import torch
+import yaml
+
+from open_vlm.checkpoint.checkpointer import Checkpointer
+from tests.conftest import REPO, run_cli
+from tests.trainer.runs import (
+    ENV,
+    descendants,
+    finish,
+    folder,
+    kill_tree,
+    start,
+    train,
+    wait_for_steps,
+    write_config,
+)
+
+
+def _tiny():
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(1, 2)).sum().backward()
+    optimizer.step()
+    return model, optimizer
+
+
+def test_a_file_url_checkpoint_dir_can_be_read_back(tmp_path):
+    """`file://` is a local spelling everywhere (storage.is_remote, canonical, local_dir), and saves work; but the
+    DCP reader gets the URL verbatim (Path('file:/...')): every resume/init_from/export of it fails."""
+    directory = f"file://{tmp_path}/ck"
+    model, optimizer = _tiny()
+    checkpointer = Checkpointer(directory)
+    checkpointer.save(1, model=model, optimizer=optimizer, extra={}, rng={}, data_state={}, meta={}, files={})
+    latest = checkpointer.latest()
+    assert latest == f"{directory}/step_00000001"
+    other, other_opt = torch.nn.Linear(2, 2), None
+    other_opt = torch.optim.AdamW(other.parameters())
+    checkpointer.load(latest, other, other_opt)  # FileNotFoundError: 'file:/.../step_00000001/.metadata'
+    assert torch.equal(other.weight, model.weight)
+
+
+def test_a_file_url_checkpoint_dir_resumes_through_the_cli(tmp_path, demo_dir):
+    config = write_config(
+        tmp_path, demo_dir, "fileurl", train={"max_steps": 2}, checkpoint={"dir": f"file://{tmp_path}/ck"}
+    )
+    train(config)
+    out = run_cli("-m", "open_vlm.train", "--config", str(config), "--train.max_steps", "3", env=ENV)
+    assert out.returncode == 0, out.stderr[-1500:]  # today: exit 1, FileNotFoundError 'file:/...'
+
+
+def test_a_tampered_meta_json_cannot_import_modules(base_run, tmp_path):
+    """The stored config's `model.module` is imported by every reader that rebuilds the model (export,
+    from_pretrained, eval --checkpoint, generate, embed, view --attention): a checkpoint picks which installed
+    module's top-level code runs. Shown with the stdlib's `this` (prints the Zen of Python)."""
+    tmp, _ = base_run
+    ckpt = tmp_path / "step_00000004"
+    shutil.copytree(folder(tmp, "base") / "checkpoints" / "step_00000004", ckpt)
+    meta = json.loads((ckpt / "meta.json").read_text())
+    cfg = yaml.safe_load(meta["config"])
+    cfg["model"]["module"] = "this"
+    meta["config"] = yaml.safe_dump(cfg)
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+    out = run_cli("-m", "open_vlm.cli", "export", str(ckpt), str(tmp_path / "exported"), env=ENV)
+    assert "The Zen of Python" not in out.stdout, "export imported the module the checkpoint named"
+
+
+def test_resume_refuses_another_architecture(base_run, tmp_path, demo_dir):
+    """A model config with half the layers resumes silently (exit 0): the saved layers it lacks are dropped and
+    the run goes on under the old step count. The fingerprint has model.kind only; the trainer's load checks
+    weights missing from the checkpoint, never checkpoint weights missing from the model."""
+    tmp, _ = base_run
+    spec = yaml.safe_load((REPO / "configs/models/paligemma_tiny.yaml").read_text())
+    spec["text"]["num_hidden_layers"] = spec["vision"]["num_hidden_layers"] = 1
+    (tmp_path / "half_layers.yaml").write_text(yaml.safe_dump(spec))
+    ckdir = tmp_path / "ck"
+    shutil.copytree(folder(tmp, "base") / "checkpoints" / "step_00000002", ckdir / "step_00000002")
+    config = write_config(
+        tmp_path,
+        demo_dir,
+        "smaller",
+        train={"max_steps": 3},
+        model={"config": str(tmp_path / "half_layers.yaml")},
+        checkpoint={"dir": str(ckdir)},
+    )
+    out = run_cli("-m", "open_vlm.train", "--config", str(config), env=ENV)
+    assert out.returncode != 0, "resumed a 2-layer checkpoint into a 1-layer model without a word"
+
+
+def test_a_second_ctrl_c_during_a_shard_write_aborts(tmp_path, demo_dir):
+    """README: 'a second Ctrl-C aborts'. Inside DCP's write, the KeyboardInterrupt is wrapped into a
+    CheckpointException, which `_together` treats as a storage error and retries: the run trains on, saves
+    twice more and exits 0."""
+    config = write_config(tmp_path, demo_dir, "ctrlc", train={"max_steps": 1000}, checkpoint={"every_steps": 2})
+    proc = start(config, env={"OPEN_VLM_CHECKPOINT_FAULT": "rank=0,file=.distcp,after=1,delay=25"})
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            proc.stderr_file.seek(0)
+            if "takes 25s" in proc.stderr_file.read():
+                break
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGINT)
+        time.sleep(1.0)
+        os.kill(proc.pid, signal.SIGINT)
+        status, err = finish(proc, timeout=120)
+    finally:
+        kill_tree(proc.pid)
+    assert "KeyboardInterrupt" not in err or "retry" not in err, err[-2000:]
+    assert status == 130, (status, err[-2000:])
+
+
+def test_sigterm_to_every_process_of_the_job_with_loader_workers(tmp_path, demo_dir):
+    """README: 'DataLoader workers ignore it [SIGTERM]; the rank shuts them down'. They don't: they only sit in a
+    process group of their own. Slurm (job end / preemption), systemd and `kill` of every pid signal each process:
+    the workers die and the trainer exits 1 without the checkpoint."""
+    config = write_config(tmp_path, demo_dir, "allterm", train={"max_steps": 1000}, data={"num_workers": 2})
+    proc = start(config)
+    try:
+        wait_for_steps(proc, folder(tmp_path, "allterm") / "metrics.jsonl", 3)
+        for pid in [proc.pid, *descendants(proc.pid)]:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        status, err = finish(proc, timeout=120)
+    finally:
+        kill_tree(proc.pid)
+    assert status == 0, err[-2000:]  # today: 1, "DataLoader worker (pid(s) ...) exited unexpectedly"
+    assert Checkpointer(str(folder(tmp_path, "allterm") / "checkpoints")).list_complete()
