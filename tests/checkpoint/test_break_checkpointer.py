@@ -6,6 +6,7 @@ import shutil
 import signal
 import time
 
+import pytest
 import torch
 import yaml
 
@@ -47,13 +48,16 @@ def test_a_file_url_checkpoint_dir_can_be_read_back(tmp_path):
     assert torch.equal(other.weight, model.weight)
 
 
-def test_a_file_url_checkpoint_dir_resumes_through_the_cli(tmp_path, demo_dir):
-    config = write_config(
-        tmp_path, demo_dir, "fileurl", train={"max_steps": 2}, checkpoint={"dir": f"file://{tmp_path}/ck"}
-    )
-    train(config)
-    out = run_cli("-m", "open_vlm.train", "--config", str(config), "--train.max_steps", "3", env=ENV)
-    assert out.returncode == 0, out.stderr[-1500:]  # today: exit 1, FileNotFoundError 'file:/...'
+@pytest.mark.parametrize("spelling", ["file://{tmp}/ck", "~/ck"])
+def test_a_checkpoint_dir_spelling_resumes_through_the_cli(tmp_path, demo_dir, spelling):
+    """Saves under `file://...` or `~/...` work (fsspec resolves them), `resume latest` of them does not:
+    exit 1, "FileNotFoundError: 'file:/.../.metadata'" (or "'~/ck/step_00000002/.metadata'")."""
+    env = {**ENV, "HOME": str(tmp_path)}
+    directory = spelling.format(tmp=tmp_path)
+    config = write_config(tmp_path, demo_dir, "spelled", train={"max_steps": 2}, checkpoint={"dir": directory})
+    assert run_cli("-m", "open_vlm.train", "--config", str(config), env=env).returncode == 0
+    out = run_cli("-m", "open_vlm.train", "--config", str(config), "--train.max_steps", "3", env=env)
+    assert out.returncode == 0, out.stderr[-1500:]
 
 
 def test_a_tampered_meta_json_cannot_import_modules(base_run, tmp_path):
@@ -135,3 +139,21 @@ def test_sigterm_to_every_process_of_the_job_with_loader_workers(tmp_path, demo_
         kill_tree(proc.pid)
     assert status == 0, err[-2000:]  # today: 1, "DataLoader worker (pid(s) ...) exited unexpectedly"
     assert Checkpointer(str(folder(tmp_path, "allterm") / "checkpoints")).list_complete()
+
+
+def test_extending_a_run_follows_the_new_schedule_from_the_first_step(base_run, tmp_path):
+    """Raising train.max_steps (not refused: the usual way to extend a run) changes the cosine schedule. The LR
+    of the first resumed step is the checkpoint's (old schedule: here its floor), the steps after it follow
+    the new schedule; `restore_hyperparameters` recomputes group LRs only when an optim.* key changed."""
+    from open_vlm.config.schema import OptimConfig
+    from open_vlm.trainer.optim import lr_factor
+    from tests.trainer.runs import metrics
+
+    tmp, config = base_run
+    ckdir = tmp_path / "ck"
+    shutil.copytree(folder(tmp, "base") / "checkpoints" / "step_00000004", ckdir / "step_00000004")
+    train(config, "--train.max_steps", "8", "--checkpoint.dir", str(ckdir), "--run.name", "extended")
+    records = {m["step"]: m["lr"] for m in metrics(tmp, "extended")}
+    schedule = OptimConfig(lr=3e-3, warmup_steps=2)
+    assert records[6] == 3e-3 * lr_factor(5, 8, schedule)  # the new schedule applies from step 6 ...
+    assert records[5] == 3e-3 * lr_factor(4, 8, schedule), (records[5], 3e-3 * lr_factor(4, 4, schedule))
