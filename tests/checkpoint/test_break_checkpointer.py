@@ -157,3 +157,59 @@ def test_extending_a_run_follows_the_new_schedule_from_the_first_step(base_run, 
     schedule = OptimConfig(lr=3e-3, warmup_steps=2)
     assert records[6] == 3e-3 * lr_factor(5, 8, schedule)  # the new schedule applies from step 6 ...
     assert records[5] == 3e-3 * lr_factor(4, 8, schedule), (records[5], 3e-3 * lr_factor(4, 4, schedule))
+
+
+def test_the_saved_model_description_is_the_one_being_trained(tmp_path, demo_dir):
+    """`model_files` re-reads `model.config` from its path at every save. Edit that file while the run goes on
+    (say, to prepare the next experiment) and later checkpoints carry the edited config: export and
+    from_pretrained then rebuild a model that was never trained (here: another rope_theta, no error)."""
+    spec = yaml.safe_load((REPO / "configs/models/paligemma_tiny.yaml").read_text())
+    model_config = tmp_path / "mine.yaml"
+    model_config.write_text(yaml.safe_dump(spec))
+    config = write_config(
+        tmp_path,
+        demo_dir,
+        "edited",
+        train={"max_steps": 4},
+        model={"config": str(model_config)},
+        checkpoint={"every_steps": 2},
+    )
+    proc = start(config, env={"OPEN_VLM_CHECKPOINT_FAULT": "rank=0,file=data.json,delay=8"})  # a slow first save
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            proc.stderr_file.seek(0)
+            if "takes 8s" in proc.stderr_file.read():
+                break
+            time.sleep(0.2)
+        spec["text"]["rope_theta"] = 100.0  # the user edits the file for another run
+        model_config.write_text(yaml.safe_dump(spec))
+        status, err = finish(proc, timeout=240)
+    finally:
+        kill_tree(proc.pid)
+    assert status == 0, err[-1500:]
+    ckdir = folder(tmp_path, "edited") / "checkpoints"
+    first = yaml.safe_load((ckdir / "step_00000002" / "model" / "model_config.yaml").read_text())
+    last = yaml.safe_load((ckdir / "step_00000004" / "model" / "model_config.yaml").read_text())
+    assert last == first, "step 4 describes a model with rope_theta 100, trained with the default"
+
+
+def test_a_storage_error_in_the_committed_check_is_retried(tmp_path, monkeypatch):
+    """Every phase of a save is retried; the first storage access of a save (rank 0's 'is this step already
+    committed', a HEAD on S3) is not: one transient error there ends the run (OSError out of `save`)."""
+    import errno
+
+    model, optimizer = _tiny()
+    checkpointer = Checkpointer(str(tmp_path / "ck"))
+    real, calls = Checkpointer.is_committed, []
+
+    def flaky(self, step):
+        calls.append(step)
+        if len(calls) == 1:
+            raise OSError(errno.EIO, "transient storage error (S3 503 SlowDown)")
+        return real(self, step)
+
+    monkeypatch.setattr(Checkpointer, "is_committed", flaky)
+    monkeypatch.setattr("open_vlm.checkpoint.checkpointer.RETRY_DELAY", 0.01)
+    checkpointer.save(1, model=model, optimizer=optimizer, extra={}, rng={}, data_state={}, meta={}, files={})
+    assert [s for s, _ in checkpointer.list_complete()] == [1]
