@@ -10,7 +10,11 @@ groups and positions per source): the same on every rank, valid at any world siz
 
 from __future__ import annotations
 
+import atexit
+import ctypes
+import functools
 import logging
+import multiprocessing
 import os
 import signal
 import sys
@@ -85,16 +89,32 @@ class LoaderSettings:
         return 8 if self.global_batch % 8 == 0 else self.global_batch
 
 
-def _worker_init(worker_id: int) -> None:
+_RELEASED: list = []  # every loader's "workers may stop" flag, raised at exit (see `_worker_init`)
+
+
+@atexit.register  # registered after multiprocessing's own exit hook, so it runs first
+def _release_workers_at_exit() -> None:
+    for flag in _RELEASED:
+        flag.value = 1
+
+
+def _worker_init(released, worker_id: int) -> None:
     """Keep DataLoader workers out of the stop signals meant for the trainer, and tie their life to it.
 
-    torchrun (and a terminal's Ctrl-C) signal the whole process group: workers would die mid-step and the rank
-    would fail instead of checkpointing. In a group of their own they stop when the trainer shuts the loader down.
-    (Ignoring the signals instead would make them unstoppable by multiprocessing's exit-time terminate().)
-    Out of the group, a trainer killed outright would leave a worker blocked in a read behind: the kernel's
-    parent-death signal ends it (the loader is iterated from the thread that lives as long as the trainer).
+    A stop signal is the trainer's to act on (finish the step, checkpoint); a worker that died from it would fail
+    the rank instead. torchrun and a terminal's Ctrl-C signal a process group: workers live in a group of their own.
+    Slurm, systemd or `pkill` signal every process: a worker ignores SIGTERM / SIGINT until `released` is raised
+    (the loader is closed, or the trainer is exiting), then any terminate() ends it as usual. A trainer killed
+    outright takes its workers along through the kernel's parent-death signal (even one blocked in a read).
     """
     os.setpgrp()
+
+    def on_stop(signum, frame) -> None:
+        if released.value:
+            os._exit(0)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_stop)
     if sys.platform == "linux":
         import ctypes
 
@@ -143,7 +163,9 @@ class _RankSteps(IterableDataset):
         slot = order.slot(position)
         reader = readers.get((src, slot.stream))
         if reader is None:
-            reader = readers[(src, slot.stream)] = StreamReader(order, source.manifest.urls, self._beat)
+            reader = readers[(src, slot.stream)] = StreamReader(
+                order, source.manifest.urls, self._beat, source.manifest.sample_offsets
+            )
         raw = reader.fetch(slot)
         self._beat()
         meta = {"source": src, "position": position, "epoch": slot.epoch, "stream": slot.stream}
@@ -200,6 +222,7 @@ class ShardLoader:
         self._bad_urls: list[set[str]] = [set() for _ in sources]  # the shards that run of bad samples touched
         self._spare: dict[int, dict] = {}  # per source: a good processed sample, for all-bad micro-batches
         self._watch: WorkerWatch | None = None
+        self._released = None  # raised when this loader's workers may stop (see `_worker_init`)
         self._warn_shared_reads()
 
     def _warn_shared_reads(self) -> None:
@@ -226,6 +249,8 @@ class ShardLoader:
         self._watch = (
             WorkerWatch(s.num_workers, s.worker_timeout_s, s.multiprocessing_context) if s.num_workers else None
         )
+        self._released = multiprocessing.get_context(s.multiprocessing_context).RawValue(ctypes.c_byte, 0)
+        _RELEASED.append(self._released)
         dataset = _RankSteps(self.sources, self.orders, s, self.state, self.processors, self._watch)
         return DataLoader(
             dataset,
@@ -233,7 +258,7 @@ class ShardLoader:
             num_workers=s.num_workers,
             prefetch_factor=s.prefetch_steps if s.num_workers > 0 else None,
             timeout=min(WATCH_POLL_S, s.worker_timeout_s) if s.num_workers > 0 else 0,
-            worker_init_fn=_worker_init,
+            worker_init_fn=functools.partial(_worker_init, self._released),
             # The loader never draws from the global torch RNG (the model's dropout stream stays its own).
             generator=torch.Generator().manual_seed(s.seed),
             multiprocessing_context=s.multiprocessing_context if s.num_workers > 0 else None,
@@ -242,16 +267,22 @@ class ShardLoader:
     def __iter__(self) -> Iterator[dict]:
         """Micro-batches; after each group of `accum_steps`, the state has advanced by one step."""
         parts = iter(self._dataloader())
+        released = self._released
         workers = max(1, self.settings.num_workers)
         micro = self.settings.micro_batch
-        while True:
-            step_chunks = [self._next_chunk(parts, self.state.step, w) for w in range(workers)]
-            samples, metas = self._merge(step_chunks)
-            plan = self.planner.next_step(self.state)  # the step's data is all here: advance first
-            self._account(plan, metas)
-            for a in range(self.accum_steps):
-                rows = slice(a * micro, (a + 1) * micro)
-                yield self._collate(samples[rows], metas[rows])
+        try:
+            while True:
+                step_chunks = [self._next_chunk(parts, self.state.step, w) for w in range(workers)]
+                samples, metas = self._merge(step_chunks)
+                plan = self.planner.next_step(self.state)  # the step's data is all here: advance first
+                self._account(plan, metas)
+                for a in range(self.accum_steps):
+                    rows = slice(a * micro, (a + 1) * micro)
+                    yield self._collate(samples[rows], metas[rows])
+        finally:  # the loader is closed (or collected): its workers may now stop on any signal
+            released.value = 1
+            if released in _RELEASED:
+                _RELEASED.remove(released)
 
     def _next_chunk(self, parts: Iterator[dict], step: int, worker: int) -> dict:
         """Worker `worker`'s chunk of `step`; while waiting, that worker silent past `worker_timeout_s` stops the run.

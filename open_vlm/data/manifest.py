@@ -73,6 +73,9 @@ class ShardManifest:
         self.checksums: list[str] | None = [s.checksum for s in infos]
         self.etags: list[str | None] | None = [s.etag for s in infos]
         self.version: str | None = None  # set by the index (cached); compute with `data.version.manifest_version`
+        self.offsets: np.ndarray | None = None  # every sample's byte offset, when just built by `build_manifest`
+        self._starts: np.ndarray | None = None  # each shard's first sample in the offsets file (views differ)
+        self.sample_offsets = None  # an `offsets.SampleOffsets` when an offsets file exists (set by the index)
 
     @classmethod
     def from_columns(
@@ -82,7 +85,15 @@ class ShardManifest:
         out = cls.__new__(cls)
         out.urls, out.counts = urls, np.asarray(counts)  # int32 from an index: 4 bytes a shard
         out.sizes, out.checksums, out.etags, out.version = sizes, checksums, etags, version
+        out.offsets, out._starts, out.sample_offsets = None, None, None
         return out
+
+    @property
+    def offset_starts(self) -> np.ndarray:
+        """Each shard's first sample in the manifest's offsets file (shard after shard, unless a view)."""
+        if self._starts is not None:
+            return self._starts
+        return np.concatenate([[0], np.cumsum(self.counts, dtype=np.int64)[:-1]]) if len(self) else np.zeros(0)
 
     def __len__(self) -> int:
         return len(self.counts)
@@ -117,7 +128,9 @@ class ShardManifest:
         pick = (lambda col: [col[int(i)] for i in idx]) if self.complete else (lambda col: None)
         sizes = self.sizes[idx] if self.sizes is not None else None
         etags = pick(self.etags) if self.etags is not None else None
-        return ShardManifest.from_columns(urls, self.counts[idx], sizes, pick(self.checksums), etags)
+        out = ShardManifest.from_columns(urls, self.counts[idx], sizes, pick(self.checksums), etags)
+        out._starts = self.offset_starts[idx]
+        return out
 
     def to_json(self, relative_to: str | None = None) -> str:
         prefix = relative_to.rstrip("/") + "/" if relative_to else None
@@ -166,10 +179,17 @@ class _Hashing:
 
 def describe_shard(url: str) -> ShardInfo:
     """Read one shard end to end: count samples (grouped by key), size and md5."""
+    return scan_shard(url)[0]
+
+
+def scan_shard(url: str) -> tuple[ShardInfo, np.ndarray]:
+    """`describe_shard`, and the byte offset where each sample starts (see offsets.py)."""
     errors: list[Exception] = []
     with open_url(url) as raw:
         stream = _Hashing(raw)
-        count = sum(1 for _ in iter_tar_samples(stream, url, on_error=lambda kind, where, err: errors.append(err)))
+        samples = iter_tar_samples(stream, url, on_error=lambda kind, where, err: errors.append(err))
+        offsets = np.fromiter((sample["__offset__"] for sample in samples), dtype=np.int64)
+        count = len(offsets)
         while stream.read(1 << 20):  # hash any trailing padding too
             pass
     if errors:
@@ -179,7 +199,8 @@ def describe_shard(url: str) -> ShardInfo:
         fs, path = fsspec.core.url_to_fs(url)
         etag = fs.info(path).get("ETag")
         etag = etag.strip('"') if isinstance(etag, str) else None
-    return ShardInfo(url=url, num_samples=count, size=stream.size, checksum=f"md5:{stream.md5.hexdigest()}", etag=etag)
+    info = ShardInfo(url=url, num_samples=count, size=stream.size, checksum=f"md5:{stream.md5.hexdigest()}", etag=etag)
+    return info, offsets
 
 
 def build_manifest(
@@ -189,21 +210,28 @@ def build_manifest(
 
     `on_shard` is called with each shard's info as soon as it is done (progress reporting)."""
 
-    def describe(url: str) -> ShardInfo:
-        info = describe_shard(url)
+    def describe(url: str) -> tuple[ShardInfo, np.ndarray]:
+        found = scan_shard(url)
         if on_shard is not None:
-            on_shard(info)
-        return info
+            on_shard(found[0])
+        return found
 
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(urls)))) as pool:
-        return ShardManifest(list(pool.map(describe, urls)))
+        scanned = list(pool.map(describe, urls))
+    manifest = ShardManifest([info for info, _ in scanned])
+    manifest.offsets = np.concatenate([offsets for _, offsets in scanned]) if scanned else np.zeros(0, np.int64)
+    return manifest
 
 
 def save_manifest(manifest: ShardManifest, out: str) -> None:
     """Write `manifest` as JSON to `out` (URLs beside it stored relative) and its binary index beside it."""
-    from open_vlm.data.manifest_index import write_index
+    from open_vlm.data.manifest_index import identity_of, write_index
+    from open_vlm.data.offsets import write_offsets
 
     write_atomic(str(out), manifest.to_json(relative_to=posixpath.dirname(str(out))).encode())
+    identity = identity_of(str(out))
+    if manifest.offsets is not None and len(manifest.offsets) == manifest.num_samples and identity is not None:
+        write_offsets(str(out), identity, manifest.offsets)
     write_index(manifest, str(out))
 
 

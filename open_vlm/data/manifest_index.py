@@ -21,6 +21,7 @@ import fsspec
 import numpy as np
 
 from open_vlm.data.manifest import ShardManifest, UrlColumn, read_manifest
+from open_vlm.data.offsets import SampleOffsets, offsets_url, offsets_valid
 from open_vlm.storage import is_remote, write_atomic
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def _cache_path(manifest_url: str, view: str = "") -> Path:
     return root / "manifests" / f"{name}.index.npz"
 
 
-def _identity(manifest_url: str) -> str | None:
+def identity_of(manifest_url: str) -> str | None:
     """Size and mtime (local) or ETag (remote) of the manifest JSON; None when it does not exist."""
     fs, path = fsspec.core.url_to_fs(manifest_url)
     try:
@@ -55,12 +56,13 @@ def _identity(manifest_url: str) -> str | None:
     return f"{info.get('size')}:{stamp}"
 
 
-def _encode(manifest: ShardManifest, identity: str, patterns: list[str] | None) -> bytes:
+def _encode(manifest: ShardManifest, identity: str, patterns: list[str] | None, offsets: bool) -> bytes:
     from open_vlm.data.version import manifest_version
 
     buf = io.BytesIO()
     np.savez(
         buf,
+        offset_starts=manifest.offset_starts if offsets else np.zeros(0, dtype=np.int64),
         format=np.array(INDEX_FORMAT),
         identity=np.array(identity),
         patterns=np.array(json.dumps(patterns)),
@@ -75,10 +77,11 @@ def _encode(manifest: ShardManifest, identity: str, patterns: list[str] | None) 
 def write_index(manifest: ShardManifest, manifest_url: str, patterns: list[str] | None = None, view: str = "") -> None:
     """Write the index of `manifest` (the one at `manifest_url`, or the `view` a source takes of it) beside it,
     else in the local cache."""
-    identity = _identity(manifest_url)
+    identity = identity_of(manifest_url)
     if identity is None:
         return
-    data = _encode(manifest, identity, patterns)
+    has_offsets = offsets_valid(manifest_url, identity, _offsets_samples(manifest, manifest_url))
+    data = _encode(manifest, identity, patterns, has_offsets)
     target = index_url(manifest_url, view)
     try:
         write_atomic(target, data)
@@ -89,13 +92,23 @@ def write_index(manifest: ShardManifest, manifest_url: str, patterns: list[str] 
     write_atomic(str(_cache_path(manifest_url, view)), data)
 
 
-def _load(path_or_bytes, identity: str) -> tuple[ShardManifest, list[str] | None] | None:
+def _offsets_samples(manifest: ShardManifest, manifest_url: str) -> int:
+    """How many offsets the manifest's file must hold: every sample of the whole manifest (a view is a subset)."""
+    if manifest._starts is None:  # the manifest itself
+        return manifest.num_samples
+    full = load_index(manifest_url)
+    return full[0].num_samples if full else -1
+
+
+def _load(path_or_bytes, identity: str, manifest_url: str) -> tuple[ShardManifest, list[str] | None] | None:
     try:
         npz = np.load(io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes) else path_or_bytes)
         if str(npz["format"]) != INDEX_FORMAT or str(npz["identity"]) != identity:
             return None
         urls = UrlColumn(str(npz["base"]), npz["names"])
         manifest = ShardManifest.from_columns(urls, npz["counts"], version=str(npz["version"]))
+        if "offset_starts" in npz.files and len(npz["offset_starts"]) == len(manifest):
+            manifest.sample_offsets = SampleOffsets(offsets_url(manifest_url), npz["offset_starts"])
         return manifest, json.loads(str(npz["patterns"]))
     except Exception as err:  # an index is a cache: damaged (half-written, truncated), it is rebuilt
         log.info("ignoring an unreadable manifest index (%s: %s)", type(err).__name__, err)
@@ -104,17 +117,17 @@ def _load(path_or_bytes, identity: str) -> tuple[ShardManifest, list[str] | None
 
 def load_index(manifest_url: str, view: str = "") -> tuple[ShardManifest, list[str] | None] | None:
     """The counts-only manifest (or `view` of it) and the patterns it was built from, if a current index exists."""
-    identity = _identity(manifest_url)
+    identity = identity_of(manifest_url)
     if identity is None:
         return None
     beside = index_url(manifest_url, view)
     if not is_remote(beside) and os.path.exists(beside):
-        found = _load(beside, identity)
+        found = _load(beside, identity, manifest_url)
         if found:
             return found
     cache = _cache_path(manifest_url, view)
     if cache.exists():
-        found = _load(str(cache), identity)
+        found = _load(str(cache), identity, manifest_url)
         if found:
             return found
     if is_remote(beside):
@@ -123,7 +136,7 @@ def load_index(manifest_url: str, view: str = "") -> tuple[ShardManifest, list[s
             data = fs.cat_file(path)
         except FileNotFoundError:
             return None
-        found = _load(data, identity)
+        found = _load(data, identity, manifest_url)
         if found:  # keep a local copy: the next process reads it from disk
             write_atomic(str(cache), data)
         return found

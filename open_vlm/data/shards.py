@@ -27,10 +27,16 @@ def expand_urls(patterns: str | list[str]) -> list[str]:
     return urls
 
 
-def open_url(url: str, mode: str = "rb") -> IO[bytes]:
-    """Open a local path or any fsspec URL for streaming, retrying transient errors with backoff."""
+def open_url(url: str, mode: str = "rb", block_size: int | None = None) -> IO[bytes]:
+    """Open a local path or any fsspec URL for streaming, retrying transient errors with backoff.
+
+    `block_size`: bytes a remote file fetches per request (s3fs reads 50 MiB ahead by default: a reader that
+    needs less of the file, e.g. one stream's share of a shard, should say so)."""
     for attempt in range(RETRY_ATTEMPTS):
         try:
+            if block_size and "://" in url:
+                fs, path = fsspec.core.url_to_fs(url)
+                return fs.open(path, mode, block_size=block_size)
             return fsspec.open(url, mode).open()
         except FileNotFoundError:
             raise
@@ -52,11 +58,11 @@ def split_key(name: str) -> tuple[str, str]:
     return name[:dot], name[dot + 1 :].lower()
 
 
-_BLOCK = 512
+BLOCK = 512
 _FILE_TYPES = (b"0", b"\0", b"7")  # regular files, as tarfile's isfile()
 
 
-def _header_ok(header: bytes) -> bool:
+def header_ok(header: bytes) -> bool:
     try:
         stored = int(header[148:156].rstrip(b" \0") or b"0", 8)
     except ValueError:
@@ -96,15 +102,15 @@ def seek_to_sample(stream: IO[bytes], index: int) -> bool:
     start = stream.tell()
     while True:
         offset = stream.tell()
-        header = stream.read(_BLOCK)
-        if len(header) < _BLOCK or header == bytes(_BLOCK) or not _header_ok(header):
+        header = stream.read(BLOCK)
+        if len(header) < BLOCK or header == bytes(BLOCK) or not header_ok(header):
             return False
         kind = header[156:157]
         try:
             size = int(header[124:136].rstrip(b" \0") or b"0", 8)
         except ValueError:
             return False
-        padded = -(-size // _BLOCK) * _BLOCK
+        padded = -(-size // BLOCK) * BLOCK
         if kind == b"x":  # pax header for the next member: it may carry the real path
             data = stream.read(padded)[:size]
             try:
@@ -136,7 +142,10 @@ def seek_to_sample(stream: IO[bytes], index: int) -> bool:
 def iter_tar_samples(
     stream: IO[bytes], url: str, on_error: Callable[[str, str, Exception], None] | None = None
 ) -> Iterator[dict]:
-    """Group the members of a tar stream into samples `{"__key__", "__url__", suffix: bytes}`.
+    """Group the members of a tar stream into samples `{"__key__", "__url__", "__offset__", suffix: bytes}`.
+
+    `__offset__` is the byte where the sample's first member (its pax header, if any) starts in the stream
+    (manifest.py keeps them as the shard's sample index; a stream that cannot tell counts from where it was).
 
     Streams sequentially (works for S3 and gzipped tars). A truncated or corrupt tar ends the iteration
     after reporting the error through `on_error(kind, where, err)`; the samples read so far are kept.
@@ -144,6 +153,10 @@ def iter_tar_samples(
     import tarfile
 
     current: dict | None = None
+    try:
+        base = stream.tell()
+    except (AttributeError, OSError, ValueError):
+        base = 0
     try:
         with tarfile.open(fileobj=stream, mode="r|*") as tar:
             for member in tar:
@@ -157,7 +170,7 @@ def iter_tar_samples(
                     yield current
                     current = None
                 if current is None:
-                    current = {"__key__": key, "__url__": url}
+                    current = {"__key__": key, "__url__": url, "__offset__": base + member.offset}
                 current[suffix] = data
     except (tarfile.TarError, EOFError, OSError, ValueError) as err:
         # The last, possibly partial sample is dropped: a truncated member would be garbage.

@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from open_vlm.data.manifest import UrlColumn
+from open_vlm.data.offsets import SampleOffsets
 from open_vlm.data.order import Slot, SourceOrder
-from open_vlm.data.shards import iter_tar_samples, open_url, seek_to_sample
+from open_vlm.data.shards import BLOCK, header_ok, iter_tar_samples, open_url, seek_to_sample
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ HOLE_KINDS = (
 
 # Skipping this many samples forward in an open shard is cheaper by reading than by re-opening and seeking.
 READ_AHEAD_LIMIT = 64
+MIN_BLOCK, MAX_BLOCK = 1 << 20, 64 << 20  # bytes a remote read fetches at once: one stream's share, bounded
+READ_SLACK = 64 << 10  # tarfile reads ahead in records; a block that ends just short costs a whole extra block
 TRANSIENT_RETRIES = 3  # a read that fails mid-shard (connection reset, timeout) reopens there, with backoff
 RETRY_SECONDS = 0.5
 
@@ -65,17 +68,26 @@ def _seekable(stream) -> bool:
         return False
 
 
+def _lands_on_header(stream, at_byte: int) -> bool:
+    """Seek to `at_byte` if a valid tar header starts there (a recorded offset of a shard since rewritten fails)."""
+    stream.seek(at_byte)
+    header = stream.read(BLOCK)
+    stream.seek(at_byte)
+    return len(header) == BLOCK and header != bytes(BLOCK) and header_ok(header)
+
+
 class _OpenShard:
     """A tar shard open for sequential reading from sample `next_offset` on."""
 
-    def __init__(self, shard: int, url: str, start: int):
+    def __init__(self, shard: int, url: str, start: int, at_byte: int | None = None, block_size: int | None = None):
         self.shard, self.url = shard, url
         self.errors: list[Exception] = []
-        self.stream = open_url(url)
+        self.stream = open_url(url, block_size=block_size)
         skip = start
         if start > 0 and _seekable(self.stream):
-            # Jump to the sample by reading tar headers only; anything unusual re-reads from the start.
-            if seek_to_sample(self.stream, start):
+            # Jump to the sample: straight to its recorded offset (offsets.py), else by reading tar headers only;
+            # anything unusual re-reads from the start.
+            if (at_byte is not None and _lands_on_header(self.stream, at_byte)) or seek_to_sample(self.stream, start):
                 skip = 0
             else:
                 self.stream.seek(0)
@@ -101,8 +113,14 @@ class _OpenShard:
 class StreamReader:
     """Raw samples of one stream of one source, fetched by position in increasing order."""
 
-    def __init__(self, order: SourceOrder, urls: UrlColumn, on_read: Callable[[str], None] | None = None):
-        self.order, self.urls = order, urls
+    def __init__(
+        self,
+        order: SourceOrder,
+        urls: UrlColumn,
+        on_read: Callable[[str], None] | None = None,
+        offsets: SampleOffsets | None = None,
+    ):
+        self.order, self.urls, self.offsets = order, urls, offsets
         self.on_read = on_read  # told each URL before it is read (the hung-worker watchdog)
         self._open: _OpenShard | None = None
         self._window_key: tuple[int, int, int] | None = None
@@ -117,8 +135,8 @@ class StreamReader:
         window = slot.output // self.order.window
         key = (slot.epoch, slot.range_index, window)
         if key != self._window_key:
+            self._window_key = key  # first: opening a shard reads which range it serves
             self._window = self._load_window(*key)
-            self._window_key = key
         start, _ = self.order.range_bounds(slot.range_index)
         return self._window[slot.layout - start - window * self.order.window]
 
@@ -127,6 +145,22 @@ class StreamReader:
         for shard, first, stop in self.order.window_span(epoch, range_index, window):
             raws.extend(self._read_run(epoch, shard, first, stop))
         return raws
+
+    def _open_options(self, epoch: int, shard: int, offset: int) -> tuple[int | None, int | None]:
+        """(byte offset of sample `offset`, bytes this stream will read of the shard this epoch), when known.
+
+        The second sizes remote reads: a stream reads its own range, usually a part of a shard, not 50 MiB ahead."""
+        if self.offsets is None or self._window_key is None:
+            return None, None
+        count = int(self.order.counts[shard])
+        byte_offsets = self.offsets.shard(shard, count)
+        start, length = self.order.range_bounds(self._window_key[1])
+        last_shard, last_offset = self.order.locate(epoch, start + length - 1)  # where this stream's range ends
+        last = last_offset if last_shard == shard else count - 1
+        sample = int(byte_offsets[-1] - byte_offsets[0]) // (count - 1) if count > 1 else 0
+        # To end sample `last`, the tar reader reads the next sample's first member (and a record beyond).
+        extent = int(byte_offsets[last] - byte_offsets[offset]) + 2 * sample + READ_SLACK
+        return int(byte_offsets[offset]), min(max(extent, MIN_BLOCK), MAX_BLOCK)
 
     def _read_run(self, epoch: int, shard: int, first: int, stop: int) -> list[dict | Hole]:
         """Raw samples [first, stop) of `shard`; what cannot be read becomes holes (the rest of the order stays)."""
@@ -169,7 +203,7 @@ class StreamReader:
         ):
             self.close()
             try:
-                current = self._open = _OpenShard(shard, url, offset)
+                current = self._open = _OpenShard(shard, url, offset, *self._open_options(epoch, shard, offset))
             except OSError as err:
                 self._missing[shard] = (epoch, str(err))
                 return None

@@ -30,10 +30,10 @@ def test_strict_mode_stops_on_a_shard_that_timed_out(tmp_path, monkeypatch):
     source = [Source("t", "text", 1.0, read_manifest(str(tmp_path / "manifest.json")))]
     real_open = stream_mod.open_url
 
-    def open_url(url):
+    def open_url(url, **options):
         if url == urls[1]:
             raise OSError(errno.ETIMEDOUT, "Connection timed out")
-        return real_open(url)
+        return real_open(url, **options)
 
     monkeypatch.setattr(stream_mod, "open_url", open_url)  # inherited by the forked workers
     loader = make_loader(source, strict=True, num_workers=2, num_streams=4, window=4, global_batch=4, micro_batch=4)

@@ -36,7 +36,7 @@ def test_a_transient_read_error_costs_at_most_the_window_it_hit(tmp_path, monkey
     write_text_shards(tmp_path, "t", [40])
     source = [Source("t", "text", 1.0, read_manifest(str(tmp_path / "manifest.json")))]
     real_open = stream_mod.open_url
-    monkeypatch.setattr(stream_mod, "open_url", lambda url: FlakyOnce(real_open(url)))
+    monkeypatch.setattr(stream_mod, "open_url", lambda url, **options: FlakyOnce(real_open(url, **options)))
     loader = make_loader(source, num_streams=1, window=4, global_batch=8, micro_batch=8)
     it = iter(loader)
     holes = sum(len(next(it)["holes"]) for _ in range(5))  # one epoch
@@ -52,11 +52,11 @@ def test_a_shard_that_failed_to_open_once_is_tried_again_in_a_later_epoch(tmp_pa
     real_open = stream_mod.open_url
     failures = []
 
-    def open_once_failing(url):
+    def open_once_failing(url, **options):
         if url == urls[1] and not failures:
             failures.append(url)
             raise OSError("503 SlowDown (after open_url's retries)")
-        return real_open(url)
+        return real_open(url, **options)
 
     monkeypatch.setattr(stream_mod, "open_url", open_once_failing)
     loader = make_loader(source, num_streams=1, window=4, global_batch=8, micro_batch=8)

@@ -40,9 +40,9 @@ def test_a_truncated_shard_is_read_about_once_per_epoch(tmp_path, monkeypatch):
         def __getattr__(self, name):
             return getattr(self.f, name)
 
-    def counting_open(url):
+    def counting_open(url, **options):
         read["opens"] += 1
-        return Counting(real_open(url))
+        return Counting(real_open(url, **options))
 
     monkeypatch.setattr(stream_mod, "open_url", counting_open)
     loader = make_loader(source, num_streams=1, window=4, global_batch=8, micro_batch=8)
