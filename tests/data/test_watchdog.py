@@ -1,4 +1,4 @@
-"""BREAK (minor): the hung-worker watchdog stops a healthy run, blaming an idle worker.
+"""Regression test (a review found this, now fixed): the hung-worker watchdog stops a healthy run, blaming an idle worker.
 
 Claim 7: a worker that makes no progress for `data.worker_timeout_s` is reported with its shard. `WorkerWatch.check`
 names the worker silent longest, but a worker that finished its prefetched steps is silent because it waits for

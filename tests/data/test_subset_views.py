@@ -1,4 +1,4 @@
-"""BREAK (performance): a source that uses a subset (or another order) of a folder's shards re-parses the full
+"""Regression test (a review found this, now fixed): a source that uses a subset (or another order) of a folder's shards re-parses the full
 manifest JSON, and re-hashes the subset's version, in every process, every time.
 
 Claim 6/8 (issue 14 targets: <= 64 MiB and <= 3 s per process at 1M shards): `build.source_manifest` has a fast

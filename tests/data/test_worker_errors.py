@@ -1,4 +1,4 @@
-"""BREAK: a worker error whose message contains "timed out" is swallowed, then the steps are silently misassembled.
+"""Regression test (a review found this, now fixed): a worker error whose message contains "timed out" is swallowed, then the steps are silently misassembled.
 
 loader.py `_next_chunk` treats any RuntimeError mentioning "timed out" as the DataLoader's poll timeout (it matches
 on the message, not the type), checks the watchdog (nobody is silent) and calls `next()` again. The worker that

@@ -1,4 +1,4 @@
-"""BREAK: a manifest of ONE shard named without a directory ("train.tar") or at "/" loses characters of its URL.
+"""Regression test (a review found this, now fixed): a manifest of ONE shard named without a directory ("train.tar") or at "/" loses characters of its URL.
 
 manifest.py `UrlColumn.from_list`: for a single URL the base is `dirname(url) + "/"`, which is "/" for "train.tar"
 (-> "/rain.tar") and "//" for "/abs.tar" (-> "//bs.tar"). Each rebuild drops one more character. Through

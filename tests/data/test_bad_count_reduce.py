@@ -1,4 +1,4 @@
-"""BREAK: bad-sample counts stop being exact past 2**24 (16.7M) once they go through the all-reduce.
+"""Regression test (a review found this, now fixed): bad-sample counts stop being exact past 2**24 (16.7M) once they go through the all-reduce.
 
 Claim 4: counts are exact. `ShardLoader.state_dict()` sums the ranks' counts as a float32 tensor
 (loader.py: `torch.tensor([float(...)])` then `dist.all_reduce`), so any count above 2**24 is rounded: a

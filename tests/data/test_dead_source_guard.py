@@ -1,4 +1,4 @@
-"""BREAK: one missing shard stops the run when a rank reads a single stream (R >= P, e.g. 64 GPUs, default P=64).
+"""Regression test (a review found this, now fixed): one missing shard stops the run when a rank reads a single stream (R >= P, e.g. 64 GPUs, default P=64).
 
 Claim 4: "a source whose last 1000 samples are all bad stops with a clear error". The check counts consecutive
 bad samples per *rank* (loader.py `_account`, `_bad_run[src]`). A rank that owns one stream reads one contiguous

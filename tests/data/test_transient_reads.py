@@ -1,4 +1,4 @@
-"""BREAK: one transient read error in the middle of a shard turns the rest of the stream's run in it into holes.
+"""Regression test (a review found this, now fixed): one transient read error in the middle of a shard turns the rest of the stream's run in it into holes.
 
 Claim 4: counts are exact; bad samples are the bad data. `StreamReader._read_run` reuses the open shard for the
 next window whenever the offset is in reach (`reusable`), even when its sample iterator already ended on an error:

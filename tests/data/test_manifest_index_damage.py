@@ -1,4 +1,4 @@
-"""BREAK: a damaged `manifest.index.npz` crashes every training process instead of being ignored and rebuilt.
+"""Regression test (a review found this, now fixed): a damaged `manifest.index.npz` crashes every training process instead of being ignored and rebuilt.
 
 Claim 6: the index is a cache; `_load` means to ignore an unreadable one ("ignoring an unreadable manifest
 index") but only catches OSError/ValueError/KeyError. numpy raises EOFError for an empty file and

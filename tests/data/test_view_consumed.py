@@ -1,4 +1,4 @@
-"""BREAK (minor): `open-vlm view CKPT` lists consumed files computed on today's data, not the checkpoint's.
+"""Regression test (a review found this, now fixed): `open-vlm view CKPT` lists consumed files computed on today's data, not the checkpoint's.
 
 Claim 5: the consumed record (`open-vlm view CKPT --json`) matches exactly what was read. `view._consumed_files`
 rebuilds the order from the *current* manifests (`source_manifest`) without comparing them to the dataset

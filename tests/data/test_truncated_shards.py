@@ -1,4 +1,4 @@
-"""BREAK (performance): a truncated shard (or one with fewer samples than its manifest says) is re-read from its
+"""Regression test (a review found this, now fixed): a truncated shard (or one with fewer samples than its manifest says) is re-read from its
 start once per window for every position past its real end: quadratic in the shard size.
 
 Claim 4/8: bad data costs its own samples; a resume/read reads at most one window before its first sample.

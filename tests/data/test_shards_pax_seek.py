@@ -1,4 +1,4 @@
-"""BREAK (minor): `seek_to_sample` loops forever on a pax record whose length field reads 0.
+"""Regression test (a review found this, now fixed): `seek_to_sample` loops forever on a pax record whose length field reads 0.
 
 shards.py `_pax_path`: `pos += length` with `length = int(data[pos:space])`; a record length of 0 (corruption in
 a pax data block, which no checksum covers; webdataset's TarWriter writes a pax header with an `mtime` record

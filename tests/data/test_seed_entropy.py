@@ -1,4 +1,4 @@
-"""BREAK (minor): seeds are reduced modulo 2**32, so different seeds give the same data order.
+"""Regression test (a review found this, now fixed): seeds are reduced modulo 2**32, so different seeds give the same data order.
 
 order.py `_rng` and plan.py `MixSchedule` mask every key with `& 0xFFFFFFFF` (SeedSequence takes integers of
 any size): seed 7 and seed 7 + 2**32 (or -1 and 2**32 - 1) give identical batches, and the state header

@@ -1,4 +1,4 @@
-"""BREAK: bad sample content that is not reported as a SampleError crashes the loader instead of becoming a hole.
+"""Regression test (a review found this, now fixed): bad sample content that is not reported as a SampleError crashes the loader instead of becoming a hole.
 
 Claim 4: bad samples (undecodable image, missing caption, ...) never stop the run: their rows are invalid copies,
 counted per kind. Each case below is one realistic bad sample in an otherwise good shard; the loader should
