@@ -30,6 +30,8 @@ class SourceConfig:
     modality: str = "image_text"
     # Manifest (per-shard sample counts). Default: `<shard dir>/manifest.json`, built on first use.
     manifest: str | None = None
+    # The catalog dataset's split: train (default) | val | test (`{dataset: coco_captions, split: val}`).
+    split: str = ""
     # Set at config load: the catalog file `dataset` came from. A resolved config (run folder, launched job)
     # keeps its urls as written instead of looking the name up again.
     catalog_file: str | None = None
@@ -111,6 +113,9 @@ class OptimConfig:
 class TrainConfig:
     seed: int = 0
     max_steps: int = 100
+    # Passes over the data instead of max_steps (> 0 replaces it): steps until every source has been read this
+    # many times at its weight, from the sources' sample counts (logged at start).
+    epochs: float = 0.0
     strategy: str = "single"  # single | ddp | fsdp
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 uses a grad scaler)
     global_batch_size: int = 0  # samples per optimizer step; 0: data.batch_size x world x accum_steps
@@ -152,6 +157,11 @@ class WandbConfig:
 class LoggingConfig:
     every_steps: int = 10
     level: str = "INFO"
+    # Where metrics go (open_vlm/tracking): jsonl (metrics.jsonl), wandb, mlflow, tensorboard. wandb is also on
+    # when logging.wandb.mode is online / offline. MLflow honours MLFLOW_TRACKING_URI.
+    trackers: list[str] = field(default_factory=lambda: ["jsonl"])
+    # CPU / GPU utilisation and memory (`system/...`) in the first record logged every N steps (0: off).
+    system_every_steps: int = 0
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 

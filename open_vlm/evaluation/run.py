@@ -44,7 +44,8 @@ def run_classification(cfg: RunConfig, folder: Path) -> dict:
 
     from open_vlm.evaluation.classify import decide, predict
     from open_vlm.evaluation.metrics import multi_label_report, single_label_report
-    from open_vlm.evaluation.report import log_wandb, render_table, write_report
+    from open_vlm.evaluation.report import log_wandb, render_table, summary_numbers, write_report
+    from open_vlm.tracking.evaluation import evaluated_step, log_evaluation
 
     options = cfg.eval
     device = torch.device("cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu")
@@ -61,6 +62,14 @@ def run_classification(cfg: RunConfig, folder: Path) -> dict:
     report.update(kind="classification", task=options.task, skipped=dict(preds.skipped))
     paths = write_report(report, folder, f"eval-{options.task}")
     wandb_dir = log_wandb(cfg, report, paths, folder)
+    log_evaluation(
+        cfg,
+        folder,
+        summary_numbers(report),
+        images={f"eval/{options.task}": paths["plot"]},
+        files=[paths["json"], paths["table"]],
+        step=evaluated_step(cfg.eval.checkpoint),
+    )
     return {
         "report": report,
         "paths": {k: str(v) for k, v in paths.items()},
@@ -78,6 +87,7 @@ def run_heldout(cfg: RunConfig, folder: Path) -> dict:
 
     from open_vlm.checkpoint.model_io import load_model_from_checkpoint
     from open_vlm.evaluation.heldout import HeldOutEvaluator
+    from open_vlm.tracking.evaluation import evaluated_step, log_evaluation
 
     if not cfg.eval.checkpoint:
         raise ValueError("eval.kind loss needs a checkpoint: --checkpoint PATH (a checkpoint or run folder)")
@@ -90,6 +100,7 @@ def run_heldout(cfg: RunConfig, folder: Path) -> dict:
     report = {"kind": "loss", "checkpoint": cfg.eval.checkpoint, **result}
     path = folder / "eval-loss.json"
     path.write_text(json.dumps(report, indent=1))
+    log_evaluation(cfg, folder, result, files=[path], step=evaluated_step(cfg.eval.checkpoint))
     table = "\n".join(f"{k:24s} {v:.6g}" for k, v in result.items())
     return {"report": report, "paths": {"json": str(path)}, "table": table}
 
