@@ -62,8 +62,8 @@ def test_mlflow_sqlite_and_tensorboard_read_back_across_a_resume_and_an_eval(tmp
     from open_vlm.config.load import load_run_config
     from open_vlm.evaluation.metrics import single_label_report
     from open_vlm.evaluation.report import summary_numbers, write_report
-    from open_vlm.train import main
     from open_vlm.tracking.evaluation import log_evaluation
+    from open_vlm.train import main
 
     for key in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):
         monkeypatch.delenv(key, raising=False)
@@ -143,7 +143,9 @@ def mlflow_server(tmp_path):
             except OSError:
                 pass
             if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"mlflow server did not start: {(tmp_path / 'mlflow-server.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"mlflow server did not start: {(tmp_path / 'mlflow-server.log').read_text()[-2000:]}"
+                )
             time.sleep(0.5)
         yield url
     finally:
