@@ -226,10 +226,12 @@ def load_run_config(argv: list[str], env: EnvConfig | None = None) -> RunConfig:
 
 
 def _resolve_datasets(cfg: RunConfig) -> None:
-    """Fill `dataset:` sources from the catalog and check each source fits `data.task` (reads no shards).
-
-    Its `CatalogError` is a `ConfigError`."""
+    """Fill `dataset:` sources (of `data.sources` and `eval.sources`) from the catalog and check each source fits
+    `data.task` (reads no shards). Its `CatalogError` is a `ConfigError`."""
     resolve_sources(cfg.data, task=data_task(cfg))
+    if cfg.eval.sources:
+        held_out = dataclasses.replace(cfg.data, sources=cfg.eval.sources)
+        resolve_sources(held_out, task=data_task(cfg), section="eval.sources")
 
 
 def _declared_type(key: str) -> Any:

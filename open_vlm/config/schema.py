@@ -208,6 +208,9 @@ class EvalConfig:
     kind: str = "classification"  # classification | loss (held-out loss / perplexity, retrieval for contrastive)
     every_steps: int = 0  # during training: held-out loss every N steps (0: off)
     sources: list[SourceConfig] = field(default_factory=list)  # held-out shards (default for `eval`: data.sources)
+    # `open-vlm eval --split val`: the catalog split it reads of every dataset source (eval.sources, else
+    # data.sources) that names no split of its own.
+    split: str = ""
     max_batches: int = 16  # held-out global batches per evaluation (0: one pass over eval.sources' first epoch)
     checkpoint: str | None = None  # `open-vlm eval --checkpoint`: the checkpoint / run folder to evaluate
     task: str = "zero_shot"  # zero_shot (siglip/clip + class names) | vqa (lxmert QA head, class_names = answers)

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from open_vlm.config.load import ConfigError, dump_config, ignored_keys, load_run_config
-from open_vlm.config.schema import RunConfig
+from open_vlm.config.schema import RunConfig, data_task
 from open_vlm.config.validate import check_inputs
+from open_vlm.data.catalog import sources_at_split
 from open_vlm.names import did_you_mean
 from open_vlm.runfolder import run_dir, setup_logging
 
@@ -109,12 +110,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--kind" in argv:  # shorthand for --eval.kind
         argv[argv.index("--kind")] = "--eval.kind"
+    if "--split" in argv:  # shorthand for --eval.split
+        argv[argv.index("--split")] = "--eval.split"
     if "--checkpoint" in argv:  # shorthand for --eval.checkpoint; without a kind it means held-out loss
         argv[argv.index("--checkpoint")] = "--eval.checkpoint"
         if "--eval.kind" not in argv:
             argv += ["--eval.kind", "loss"]
     try:
         cfg = load_run_config(argv)
+        if cfg.eval.split:  # the sources it reads, at that split of their catalog datasets
+            held_out = cfg.eval.sources or cfg.data.sources
+            cfg.eval.sources = sources_at_split(held_out, cfg.eval.split, cfg.data, data_task(cfg))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
