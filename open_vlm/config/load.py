@@ -77,6 +77,15 @@ ALIASES = {
 RENAMES = {"checkpoint.async": "checkpoint.async_save"}
 
 
+def _augment_shorthand(values: dict) -> None:
+    """`augment: NAME` on a source means `augment: {recipe: NAME}`."""
+    for section in ("data", "eval"):
+        sources = values.get(section, {}).get("sources") if isinstance(values.get(section), dict) else None
+        for source in sources if isinstance(sources, list) else []:
+            if isinstance(source, dict) and isinstance(source.get("augment"), str):
+                source["augment"] = {"recipe": source["augment"]}
+
+
 def _apply_renames(values: dict, overrides: list[str]) -> list[str]:
     for old, new in RENAMES.items():
         section, leaf = old.split(".")
@@ -207,6 +216,7 @@ def load_run_config(argv: list[str], env: EnvConfig | None = None) -> RunConfig:
     config_path, overrides = split_args(argv)
     values = read_yaml(config_path) if config_path else {}
     overrides = _apply_renames(values, overrides)
+    _augment_shorthand(values)
     check_keys(values)
     check_override_keys(overrides)
     overrides = _normalise_overrides(overrides)

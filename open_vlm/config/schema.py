@@ -18,6 +18,25 @@ class RunSection:
 
 
 @dataclass
+class AugmentConfig:
+    """Image augmentation of one source (open_vlm/data/augment.py). Every random choice is seeded by the sample's
+    (train.seed, source, position), so a resumed run augments exactly as the uninterrupted one did."""
+
+    recipe: str = ""  # a recipe of data.augment or a built-in one (light, strong); settings given here override it
+    crop_scale: list[float] = field(default_factory=list)  # random resized crop: [min, max] area fraction ([]: off)
+    crop_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333])  # its aspect-ratio range
+    # Horizontal flip (p 0.5). Off unless asked for: a flip turns the image's left into right, so captions and
+    # questions that say "left"/"right" (and any written text in the image) no longer match it.
+    flip: bool = False
+    color_jitter: float = 0.0  # brightness, contrast and saturation factors drawn from [1 - x, 1 + x]
+    hue: float = 0.0  # hue shift drawn from [-x, x] (at most 0.5)
+    noise_std: float = 0.0  # Gaussian pixel noise, std as a fraction of the [0, 255] range
+    policy: str = ""  # a torchvision v2 policy: randaugment | trivialaugment | autoaugment | augmix ("": none)
+    policy_ops: int = 2  # randaugment: operations per image
+    policy_magnitude: int = 9  # randaugment / augmix: strength (0..30 bins for randaugment, 1..10 for augmix)
+
+
+@dataclass
 class SourceConfig:
     """One data source: tar shards of one modality, mixed into the run by `weight`."""
 
@@ -32,6 +51,8 @@ class SourceConfig:
     manifest: str | None = None
     # The catalog dataset's split: train (default) | val | test (`{dataset: coco_captions, split: val}`).
     split: str = ""
+    # Image augmentation while training (never in evaluation): settings, or `augment: NAME` for a recipe.
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     # Set at config load: the catalog file `dataset` came from. A resolved config (run folder, launched job)
     # keeps its urls as written instead of looking the name up again.
     catalog_file: str | None = None
@@ -42,6 +63,8 @@ class DataConfig:
     sources: list[SourceConfig] = field(default_factory=list)
     # Extra dataset catalogs (paths or s3:// URLs), read after the repo's and the user's; later ones win.
     catalogs: list[str] = field(default_factory=list)
+    # Named augmentation recipes, used by sources as `augment: NAME` (built in: light, strong).
+    augment: dict[str, AugmentConfig] = field(default_factory=dict)
     batch_size: int = 8  # per-device micro batch
     num_workers: int = 0
     prompt: str = "caption en"  # prefix used for image-caption samples

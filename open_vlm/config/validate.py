@@ -14,7 +14,7 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
-from open_vlm.config.schema import RunConfig, SourceConfig
+from open_vlm.config.schema import AugmentConfig, RunConfig, SourceConfig
 from open_vlm.errors import ConfigError, DataError, one_line
 from open_vlm.names import did_you_mean
 from open_vlm.storage import is_remote
@@ -138,6 +138,10 @@ def check_values(cfg: RunConfig) -> None:
     from open_vlm.tracking import check_trackers
 
     check_trackers(cfg.logging)
+    if cfg.data.augment or any(source.augment != AugmentConfig() for source in cfg.data.sources):
+        from open_vlm.data.augment import check_augment
+
+        check_augment(cfg.data)
     check_batch(cfg, world=None)
 
 

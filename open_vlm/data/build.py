@@ -116,9 +116,19 @@ def build_loader(
 
 
 def build_model_loader(
-    data: DataConfig, *, seed: int, global_batch: int, bundle, tokenizer, rank: int = 0, world: int = 1
+    data: DataConfig,
+    *,
+    seed: int,
+    global_batch: int,
+    bundle,
+    tokenizer,
+    rank: int = 0,
+    world: int = 1,
+    augment: bool = True,
 ) -> ShardLoader:
-    """A loader over `data` whose samples are tokenized for `bundle`'s task (or `data.task`)."""
+    """A loader over `data` whose samples are tokenized for `bundle`'s task (or `data.task`); with `augment`, each
+    source's images are augmented as its `augment` settings say (data/augment.py)."""
+    from open_vlm.data.augment import augmented
     from open_vlm.tokenize.registry import build_processor, task_options
 
     task = data.task or bundle.task
@@ -131,6 +141,8 @@ def build_model_loader(
         seed=seed,
     )
     processor, collator = build_processor(task, tokenizer, **options)
+    if augment:
+        processor = [augmented(processor, data, src, f"data.sources[{i}]") for i, src in enumerate(data.sources)]
     return build_loader(
         data,
         seed=seed,
