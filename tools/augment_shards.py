@@ -16,6 +16,7 @@ Exit status: 0 written, 1 unreadable data, 2 bad arguments.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -80,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     if source.modality not in ("image_text", "pretokenized"):
         raise ConfigError(f"{args.dataset}: modality {source.modality} has no images to augment")
     print(f"augmenting {args.dataset} ({args.split}) x{args.copies}: {describe(settings)}", file=sys.stderr)
-    copies = augment_shards(source.urls, settings, args.out, seed=args.seed, copies=args.copies)
+    out = args.out if "://" in args.out else os.path.abspath(args.out)  # the catalog works from any directory
+    copies = augment_shards(source.urls, settings, out, seed=args.seed, copies=args.copies)
     name = args.name or args.dataset
     entry = augmented_entry(name, source, args.split, copies, settings, args.seed, args.copies)
     target = args.catalog or str(user_catalog_path())
