@@ -77,13 +77,17 @@ ALIASES = {
 RENAMES = {"checkpoint.async": "checkpoint.async_save"}
 
 
-def _augment_shorthand(values: dict) -> None:
+def _augment_shorthand(sources: object) -> None:
     """`augment: NAME` on a source means `augment: {recipe: NAME}`."""
+    for source in sources if isinstance(sources, list) else []:
+        if isinstance(source, dict) and isinstance(source.get("augment"), str):
+            source["augment"] = {"recipe": source["augment"]}
+
+
+def _shorthands(values: dict) -> None:
     for section in ("data", "eval"):
-        sources = values.get(section, {}).get("sources") if isinstance(values.get(section), dict) else None
-        for source in sources if isinstance(sources, list) else []:
-            if isinstance(source, dict) and isinstance(source.get("augment"), str):
-                source["augment"] = {"recipe": source["augment"]}
+        if isinstance(values.get(section), dict):
+            _augment_shorthand(values[section].get("sources"))
 
 
 def _apply_renames(values: dict, overrides: list[str]) -> list[str]:
@@ -216,7 +220,7 @@ def load_run_config(argv: list[str], env: EnvConfig | None = None) -> RunConfig:
     config_path, overrides = split_args(argv)
     values = read_yaml(config_path) if config_path else {}
     overrides = _apply_renames(values, overrides)
-    _augment_shorthand(values)
+    _shorthands(values)
     check_keys(values)
     check_override_keys(overrides)
     overrides = _normalise_overrides(overrides)
@@ -273,6 +277,10 @@ def _override_value(key: str, value: str) -> str:
             raise ConfigError(
                 f"{key}: cannot read {value!r} as YAML ({problem}); quote each item, e.g. --{key} '[\"x-{{0..9}}.tar\"]'"
             ) from err
+        if key in ("data.sources", "eval.sources"):
+            sources = yaml.safe_load(value)
+            _augment_shorthand(sources)
+            return json.dumps(sources)
         return value
     return json.dumps([value]) if _declared_type(key) == list[str] else value
 

@@ -45,8 +45,12 @@ def test_bad_augmentation_is_refused_at_config_load(tmp_path, demo_dir, augment,
 
 
 def test_a_source_names_a_recipe_of_data_augment(tmp_path, demo_dir):
-    cfg = load_run_config(write_run(tmp_path, demo_dir, "mine", recipes={"mine": {"flip": True, "hue": 0.1}}))
+    args = write_run(tmp_path, demo_dir, "mine", recipes={"mine": {"flip": True, "hue": 0.1}})
+    cfg = load_run_config(args)
     assert cfg.data.sources[0].augment.recipe == "mine" and cfg.data.augment["mine"].hue == 0.1
+    on_the_command_line = json.dumps([{"urls": [str(demo_dir / "demo-000000.tar")], "augment": "light"}])
+    cfg = load_run_config([*args, "--data.sources", on_the_command_line])
+    assert cfg.data.sources[0].augment.recipe == "light"
 
 
 def test_same_sample_same_augmentation_and_the_global_rng_is_untouched():
