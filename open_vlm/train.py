@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from open_vlm.checkpoint.dcp_safe import UnsafeCheckpoint
     from open_vlm.checkpoint.resume import ResumeRefused
     from open_vlm.trainer.loop import Trainer  # heavy imports after the config is known to be good
+    from open_vlm.trainer.parallel import shutdown_distributed
 
     try:
         trainer = Trainer(cfg, folder)
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     except (UnsafeCheckpoint, CheckpointError) as err:  # a checkpoint we must not read, or could not write
         log.error("%s", err)
         return 1
+    finally:
+        shutdown_distributed()
     log.info("stopped (%s) at step %d, %d samples seen", reason, trainer.step, trainer.samples_seen)
     return 0
 

@@ -38,6 +38,17 @@ def demo_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def mixture_dir(tmp_path_factory) -> Path:
+    """Demo captions, VQA (`vqa/`) and text-only (`text/`) shards, 2 x 32 samples each, one tokenizer for all."""
+    from make_demo_data import main
+
+    out = tmp_path_factory.mktemp("mixture")
+    args = ["--out", str(out), "--num-shards", "2", "--per-shard", "32", "--seed", "5", "--sets", "captions,vqa,text"]
+    assert main(args) == 0
+    return out
+
+
 @pytest.fixture(autouse=True)
 def _restore_root_logging():
     """Drop the log handlers a test's in-process `main()` added (they hold that test's captured stderr, which is

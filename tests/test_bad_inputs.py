@@ -77,7 +77,7 @@ ROWS = [
     Row("train-unquoted-braces", [*TRAIN, "--data.catalogs", "[x-{0..1}.yaml]"], 2, "data.catalogs: cannot read '[x-{0..1}.yaml]' as YAML"),
     Row("train-user-file", [*TRAIN], 2, "config.yaml: unknown key(s) ['bogus']", env=BAD_USER_FILE),
     # train: data whose samples do not fit the modality (webdataset's own sample.tgz: png + cls)
-    Row("train-png-cls", [*TRAIN, *sources("$png_cls")], 1, "decodes as modality image_text (no txt/json caption or text field); members seen: cls, png"),
+    Row("train-png-cls", [*TRAIN, *sources("$png_cls")], 1, "decodes as modality image_text (no txt / json caption|text, answer, messages / conversations or suffix field); members seen: cls, png"),
     # eval
     Row("eval-checkpoint", [*EVAL, "--checkpoint", "$tmp/no-run"], 2, "eval.checkpoint: no complete checkpoint at"),
     Row("eval-tokenizer", [*EVAL, "--model.kind", "siglip", "--model.config", f"{REPO}/configs/models/siglip_tiny.yaml", "--model.tokenizer", "no/tok"], 2, "model.tokenizer: no tokenizer folder"),

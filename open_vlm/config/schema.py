@@ -49,6 +49,10 @@ class SourceConfig:
     modality: str = "image_text"
     # Manifest (per-shard sample counts). Default: `<shard dir>/manifest.json`, built on first use.
     manifest: str | None = None
+    # The data task (processor + collator) of this source's samples: prefix_lm | chat_lm | causal_lm | contrastive |
+    # lxmert; "" = `data.task`, else the model kind's. One run can mix captions and VQA under prefix_lm with chat
+    # under chat_lm and text under causal_lm; each source's samples get their task's masking.
+    task: str = ""
     # The catalog dataset's split: train (default) | val | test (`{dataset: coco_captions, split: val}`).
     split: str = ""
     # Image augmentation while training (never in evaluation): settings, or `augment: NAME` for a recipe.
@@ -70,8 +74,8 @@ class DataConfig:
     prompt: str = "caption en"  # prefix used for image-caption samples
     max_text_len: int = 32  # max tokens of prefix + suffix (image tokens excluded)
     shuffle_window: int = 32  # samples per seeded shuffle window inside a shard piece
-    # batch: each step's global batch from one source | sample: sources mixed per sample (all sources feed
-    # data.task, so their samples batch together)
+    # batch: each step's global batch from one source | sample: sources mixed per sample (all sources must then
+    # have one task, so their samples batch together)
     mixing: str = "batch"
     # mixing sample: samples per mixing group (each group is one source; a multiple of ranks x workers keeps
     # every shard on one worker). 0: 8 when it divides the global batch, else the whole batch.
@@ -84,6 +88,11 @@ class DataConfig:
     # processor + collator (open_vlm/tokenize/registry.py); "" = the model's own task. Sources may be pretokenized.
     task: str = ""
     pad_to_multiple: int = 1  # pad each batch's length up to a multiple of this (8/64 for tensor cores)
+    # causal_lm sources: pack documents into rows of `max_text_len` tokens (block-diagonal attention, positions
+    # restart per document); `packed_mask` is the mask form the collator writes (4d_bool | 4d_float |
+    # position_ids; the trainer rebuilds it for the model's attention implementation anyway).
+    pack: bool = False
+    packed_mask: str = "4d_bool"
 
 
 @dataclass
@@ -245,6 +254,9 @@ class EvalConfig:
     threshold: float = 0.5
     max_samples: int = 0  # 0: every sample of data.sources
     num_regions: int = 36  # vqa: regions per image fed to LXMERT
+    # Held-out VQA sources (samples with answers) of generative kinds: greedy answers of at most this many tokens
+    # are scored by VQAv2-normalised exact match (`eval_vqa_accuracy`); 0 turns that off.
+    answer_max_tokens: int = 16
 
 
 @dataclass
@@ -264,6 +276,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.task": ("", "prefix_lm", "chat_lm", "causal_lm", "contrastive", "lxmert"),
     "train.strategy": ("single", "ddp", "fsdp"),
     "data.mixing": ("batch", "sample"),
+    "data.packed_mask": ("4d_bool", "4d_float", "position_ids"),
     "train.precision": ("fp32", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
     "model.frozen_dtype": ("fp32", "bf16"),
@@ -283,3 +296,8 @@ MODEL_TASKS: dict[str, str] = {"paligemma": "prefix_lm", "vlm": "chat_lm", "sigl
 def data_task(cfg: RunConfig) -> str:
     """The run's data task: `data.task`, or the model kind's own."""
     return cfg.data.task or MODEL_TASKS.get(cfg.model.kind, "prefix_lm")
+
+
+def source_task(source: SourceConfig, run_task: str) -> str:
+    """A source's data task: its own `task`, else the run's (`data_task`, or a bundle's own task)."""
+    return source.task or run_task

@@ -8,12 +8,14 @@ import re
 
 import fsspec
 
-from open_vlm.config.schema import DataConfig, SourceConfig
+from open_vlm.config.schema import DataConfig, SourceConfig, source_task
+from open_vlm.data.compat import mixing_problem
 from open_vlm.data.loader import LoaderSettings, ShardLoader, Source
 from open_vlm.data.manifest import ShardManifest, build_manifest, read_manifest, save_manifest
 from open_vlm.data.manifest_index import training_manifest, write_index
 from open_vlm.data.shards import expand_urls
 from open_vlm.data.version import manifest_version
+from open_vlm.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +117,33 @@ def build_loader(
     return ShardLoader(sources, settings, process, collate)
 
 
+def source_processors(data: DataConfig, *, seed: int, bundle, tokenizer) -> tuple[list, list]:
+    """A processor and a collator per source, by its task (`data.sources[i].task`, else `data.task`, else the
+    model's); sources of one task share them, so they can share a batch."""
+    from open_vlm.tokenize.registry import build_processor, task_options
+
+    tasks = [source_task(s, data.task or bundle.task) for s in data.sources]
+    problem = mixing_problem(data.mixing, tasks)
+    if problem:
+        raise ConfigError(problem)
+    built: dict[str, tuple] = {}
+    for task in dict.fromkeys(tasks):
+        options = task_options(
+            task,
+            num_image_tokens=bundle.num_image_tokens,
+            max_len=data.max_text_len,
+            prompt=data.prompt,
+            pad_to_multiple=data.pad_to_multiple,
+            seed=seed,
+            pack=data.pack,
+            packed_mask=data.packed_mask,
+        )
+        built[task] = build_processor(task, tokenizer, **options)
+        names = [s.name for s, t in zip(data.sources, tasks) if t == task]
+        log.info("task %s: source(s) %s", task, ", ".join(names))
+    return [built[t][0] for t in tasks], [built[t][1] for t in tasks]
+
+
 def build_model_loader(
     data: DataConfig,
     *,
@@ -126,30 +155,22 @@ def build_model_loader(
     world: int = 1,
     augment: bool = True,
 ) -> ShardLoader:
-    """A loader over `data` whose samples are tokenized for `bundle`'s task (or `data.task`); with `augment`, each
-    source's images are augmented as its `augment` settings say (data/augment.py)."""
+    """A loader over `data` whose samples are tokenized for each source's task (see `source_processors`); with
+    `augment`, each source's images are augmented first, as its `augment` says (data/augment.py)."""
     from open_vlm.data.augment import augmented
-    from open_vlm.tokenize.registry import build_processor, task_options
 
-    task = data.task or bundle.task
-    options = task_options(
-        task,
-        num_image_tokens=bundle.num_image_tokens,
-        max_len=data.max_text_len,
-        prompt=data.prompt,
-        pad_to_multiple=data.pad_to_multiple,
-        seed=seed,
-    )
-    processor, collator = build_processor(task, tokenizer, **options)
+    processors, collators = source_processors(data, seed=seed, bundle=bundle, tokenizer=tokenizer)
     if augment:
-        processor = [augmented(processor, data, src, f"data.sources[{i}]") for i, src in enumerate(data.sources)]
+        processors = [
+            augmented(p, data, src, f"data.sources[{i}]") for i, (p, src) in enumerate(zip(processors, data.sources))
+        ]
     return build_loader(
         data,
         seed=seed,
         global_batch=global_batch,
         image_size=bundle.image_size,
-        process=processor,
-        collate=collator,
+        process=processors,
+        collate=collators,
         rank=rank,
         world=world,
     )

@@ -31,8 +31,8 @@ import fsspec
 import yaml
 
 from open_vlm.config.env import user_config_path
-from open_vlm.config.schema import DataConfig, SourceConfig
-from open_vlm.data.compat import fit_problem, unknown_names
+from open_vlm.config.schema import DataConfig, SourceConfig, source_task
+from open_vlm.data.compat import DATA_TASKS, fit_problem, mixing_problem, unknown_names
 from open_vlm.data.shards import expand_urls
 from open_vlm.errors import ConfigError
 from open_vlm.names import did_you_mean
@@ -244,9 +244,11 @@ def _fill_from_catalog(source: SourceConfig, catalog: Catalog, where: str) -> li
 def resolve_sources(
     data: DataConfig, repo_dir: Path | None = None, task: str | None = None, section: str = "data.sources"
 ) -> None:
-    """Fill `dataset:` sources from the catalog, then check every source fits the run's task (`CatalogError`).
+    """Fill `dataset:` sources from the catalog, then check every source fits its task and that the sources can
+    be batched as `data.mixing` says (`CatalogError`).
 
-    `task` is the run's data task (`data.task`, or the model kind's own when that is empty)."""
+    `task` is the run's data task (`data.task`, or the model kind's own when that is empty); a source's own
+    `task` overrides it."""
     task = task or data.task or "prefix_lm"  # callers without a run config: the default model's task
 
     def needs_lookup(source: SourceConfig) -> bool:  # a resolved config keeps what it recorded
@@ -259,11 +261,17 @@ def resolve_sources(
         where = f"{section}[{i}]"
         if source.split and not source.dataset:
             raise CatalogError(f"{where}.split: only a catalog dataset has splits (give dataset: NAME, or drop split)")
+        if source.task and source.task not in DATA_TASKS:
+            raise CatalogError(f"{where}.task: expected one of {list(DATA_TASKS)}, got {source.task!r}")
         tasks = _fill_from_catalog(source, catalog, where) if needs_lookup(source) else []
-        problem = fit_problem(source.modality, tasks, task)
+        key = f"{where}.task" if source.task else "data.task"
+        problem = fit_problem(source.modality, tasks, source_task(source, task), key)
         if problem:
             label = f"dataset {source.dataset!r}" if source.dataset else "source"
-            raise CatalogError(f"{where}: {label} does not fit data.task {task}: {problem}")
+            raise CatalogError(f"{where}: {label} does not fit {key} {source_task(source, task)}: {problem}")
+    problem = mixing_problem(data.mixing, [source_task(s, task) for s in data.sources])
+    if problem:
+        raise CatalogError(problem)
 
 
 def sources_at_split(
@@ -277,7 +285,7 @@ def sources_at_split(
         if source.split:
             out.append(source)
             continue
-        fields_kept = {"name": source.name, "weight": source.weight, "modality": source.modality}
+        fields_kept = {"name": source.name, "weight": source.weight, "modality": source.modality, "task": source.task}
         out.append(SourceConfig(dataset=source.dataset, split=split, **fields_kept))
     resolve_sources(replace(data, sources=out), task=task, section=section)
     return out

@@ -13,6 +13,11 @@ from PIL import Image
 
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
 TEXT_FIELDS = ("caption", "text", "txt")
+IMAGE_MARKER = "<image>"  # in a chat turn: where the image goes
+# Chat roles as written in shards (OpenAI `role`, LLaVA `from`) → ours.
+ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "system": "system"}
+# Decoded fields that some task can train on (a sample with none of them is bad whatever its task).
+TRAINABLE_FIELDS = ("text", "answers", "messages", "suffix")
 
 
 class SampleError(ValueError):
@@ -51,31 +56,119 @@ def normalize_images(pixels: torch.Tensor, mean: float = 0.5, std: float = 0.5) 
     return ((pixels.float() / 255.0 - mean) / std).movedim(-1, -3).contiguous()
 
 
+def _json(sample: dict) -> dict | None:
+    """The sample's `json` member as a dict (None when absent); `SampleError` when it is not a JSON object."""
+    meta = _field(sample, "json")
+    if meta is None:
+        return None
+    try:
+        data = json.loads(meta)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SampleError("bad_json", f"invalid json: {err}") from err
+    if not isinstance(data, dict):
+        raise SampleError("bad_json", f"json is a {type(data).__name__}, not an object")
+    return data
+
+
 def decode_text(sample: dict) -> str:
+    """The caption: the `txt` (`text`, `caption`) member, else json `caption` / `text`."""
     raw = _field(sample, "txt", "text", "caption")
     if raw is not None:
         return raw.decode("utf-8").strip()
-    meta = _field(sample, "json")
-    if meta is not None:
-        try:
-            data = json.loads(meta)
-        except json.JSONDecodeError as err:
-            raise SampleError("bad_json", f"invalid json: {err}") from err
+    data = _json(sample) or {}
+    for name in TEXT_FIELDS:
+        if isinstance(data.get(name), str):
+            return data[name].strip()
+    raise SampleError("missing_field", "no txt/json caption or text field")
+
+
+def _content(value: object) -> str:
+    """A turn's content: a string, or OpenAI-style parts (`{"type": "text", "text"}`, `{"type": "image"}`)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        parts = []
+        for part in value:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text" and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+            elif kind in ("image", "image_url"):
+                parts.append(IMAGE_MARKER)
+            else:
+                raise SampleError("bad_json", f"a turn's content part {part!r} is neither text nor image")
+        return "".join(parts)
+    raise SampleError("bad_json", f"a turn's content is a {type(value).__name__}, not a string")
+
+
+def decode_messages(turns: object, role_key: str, content_key: str) -> list[dict]:
+    """Chat turns (`messages` role/content or LLaVA `conversations` from/value) → `[{"role", "content"}]`."""
+    if not isinstance(turns, list) or not turns:
+        raise SampleError("bad_json", "messages / conversations must be a non-empty list of turns")
+    out = []
+    for turn in turns:
+        if not isinstance(turn, dict) or turn.get(role_key) not in ROLES:
+            got = turn.get(role_key) if isinstance(turn, dict) else turn
+            raise SampleError("bad_json", f"a turn's {role_key} is {got!r} (known: {', '.join(ROLES)})")
+        out.append({"role": ROLES[turn[role_key]], "content": _content(turn.get(content_key, ""))})
+    return out
+
+
+def _answers(value: object) -> list[str]:
+    values = value if isinstance(value, list) else [value]
+    # VQAv2 lists dicts {"answer": ...} per annotator; plain strings elsewhere
+    texts = [v.get("answer") if isinstance(v, dict) else v for v in values]
+    texts = [str(t).strip() for t in texts if isinstance(t, str | int | float) and str(t).strip()]
+    if not texts:
+        raise SampleError("bad_json", f"answer {value!r} holds no non-empty answer")
+    return texts
+
+
+def decode_fields(sample: dict) -> dict:
+    """The per-sample text fields of the shard conventions (README: *Shard conventions*), normalised:
+
+    `text` (caption: `txt` or json `caption`/`text`), `prompt`, `question`, `answers` (json `answer` or `answers`,
+    a string or a list), `messages` (json `messages` role/content or `conversations` from/value), `prefix`,
+    `suffix`, `answer_label` (an int). Which of them a sample needs depends on its task (`tokenize/fields.py`)."""
+    out: dict = {}
+    raw = _field(sample, "txt", "text", "caption")
+    if raw is not None:
+        out["text"] = raw.decode("utf-8", errors="replace").strip()
+    data = _json(sample) or {}
+    if "text" not in out:
         for name in TEXT_FIELDS:
             if isinstance(data.get(name), str):
-                return data[name].strip()
-    raise SampleError("missing_field", "no txt/json caption or text field")
+                out["text"] = data[name].strip()
+                break
+    for name in ("prompt", "question", "prefix", "suffix"):
+        if isinstance(data.get(name), str):
+            out[name] = data[name].strip()
+    for name in ("answer", "answers"):
+        if data.get(name) is not None:
+            out["answers"] = _answers(data[name])
+            break
+    if data.get("messages") is not None:
+        out["messages"] = decode_messages(data["messages"], "role", "content")
+    elif data.get("conversations") is not None:
+        out["messages"] = decode_messages(data["conversations"], "from", "value")
+    if isinstance(data.get("answer_label"), int):
+        out["answer_label"] = data["answer_label"]
+    if not any(out.get(name) for name in TRAINABLE_FIELDS):
+        raise SampleError(
+            "missing_field", "no txt / json caption|text, answer, messages / conversations or suffix field"
+        )
+    return out
 
 
 def decode_image_text(sample: dict, image_size: int) -> dict:
     data = _field(sample, *IMAGE_SUFFIXES)
     if data is None:
         raise SampleError("missing_field", "no jpg/png/webp image")
-    return {"image": decode_image(data, image_size), "text": decode_text(sample)}
+    image = decode_image(data, image_size)
+    return {"image": image, **decode_fields(sample)}
 
 
 def decode_text_only(sample: dict, image_size: int) -> dict:
-    return {"text": decode_text(sample)}
+    return decode_fields(sample)
 
 
 def _npy(data: bytes, name: str) -> torch.Tensor:
@@ -93,7 +186,7 @@ def decode_region_features(sample: dict, image_size: int) -> dict:
     out = {
         "features": _npy(feats, "features").float(),
         "boxes": _npy(boxes, "boxes").float(),
-        "text": decode_text(sample),
+        **decode_fields(sample),
     }
     if out["features"].ndim != 2 or out["boxes"].shape != (out["features"].shape[0], 4):
         raise SampleError("bad_array", f"features {tuple(out['features'].shape)} / boxes {tuple(out['boxes'].shape)}")

@@ -29,6 +29,7 @@ HOLE_KINDS = (
     "bad_json",
     "bad_array",
     "oversized_member",
+    "unfit_for_task",  # the sample decodes, but has none of the fields its source's task reads
     "other",
 )
 

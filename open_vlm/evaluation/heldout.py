@@ -14,6 +14,7 @@ import torch
 
 from open_vlm.config.schema import RunConfig
 from open_vlm.data.build import batch_to_device, build_model_loader
+from open_vlm.evaluation.vqa import vqa_evaluator
 from open_vlm.models.losses import build_loss
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class HeldOutEvaluator:
         self.start = self.loader.local_state_dict()  # every evaluation replays the same batches
         self.loss_fn = build_loss(cfg.train.loss, rank=rank, world_size=world)
         self.num_batches = cfg.eval.max_batches or max(1, self.loader_samples() // self.global_batch)
+        self.vqa = vqa_evaluator(cfg, bundle, tokenizer, sources, rank, world)  # None: no VQA source
 
     def loader_samples(self) -> int:
         return min(src.manifest.num_samples for src in self.loader.sources)
@@ -84,6 +86,7 @@ class HeldOutEvaluator:
             if "image_features" in outputs:
                 features["image"].append(torch.nn.functional.normalize(outputs["image_features"].float(), dim=-1))
                 features["text"].append(torch.nn.functional.normalize(outputs["text_features"].float(), dim=-1))
+        vqa = self.vqa.evaluate(model, device, all_reduce) if self.vqa is not None else {}
         if was_training:
             model.train()
         total, count = all_reduce(total), all_reduce(count)
@@ -93,4 +96,5 @@ class HeldOutEvaluator:
             result["eval_perplexity"] = math.exp(min(loss, 50.0))
         if features["image"]:
             result.update(recall_at_k(torch.cat(features["image"]), torch.cat(features["text"])))
+        result.update(vqa)
         return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 from open_vlm.config.schema import ModelConfig
 from open_vlm.models.registry import ModelBundle, register_model
 from open_vlm.models.spec import pretrained_or_config
+from open_vlm.models.text_only import install_paligemma_hook
 
 
 def paligemma_config(spec: dict, tokenizer):
@@ -44,6 +45,7 @@ def bundle(model) -> ModelBundle:
     """The `ModelBundle` of a PaliGemmaForConditionalGeneration."""
     vision = model.config.vision_config
     inner = model.model
+    install_paligemma_hook(model)  # text-only batches: causal token types, vision kept in the graph
     units = [inner.vision_tower, *inner.language_model.layers]
     return ModelBundle(
         model=model,

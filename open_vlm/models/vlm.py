@@ -19,6 +19,7 @@ from open_vlm.models.projector import Projector
 from open_vlm.models.registry import ModelBundle, register_model
 from open_vlm.models.siglip import vision_features
 from open_vlm.models.spec import decoder_layers, module_name, read_model_config
+from open_vlm.models.text_only import needs_vision_tie, zero_weight_vision
 from open_vlm.storage import local_dir
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,10 @@ class VisionLanguageModel(nn.Module):
         """The language model's output (logits, and its loss when `labels` is given)."""
         del token_type_ids  # prefix-LM batches carry it; a causal LM has no use for it
         embeds = self.embed(input_ids, pixel_values)
+        # A text-only training batch still runs the vision side at weight zero (models/text_only.py: DDP).
+        if needs_vision_tie(self, [self.vision_tower, self.projector], {"pixel_values": pixel_values, **kwargs}):
+            tie = zero_weight_vision(self.image_features, self.vision_tower.config.image_size, embeds)
+            embeds = embeds + tie.to(embeds.dtype)
         return self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
 
     @torch.no_grad()

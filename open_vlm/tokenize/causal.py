@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from open_vlm.tokenize.fields import caption
 from open_vlm.tokenize.padding import IGNORE, SequenceCollator, num_supervised, pad_to, padded_length, valid_rows
 from open_vlm.tokenize.text import SampleText
 
@@ -35,7 +36,7 @@ class CausalLMProcessor:
         self.text = SampleText(self.tokenizer)
 
     def __call__(self, sample: dict, source=None) -> dict:
-        ids = self.text.ids(sample["text"])
+        ids = self.text.ids(caption(sample, "causal_lm"))
         ids = ([self.bos_id] if self.add_bos else []) + ids + ([self.eos_id] if self.add_eos else [])
         ids = torch.tensor(ids[: self.max_len], dtype=torch.long)
         return {"input_ids": ids, "labels": ids.clone()}

@@ -6,12 +6,16 @@ Layout (each piece tokenized on its own, so every mask position is known by cons
           assistant_start answer end_of_turn  (more turns)
 
 Labels are -100 everywhere except the assistants' answers and their `end_of_turn` (so the model learns to
-stop). The image block sits in the first user turn.
+stop). The image block sits in the first user turn whose text holds an `<image>` marker, where the marker is
+(LLaVA's `"<image>\nWhat is..."` puts it first), else at the start of the first user turn. A text-only sample has
+no image block; a text-only sample without turns (a caption-less document) is BOS + text + EOS, all of it the
+target. Which fields a sample's conversation comes from is `fields.chat_messages`' business.
 
 Truncation: `max_len` counts text tokens; the N image placeholders come on top (as `data.max_text_len` says).
-The sequence is cut from the right (later turns, then the answer's end), never inside the image block. When even
-the first answer's first token would not fit, the user turn before it is shortened instead, so every sample
-keeps something to learn.
+The sequence is cut from the right (later turns, then the answer's end), never inside the image block. When the
+first answer would not fit, the user turns before it are shortened instead: so that its first token fits (a
+caption under the run's fixed prompt), or all of it (a conversation or question from the data: the answer keeps
+its end), so every sample keeps something to learn.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from open_vlm.data.decode import SampleError
+from open_vlm.tokenize.fields import DOCUMENT, QA, chat_messages
 from open_vlm.tokenize.padding import IGNORE, SequenceCollator
 from open_vlm.tokenize.text import SampleText
 
@@ -41,7 +47,7 @@ class ChatTemplate:
 
 @dataclass
 class ChatProcessor:
-    """Decoded `{"image", "text"[, "prompt"]}` or `{"image", "messages": [{"role", "content"}...]}` → tokens."""
+    """A decoded sample (`fields.chat_messages`: messages, question/answer, prefix/suffix, caption) → tokens."""
 
     tokenizer: object
     num_image_tokens: int
@@ -67,51 +73,67 @@ class ChatProcessor:
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
-    def pieces(self, messages: list[dict]) -> list[tuple[list[int], str]]:
-        """(token ids, part) in order; part is `template`, `image`, `system`, `user` or `answer` (supervised)."""
+    def _user_turn(self, content: str, with_image: bool) -> list[tuple[list[int], str]]:
+        """A user turn's content pieces; the image block goes where its `<image>` marker is, else first."""
+        if not with_image:
+            return [(self.text.ids(content), "user")]
+        before, _, after = content.partition(self.image_token) if self.image_token in content else ("", "", content)
+        return [
+            (self.text.ids(before.rstrip()), "user"),
+            (self.image_block, "image"),
+            (self.text.ids(after.lstrip()), "user"),
+        ]
+
+    def pieces(self, messages: list[dict], image: bool = True) -> list[tuple[list[int], str]]:
+        """(token ids, part) in order; part is `template`, `image`, `system`, `user` or `answer` (supervised).
+
+        The image block goes into the first user turn holding an `<image>` marker, else the first user turn;
+        `image=False` (a text-only sample) has none."""
         out: list[tuple[list[int], str]] = [(self.bos, "template")]
-        image_placed = False
-        for message in messages:
-            role, content = message["role"], self.text.ids(message["content"])
+        users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+        marked = [i for i in users if self.image_token in messages[i]["content"]]
+        image_turn = (marked or users or [None])[0] if image else None
+        if image and image_turn is None:
+            raise SampleError("unfit_for_task", "a chat with an image needs a user turn to hold it")
+        for i, message in enumerate(messages):
+            role = message["role"]
             if role == "system":
+                content = self.text.ids(message["content"])
                 out += [(self.system_start, "template"), (content, "system"), (self.end_of_turn, "template")]
             elif role == "user":
                 out.append((self.user_start, "template"))
-                if not image_placed:
-                    out.append((self.image_block, "image"))
-                    image_placed = True
-                out += [(content, "user"), (self.end_of_turn, "template")]
+                out += self._user_turn(message["content"], i == image_turn)
+                out.append((self.end_of_turn, "template"))
             elif role == "assistant":
+                content = self.text.ids(message["content"])
                 out += [(self.assistant_start, "template"), (content + self.end_of_turn, "answer")]
             else:
-                raise ValueError(f"unknown role {role!r} (system | user | assistant)")
-        if not image_placed:
-            raise ValueError("a conversation needs a user turn to hold the image")
+                raise SampleError("bad_json", f"unknown role {role!r} (system | user | assistant)")
         return out
 
     def segments(self, messages: list[dict]) -> list[tuple[list[int], bool]]:
         """(token ids, supervised) pieces in order; the image block is in the first user turn."""
         return [(ids, part == "answer") for ids, part in self.pieces(messages)]
 
-    def encode(self, messages: list[dict]) -> dict[str, torch.Tensor]:
-        pieces = self.pieces(messages)
-        budget = self.max_len + self.num_image_tokens  # max_len counts text; the image placeholders come on top
+    def encode(self, messages: list[dict], image: bool = True, keep_answer: bool = False) -> dict[str, torch.Tensor]:
+        """Token ids and labels of a conversation. Too long, the user turns before the first answer give way so
+        that one token of it fits (`keep_answer`: all of it, so the answer keeps its end); then the end is cut."""
+        pieces = self.pieces(messages, image)
+        n_img = self.num_image_tokens if image else 0
+        budget = self.max_len + n_img  # max_len counts text; the image placeholders come on top
         parts = [part for _, part in pieces]
         first_answer = parts.index("answer") if "answer" in parts else None
         if first_answer is not None:
             before = sum(len(ids) for ids, _ in pieces[:first_answer])
-            excess = before + 1 - budget  # tokens to drop before the first answer so one of its tokens fits
-            users = [i for i in range(first_answer) if parts[i] == "user"]
-            if excess > 0 and users:
-                i = users[-1]
-                ids, part = pieces[i]
-                pieces[i] = (ids[: max(len(ids) - excess, 0)], part)
+            excess = before + (len(pieces[first_answer][0]) if keep_answer else 1) - budget
+            if excess > 0 and "user" in parts[:first_answer]:
+                self._shorten_users(pieces, first_answer, excess)
                 if not self._warned:
                     self._warned = True
                     log.warning(
-                        "chat samples need %d text tokens before their first answer, more than max_len %d: the "
-                        "user turn is shortened (raise data.max_text_len to keep it whole)",
-                        before - self.num_image_tokens,
+                        "chat samples need %d text tokens before their answer, more than max_len %d: the user "
+                        "turn is shortened (raise data.max_text_len to keep it whole)",
+                        before - n_img,
                         self.max_len,
                     )
         ids: list[int] = []
@@ -128,13 +150,32 @@ class ChatProcessor:
             "labels": torch.tensor(labels[:keep], dtype=torch.long),
         }
 
+    @staticmethod
+    def _shorten_users(pieces: list[tuple[list[int], str]], first_answer: int, excess: int) -> None:
+        """Drop `excess` tokens from the ends of the user pieces before the first answer, the latest first."""
+        for i in reversed(range(first_answer)):
+            ids, part = pieces[i]
+            if part != "user" or excess <= 0:
+                continue
+            cut = min(excess, len(ids))
+            pieces[i] = (ids[: len(ids) - cut], part)
+            excess -= cut
+
+    def encode_document(self, text: str) -> dict[str, torch.Tensor]:
+        """A text-only document: BOS + text + EOS, all of it the target (as causal LM training), cut at its end."""
+        ids = (self.bos + self.text.ids(text) + [self.tokenizer.eos_token_id])[: max(self.max_len, len(self.bos) + 1)]
+        labels = [IGNORE] * len(self.bos) + ids[len(self.bos) :]
+        return {"input_ids": torch.tensor(ids, dtype=torch.long), "labels": torch.tensor(labels, dtype=torch.long)}
+
     def __call__(self, sample: dict, source=None) -> dict:
-        messages = sample.get("messages") or [
-            {"role": "user", "content": sample.get("prompt", self.prompt)},
-            {"role": "assistant", "content": sample["text"]},
-        ]
-        out = self.encode(messages)
-        out["pixel_values"] = sample["image"]
+        messages, kind = chat_messages(sample, self.prompt)
+        has_image = "image" in sample
+        if kind == DOCUMENT:
+            out = self.encode_document(messages[0]["content"])
+        else:
+            out = self.encode(messages, image=has_image, keep_answer=kind == QA)
+        if has_image:
+            out["pixel_values"] = sample["image"]
         return out
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from open_vlm.tokenize.fields import caption
 from open_vlm.tokenize.padding import valid_rows
 from open_vlm.tokenize.text import SampleText
 from open_vlm.tokenize.tokenizers import is_openclip_tokenizer
@@ -40,7 +41,7 @@ class ContrastiveProcessor:
         return torch.tensor(enc["input_ids"], dtype=torch.long), torch.tensor(enc["attention_mask"], dtype=torch.long)
 
     def __call__(self, sample: dict, source=None) -> dict:
-        ids, mask = self.encode(sample["text"])
+        ids, mask = self.encode(caption(sample, "contrastive"))
         return {"input_ids": ids, "attention_mask": mask, "pixel_values": sample["image"]}
 
 

@@ -14,22 +14,14 @@ on any number of workers and after a resume:
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from open_vlm.tokenize.fields import seeded_rng, unfit
 from open_vlm.tokenize.padding import IGNORE, SequenceCollator, valid_rows
 from open_vlm.tokenize.text import SampleText
-
-
-def seeded_rng(seed: int, *parts: bytes | str) -> np.random.Generator:
-    """A numpy RNG that depends only on `seed` and `parts` (stable across processes and Python runs)."""
-    h = hashlib.sha256(str(seed).encode())
-    for part in parts:
-        h.update(b"\0" + (part.encode() if isinstance(part, str) else part))
-    return np.random.default_rng(int.from_bytes(h.digest()[:8], "little"))
 
 
 def mask_tokens(
@@ -64,7 +56,7 @@ def pad_regions(features: torch.Tensor, boxes: torch.Tensor, k: int) -> dict[str
 
 @dataclass
 class LxmertProcessor:
-    """Decoded `{"features" (R, D), "boxes" (R, 4), "text", "__key__"}` → MLM text tokens + K regions."""
+    """Decoded `{"features" (R, D), "boxes" (R, 4), "text" (else "question"), "__key__"}` → MLM tokens + K regions."""
 
     tokenizer: object  # needs cls, sep, mask and pad tokens
     num_regions: int = 36
@@ -82,7 +74,10 @@ class LxmertProcessor:
         self.text = SampleText(tok)
 
     def __call__(self, sample: dict, source=None) -> dict:
-        text = self.text.ids(sample["text"])[: self.max_len - 2]
+        words = sample.get("text") or sample.get("question")
+        if not words:
+            raise unfit("lxmert", "a caption (txt / json caption|text) or a question", sample)
+        text = self.text.ids(words)[: self.max_len - 2]
         ids = torch.tensor([self.cls_id, *text, self.sep_id], dtype=torch.long)
         candidates = torch.ones(len(ids), dtype=torch.bool)
         candidates[0] = candidates[-1] = False

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 import torch
 
 IGNORE = -100  # label value that the loss skips (PyTorch's cross_entropy default ignore_index)
+# Stacked over the rows that have them: a batch may mix image and text-only rows (the models put each image's
+# features on the image tokens, in row order).
+IMAGE_KEYS = ("pixel_values",)
 SIDES = ("right", "left")
 
 
@@ -61,7 +64,8 @@ class SequenceCollator:
     """Pads the per-sample sequences of a task and stacks everything else; adds the attention mask and counts.
 
     `pad_values` maps each sequence key to its fill value; `input_ids` must be one of them. Other tensor keys
-    of equal shape (pixel_values, region features) are stacked. The attention mask is 1 on real tokens.
+    of equal shape (pixel_values, region features) are stacked, `pixel_values` over the rows that have an image
+    (none: no key). The attention mask is 1 on real tokens.
     Invalid rows keep their tokens (shapes stay fixed) but get labels IGNORE and count no tokens.
     """
 
@@ -82,7 +86,11 @@ class SequenceCollator:
         ones = [torch.ones(n, dtype=torch.long) for n in lengths]
         batch["attention_mask"] = pad_to(ones, 0, length, self.padding_side)
         for key in self.stack_keys:
-            if key in samples[0]:
+            if key in IMAGE_KEYS:  # text-only rows have no image: the rows' image tokens say whose it is
+                present = [s[key] for s in samples if key in s]
+                if present:
+                    batch[key] = torch.stack(present)
+            elif key in samples[0]:
                 batch[key] = torch.stack([s[key] for s in samples])
         valid = valid_rows(samples)
         batch[self.label_key][~valid] = IGNORE

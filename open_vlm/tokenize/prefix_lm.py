@@ -5,8 +5,14 @@ labels are -100 everywhere except the suffix. The encoding is `PaliGemmaProcesso
 `BOS + prefix + separator` is tokenized as one text (a tokenizer that adds a space marker would otherwise see the
 separator as a word of its own), the suffix as a text of its own followed by EOS.
 
-Truncation (`max_text_len` text tokens; image tokens come on top) cuts the suffix first, down to one token, then
-the prefix (never below BOS + separator). A cut suffix has no EOS, as in big_vision: the caption has not ended.
+What a sample trains on (caption, question → answer, prefix → suffix, a text document) is read by
+`fields.prefix_lm_exchange`. A text-only sample has no image tokens and no pixels.
+
+Truncation (`max_text_len` text tokens; image tokens come on top): for a caption under the run's fixed prompt the
+suffix is cut first, down to one token, then the prefix (never below BOS + separator), as in big_vision. When the
+prompt came with the sample (a question, a per-sample prompt or prefix), the prefix gives way first, so the answer
+keeps its end; an answer longer than the whole budget keeps its start. A cut suffix has no EOS: it has not ended.
+A text document (no prompt) is BOS (token type 0) + text + EOS (token type 1: causal), cut at its end.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from open_vlm.tokenize.fields import DOCUMENT, QA, prefix_lm_exchange
 from open_vlm.tokenize.padding import IGNORE, SequenceCollator, pad_left, pad_right
 from open_vlm.tokenize.text import SampleText
 
@@ -23,7 +30,7 @@ __all__ = ["IGNORE", "PrefixLMCollator", "PrefixLMProcessor", "pad_left", "pad_r
 
 @dataclass
 class PrefixLMProcessor:
-    """Decoded `{"image", "text"[, "prompt"]}` → token tensors for one sample (runs in loader workers)."""
+    """A decoded sample (`fields.py` says which fields it reads) → token tensors (runs in loader workers)."""
 
     tokenizer: object  # a transformers tokenizer with bos/eos/pad and an "<image>" token
     num_image_tokens: int
@@ -50,20 +57,22 @@ class PrefixLMProcessor:
             raise ValueError(f"tokenizer does not keep its BOS token {self.tokenizer.bos_token!r} as one token")
         return ids
 
-    def encode(self, prefix: str, suffix: str | None) -> dict[str, torch.Tensor]:
-        """Token ids, token types and labels; `suffix=None` gives a generation prompt."""
-        prefix_ids = self.prefix_ids(prefix)
+    def encode(
+        self, prefix: str | None, suffix: str | None, image: bool = True, keep_answer: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Token ids, token types and labels. `suffix=None` gives a generation prompt; `prefix=None` a text document
+        (BOS, then the suffix as the target); `image=False` no image tokens (a text-only sample); `keep_answer`
+        cuts a too long prefix before the suffix, so the answer keeps its end."""
+        prefix_ids = [self.bos_id] if prefix is None else self.prefix_ids(prefix)
         suffix_ids = [] if suffix is None else [*self.text.ids(suffix), self.eos_id]
         budget = self.max_text_len
         if len(prefix_ids) + len(suffix_ids) > budget:
-            room = max(budget - len(prefix_ids), 1)
-            if len(suffix_ids) > room:  # the caption itself is cut: it keeps no EOS
-                suffix_ids = suffix_ids[:room]
-            keep = max(budget - len(suffix_ids), 1 + len(self.sep_ids))
-            if len(prefix_ids) > keep:
-                cut = self._ids(self.tokenizer.bos_token + self.text.plain(prefix))[: keep - len(self.sep_ids)]
-                prefix_ids = [*cut, *self.sep_ids]
-        n_img = self.num_image_tokens
+            floor = 1 if prefix is None else 1 + len(self.sep_ids)  # never below BOS (+ separator)
+            if keep_answer:
+                prefix_ids = self._cut_prefix(prefix, prefix_ids, max(budget - len(suffix_ids), floor))
+            suffix_ids = suffix_ids[: max(budget - len(prefix_ids), 1)]  # a cut answer keeps no EOS
+            prefix_ids = self._cut_prefix(prefix, prefix_ids, max(budget - len(suffix_ids), floor))
+        n_img = self.num_image_tokens if image else 0
         input_ids = [self.image_token_id] * n_img + prefix_ids + suffix_ids
         types = [0] * (n_img + len(prefix_ids)) + [1] * len(suffix_ids)
         labels = [IGNORE] * (n_img + len(prefix_ids)) + suffix_ids
@@ -73,9 +82,20 @@ class PrefixLMProcessor:
             "labels": torch.tensor(labels, dtype=torch.long),
         }
 
+    def _cut_prefix(self, prefix: str | None, prefix_ids: list[int], keep: int) -> list[int]:
+        """`prefix_ids` cut to `keep` tokens, its start kept and the separator put back."""
+        if len(prefix_ids) <= keep or prefix is None:
+            return prefix_ids
+        cut = self._ids(self.tokenizer.bos_token + self.text.plain(prefix))[: keep - len(self.sep_ids)]
+        return [*cut, *self.sep_ids]
+
     def __call__(self, sample: dict, source=None) -> dict:
-        out = self.encode(sample.get("prompt", self.prompt), sample["text"])
-        out["pixel_values"] = sample["image"]
+        pair = prefix_lm_exchange(sample, self.prompt)
+        prefix = None if pair.kind == DOCUMENT else pair.prompt
+        has_image = "image" in sample
+        out = self.encode(prefix, pair.answer, image=has_image, keep_answer=pair.kind == QA)
+        if has_image:
+            out["pixel_values"] = sample["image"]
         return out
 
 

@@ -267,7 +267,7 @@ class Trainer:
             loss=float(total),
             grad_norm=grad_norm,
             lr=lr,
-            samples=sum(int(b["valid"].sum()) if "valid" in b else len(b["__meta__"]) for b in micro_batches),
+            samples=sum(len(b["__meta__"]) for b in micro_batches),  # rows processed (a bad sample's copy too)
             tokens=sum(b["num_tokens"] for b in micro_batches),
             skipped=skipped,
         )

@@ -67,6 +67,13 @@ def all_reduce_sums(values: list[float], device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
+def shutdown_distributed() -> None:
+    """Tear down every process group before exit: a gloo group left to the interpreter's exit can abort the process
+    ("terminate called without an active exception") after a run that succeeded."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

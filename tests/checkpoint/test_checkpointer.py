@@ -261,6 +261,7 @@ def test_init_from_another_model_kind_is_refused(tmp_path, demo_dir):
 
 @pytest.mark.parametrize("key", ["resume", "init_from"])
 def test_a_checkpoint_path_with_no_checkpoint_is_one_line(tmp_path, demo_dir, key):
+    (tmp_path / "nothing-here").mkdir()  # it exists (a path that does not is refused earlier, by config checks)
     config = write_config(tmp_path, demo_dir, "nowhere", checkpoint={key: str(tmp_path / "nothing-here")})
     out = run_cli("-m", "open_vlm.train", "--config", str(config), env=ENV)
     assert out.returncode == 2, out.stderr[-2000:]

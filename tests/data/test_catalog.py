@@ -114,7 +114,10 @@ def test_bad_catalog_entries_name_the_file(tmp_path):
         ("image_text", [], "chat_lm", True),
         ("image_text", ["captioning"], "causal_lm", False),
         ("text", ["text_lm"], "causal_lm", True),
-        ("text", ["text_lm"], "prefix_lm", False),
+        ("text", ["text_lm"], "prefix_lm", True),  # issue 16: text in a VLM run (a document, no image)
+        ("text", ["text_lm"], "contrastive", False),
+        ("image_text", ["chat"], "chat_lm", True),
+        ("image_text", ["chat"], "prefix_lm", False),
         ("region_features", ["region_pretraining"], "lxmert", True),
         ("region_features", [], "prefix_lm", False),
         ("pretokenized", ["prefix_lm"], "prefix_lm", True),
@@ -126,8 +129,8 @@ def test_compatibility_table(modality, tasks, data_task, fits):
 
 
 def test_inline_sources_are_checked_too(tmp_path):
-    config = write_run_config(tmp_path, [{"urls": ["t.tar"], "modality": "text"}], task="prefix_lm")
-    with pytest.raises(ConfigError, match=r"data.sources\[0\]: source does not fit data.task prefix_lm"):
+    config = write_run_config(tmp_path, [{"urls": ["t.tar"], "modality": "text"}], task="contrastive")
+    with pytest.raises(ConfigError, match=r"data.sources\[0\]: source does not fit data.task contrastive"):
         load_run_config(["--config", str(config)])
     config = write_run_config(tmp_path, [{"urls": ["t.tar"], "modality": "text"}], task="causal_lm")
     assert load_run_config(["--config", str(config)]).data.sources[0].name == "source0"
@@ -167,12 +170,12 @@ def test_unknown_dataset_exits_2_listing_close_matches(tmp_path, run_catalog):
 
 def test_dataset_not_fitting_the_task_exits_2(tmp_path, run_catalog):
     config = write_run_config(
-        tmp_path, [{"dataset": "coco_captions"}, {"dataset": "wiki_text"}], catalogs=[run_catalog]
+        tmp_path, [{"dataset": "coco_captions"}, {"dataset": "wiki_text"}], task="contrastive", catalogs=[run_catalog]
     )
     out = run_cli("-m", "open_vlm.cli", "train", "--config", str(config), timeout=120)
     assert out.returncode == 2, out.stderr
-    assert "data.sources[1]: dataset 'wiki_text' does not fit data.task prefix_lm" in out.stderr
-    assert "modality text cannot feed data.task prefix_lm" in out.stderr
+    assert "data.sources[1]: dataset 'wiki_text' does not fit data.task contrastive" in out.stderr
+    assert "modality text cannot feed data.task contrastive" in out.stderr
     # right modality, wrong purpose: VQA pairs are not for contrastive training (checked in-process: fast)
     config = write_run_config(tmp_path, [{"dataset": "coco_vqa"}], task="contrastive", catalogs=[run_catalog])
     with pytest.raises(ConfigError, match="it is meant for vqa; data.task contrastive takes datasets for"):

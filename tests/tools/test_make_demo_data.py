@@ -43,3 +43,34 @@ def test_examples_named_by_caption(demo_dir):
     examples = sorted((demo_dir / "examples").glob("*.jpg"))
     assert len(examples) == 4
     assert all(p.stem.startswith("a_") and "_on_the_" in p.stem for p in examples)
+
+
+def test_vqa_and_text_sets(mixture_dir):
+    """`--sets captions,vqa,text`: questions whose answers are the image's attributes, text-only sentences."""
+    tok = load_tokenizer(str(mixture_dir / "tokenizer"))
+    for folder, prefix in (("vqa", "vqa"), ("text", "text")):
+        manifest = read_manifest(str(mixture_dir / folder / "manifest.json"))
+        assert [s.num_samples for s in manifest.shards] == [32, 32]
+        with open(manifest.shards[0].url, "rb") as f:
+            samples = list(iter_tar_samples(f, manifest.shards[0].url))
+        assert manifest.shards[0].url.endswith(f"{prefix}-000000.tar")
+        for sample in samples:
+            if folder == "vqa":
+                assert set(sample) - {"__key__", "__url__"} == {"jpg", "json"}
+                meta = json.loads(sample["json"])
+                assert meta["answer"][0] == meta[meta["asked"]] and meta["question"].endswith("?")
+                texts = [meta["question"], *meta["answer"]]
+            else:
+                assert set(sample) - {"__key__", "__url__"} == {"txt"}
+                texts = [sample["txt"].decode()]
+            for text in texts:
+                assert tok.unk_token_id not in tok(text, add_special_tokens=False)["input_ids"], text
+
+
+def test_unknown_set_is_refused(tmp_path):
+    import pytest
+    from make_demo_data import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path), "--sets", "captions,video"])
+    assert exit_info.value.code == 2
