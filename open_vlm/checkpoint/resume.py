@@ -8,6 +8,7 @@ import logging
 from open_vlm.checkpoint.dcp_io import WeightsReport
 from open_vlm.config.load import config_from_yaml_text
 from open_vlm.config.schema import RunConfig
+from open_vlm.data.augment import fingerprint as augment_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ def resume_fingerprint(cfg: RunConfig) -> dict:
             {k: v for k, v in dataclasses.asdict(s).items() if k in ("name", "urls", "weight", "modality")}
             for s in cfg.data.sources
         ],
+        # A changed augmentation changes what the model sees (data/augment.py: None where nothing is augmented).
+        "data.augment": augment_fingerprint(cfg.data),
         "data.num_streams": cfg.data.num_streams,
         "data.mixing": cfg.data.mixing,
         "data.shuffle_window": cfg.data.shuffle_window,

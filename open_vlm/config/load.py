@@ -77,6 +77,19 @@ ALIASES = {
 RENAMES = {"checkpoint.async": "checkpoint.async_save"}
 
 
+def _augment_shorthand(sources: object) -> None:
+    """`augment: NAME` on a source means `augment: {recipe: NAME}`."""
+    for source in sources if isinstance(sources, list) else []:
+        if isinstance(source, dict) and isinstance(source.get("augment"), str):
+            source["augment"] = {"recipe": source["augment"]}
+
+
+def _shorthands(values: dict) -> None:
+    for section in ("data", "eval"):
+        if isinstance(values.get(section), dict):
+            _augment_shorthand(values[section].get("sources"))
+
+
 def _apply_renames(values: dict, overrides: list[str]) -> list[str]:
     for old, new in RENAMES.items():
         section, leaf = old.split(".")
@@ -207,6 +220,7 @@ def load_run_config(argv: list[str], env: EnvConfig | None = None) -> RunConfig:
     config_path, overrides = split_args(argv)
     values = read_yaml(config_path) if config_path else {}
     overrides = _apply_renames(values, overrides)
+    _shorthands(values)
     check_keys(values)
     check_override_keys(overrides)
     overrides = _normalise_overrides(overrides)
@@ -226,10 +240,12 @@ def load_run_config(argv: list[str], env: EnvConfig | None = None) -> RunConfig:
 
 
 def _resolve_datasets(cfg: RunConfig) -> None:
-    """Fill `dataset:` sources from the catalog and check each source fits `data.task` (reads no shards).
-
-    Its `CatalogError` is a `ConfigError`."""
+    """Fill `dataset:` sources (of `data.sources` and `eval.sources`) from the catalog and check each source fits
+    `data.task` (reads no shards). Its `CatalogError` is a `ConfigError`."""
     resolve_sources(cfg.data, task=data_task(cfg))
+    if cfg.eval.sources:
+        held_out = dataclasses.replace(cfg.data, sources=cfg.eval.sources)
+        resolve_sources(held_out, task=data_task(cfg), section="eval.sources")
 
 
 def _declared_type(key: str) -> Any:
@@ -261,6 +277,10 @@ def _override_value(key: str, value: str) -> str:
             raise ConfigError(
                 f"{key}: cannot read {value!r} as YAML ({problem}); quote each item, e.g. --{key} '[\"x-{{0..9}}.tar\"]'"
             ) from err
+        if key in ("data.sources", "eval.sources"):
+            sources = yaml.safe_load(value)
+            _augment_shorthand(sources)
+            return json.dumps(sources)
         return value
     return json.dumps([value]) if _declared_type(key) == list[str] else value
 

@@ -18,6 +18,25 @@ class RunSection:
 
 
 @dataclass
+class AugmentConfig:
+    """Image augmentation of one source (open_vlm/data/augment.py). Every random choice is seeded by the sample's
+    (train.seed, source, position), so a resumed run augments exactly as the uninterrupted one did."""
+
+    recipe: str = ""  # a recipe of data.augment or a built-in one (light, strong); settings given here override it
+    crop_scale: list[float] = field(default_factory=list)  # random resized crop: [min, max] area fraction ([]: off)
+    crop_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333])  # its aspect-ratio range
+    # Horizontal flip (p 0.5). Off unless asked for: a flip turns the image's left into right, so captions and
+    # questions that say "left"/"right" (and any written text in the image) no longer match it.
+    flip: bool = False
+    color_jitter: float = 0.0  # brightness, contrast and saturation factors drawn from [1 - x, 1 + x]
+    hue: float = 0.0  # hue shift drawn from [-x, x] (at most 0.5)
+    noise_std: float = 0.0  # Gaussian pixel noise, std as a fraction of the [0, 255] range
+    policy: str = ""  # a torchvision v2 policy: randaugment | trivialaugment | autoaugment | augmix ("": none)
+    policy_ops: int = 2  # randaugment: operations per image
+    policy_magnitude: int = 9  # randaugment / augmix: strength (0..30 bins for randaugment, 1..10 for augmix)
+
+
+@dataclass
 class SourceConfig:
     """One data source: tar shards of one modality, mixed into the run by `weight`."""
 
@@ -34,6 +53,10 @@ class SourceConfig:
     # lxmert; "" = `data.task`, else the model kind's. One run can mix captions and VQA under prefix_lm with chat
     # under chat_lm and text under causal_lm; each source's samples get their task's masking.
     task: str = ""
+    # The catalog dataset's split: train (default) | val | test (`{dataset: coco_captions, split: val}`).
+    split: str = ""
+    # Image augmentation while training (never in evaluation): settings, or `augment: NAME` for a recipe.
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     # Set at config load: the catalog file `dataset` came from. A resolved config (run folder, launched job)
     # keeps its urls as written instead of looking the name up again.
     catalog_file: str | None = None
@@ -44,6 +67,8 @@ class DataConfig:
     sources: list[SourceConfig] = field(default_factory=list)
     # Extra dataset catalogs (paths or s3:// URLs), read after the repo's and the user's; later ones win.
     catalogs: list[str] = field(default_factory=list)
+    # Named augmentation recipes, used by sources as `augment: NAME` (built in: light, strong).
+    augment: dict[str, AugmentConfig] = field(default_factory=dict)
     batch_size: int = 8  # per-device micro batch
     num_workers: int = 0
     prompt: str = "caption en"  # prefix used for image-caption samples
@@ -120,6 +145,9 @@ class OptimConfig:
 class TrainConfig:
     seed: int = 0
     max_steps: int = 100
+    # Passes over the data instead of max_steps (> 0 replaces it): steps until every source has been read this
+    # many times at its weight, from the sources' sample counts (logged at start).
+    epochs: float = 0.0
     strategy: str = "single"  # single | ddp | fsdp
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 uses a grad scaler)
     global_batch_size: int = 0  # samples per optimizer step; 0: data.batch_size x world x accum_steps
@@ -161,6 +189,11 @@ class WandbConfig:
 class LoggingConfig:
     every_steps: int = 10
     level: str = "INFO"
+    # Where metrics go (open_vlm/tracking): jsonl (metrics.jsonl), wandb, mlflow, tensorboard. wandb is also on
+    # when logging.wandb.mode is online / offline. MLflow honours MLFLOW_TRACKING_URI.
+    trackers: list[str] = field(default_factory=lambda: ["jsonl"])
+    # CPU / GPU utilisation and memory (`system/...`) in the first record logged every N steps (0: off).
+    system_every_steps: int = 0
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
@@ -207,6 +240,9 @@ class EvalConfig:
     kind: str = "classification"  # classification | loss (held-out loss / perplexity, retrieval for contrastive)
     every_steps: int = 0  # during training: held-out loss every N steps (0: off)
     sources: list[SourceConfig] = field(default_factory=list)  # held-out shards (default for `eval`: data.sources)
+    # `open-vlm eval --split val`: the catalog split it reads of every dataset source (eval.sources, else
+    # data.sources) that names no split of its own.
+    split: str = ""
     max_batches: int = 16  # held-out global batches per evaluation (0: one pass over eval.sources' first epoch)
     checkpoint: str | None = None  # `open-vlm eval --checkpoint`: the checkpoint / run folder to evaluate
     task: str = "zero_shot"  # zero_shot (siglip/clip + class names) | vqa (lxmert QA head, class_names = answers)

@@ -14,7 +14,7 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
-from open_vlm.config.schema import RunConfig, SourceConfig
+from open_vlm.config.schema import AugmentConfig, RunConfig, SourceConfig
 from open_vlm.errors import ConfigError, DataError, one_line
 from open_vlm.names import did_you_mean
 from open_vlm.storage import is_remote
@@ -62,12 +62,14 @@ RANGES: dict[str, Range] = {
     "optim.min_lr_ratio": UNIT,
     "optim.grad_clip": AT_LEAST_0,
     "train.max_steps": AT_LEAST_1,
+    "train.epochs": AT_LEAST_0,
     "train.global_batch_size": AT_LEAST_0,
     "train.accum_steps": AT_LEAST_1,
     "checkpoint.every_steps": AT_LEAST_0,
     "checkpoint.every_minutes": AT_LEAST_0,
     "checkpoint.keep_last": AT_LEAST_0,
     "logging.every_steps": AT_LEAST_1,
+    "logging.system_every_steps": AT_LEAST_0,
     "extract.num_regions": AT_LEAST_1,
     "extract.batch_size": AT_LEAST_1,
     "extract.region.num_classes": Range(2),
@@ -133,6 +135,13 @@ def check_values(cfg: RunConfig) -> None:
             check_range(f"{section}[{i}].weight", source.weight, POSITIVE)
     if cfg.logging.level.upper() not in LOG_LEVELS:
         raise ConfigError(f"logging.level: expected one of {list(LOG_LEVELS)}, got {cfg.logging.level!r}")
+    from open_vlm.tracking import check_trackers
+
+    check_trackers(cfg.logging)
+    if cfg.data.augment or any(source.augment != AugmentConfig() for source in cfg.data.sources):
+        from open_vlm.data.augment import check_augment
+
+        check_augment(cfg.data)
     check_batch(cfg, world=None)
 
 

@@ -150,10 +150,25 @@ def source_processors(data: DataConfig, *, seed: int, bundle, tokenizer) -> tupl
 
 
 def build_model_loader(
-    data: DataConfig, *, seed: int, global_batch: int, bundle, tokenizer, rank: int = 0, world: int = 1
+    data: DataConfig,
+    *,
+    seed: int,
+    global_batch: int,
+    bundle,
+    tokenizer,
+    rank: int = 0,
+    world: int = 1,
+    augment: bool = True,
 ) -> ShardLoader:
-    """A loader over `data` whose samples are tokenized for each source's task (see `source_processors`)."""
+    """A loader over `data` whose samples are tokenized for each source's task (see `source_processors`); with
+    `augment`, each source's images are augmented first, as its `augment` says (data/augment.py)."""
+    from open_vlm.data.augment import augmented
+
     processors, collators = source_processors(data, seed=seed, bundle=bundle, tokenizer=tokenizer)
+    if augment:
+        processors = [
+            augmented(p, data, src, f"data.sources[{i}]") for i, (p, src) in enumerate(zip(processors, data.sources))
+        ]
     return build_loader(
         data,
         seed=seed,

@@ -11,6 +11,10 @@ Files are read in this order, a later definition of a name replacing an earlier 
       description: COCO 2017 train, one caption per sample
       manifest: s3://bucket/coco/manifest.json                # optional: default manifest.json beside the shards
       version: 3f2a9c01be47                                   # written by `open-vlm data add`
+      splits:                                                 # optional: held-out URL sets (`urls` is train)
+        val: {urls: ["s3://bucket/coco/val-{000000..000004}.tar"], version: 91c0ffee1234}
+
+A source picks a split with `{dataset: coco_captions, split: val}` (default train).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import logging
 import posixpath
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import fsspec
@@ -31,11 +35,14 @@ from open_vlm.config.schema import DataConfig, SourceConfig, source_task
 from open_vlm.data.compat import DATA_TASKS, fit_problem, mixing_problem, unknown_names
 from open_vlm.data.shards import expand_urls
 from open_vlm.errors import ConfigError
+from open_vlm.names import did_you_mean
 from open_vlm.storage import read_yaml_mapping
 
 log = logging.getLogger(__name__)
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+SPLITS = ("train", "val", "test")  # `urls` is the train split; `splits` holds the others
+SPLIT_KEYS = ("urls", "manifest", "version")
 
 
 class CatalogError(ConfigError, ValueError):
@@ -53,6 +60,24 @@ class DatasetEntry:
     description: str = ""
     manifest: str | None = None
     version: str | None = None  # the version when registered (`open-vlm data add`); the manifest is the truth
+    splits: dict[str, dict] = field(default_factory=dict)  # val / test: {urls, manifest, version}
+    augment: dict | None = None  # augmented copies (tools/augment_shards.py): the recipe and what they came from
+
+    def for_split(self, split: str, where: str = "") -> DatasetEntry:
+        """The entry as one split sees it: that split's urls, manifest and version (`train`: the entry itself)."""
+        split = split or "train"
+        if split not in SPLITS:
+            raise CatalogError(f"{where or self.name}: unknown split {split!r}{did_you_mean(split, SPLITS)} ({SPLITS})")
+        if split == "train":
+            return self
+        if split not in self.splits:
+            have = ", ".join(["train", *self.splits])
+            raise CatalogError(
+                f"{where or self.name}: dataset {self.name!r} has no split {split!r} (it has: {have}); register it "
+                f"with open-vlm data add {self.name} URLS... --split {split}"
+            )
+        values = self.splits[split]
+        return replace(self, urls=list(values["urls"]), manifest=values.get("manifest"), version=values.get("version"))
 
     def manifest_path(self) -> str:
         """The manifest's location: `manifest`, or `manifest.json` beside the first shard."""
@@ -60,10 +85,32 @@ class DatasetEntry:
 
     def to_yaml(self) -> dict:
         """The entry as stored in a catalog file (without its name, empty fields left out)."""
-        return {k: v for k, v in asdict(self).items() if k != "name" and v not in (None, "", [])}
+        return {k: v for k, v in asdict(self).items() if k != "name" and v not in (None, "", [], {})}
 
 
 ENTRY_KEYS = [f.name for f in fields(DatasetEntry) if f.name != "name"]
+
+
+def _url_list(urls: object, where: str) -> list[str]:
+    urls = [urls] if isinstance(urls, str) else urls
+    if not urls or not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+        raise CatalogError(f"{where}: 'urls' must be a pattern or a list of patterns")
+    return list(urls)
+
+
+def parse_splits(splits: object, where: str) -> dict[str, dict]:
+    """Check an entry's `splits`: val / test mappings of `urls` (+ optional `manifest`, `version`)."""
+    if not isinstance(splits, dict):
+        raise CatalogError(f"{where}: 'splits' must map {list(SPLITS[1:])} to {{urls: [...]}}")
+    out = {}
+    for split, values in splits.items():
+        if split not in SPLITS[1:]:
+            hint = " (the train split is the entry's own urls)" if split == "train" else did_you_mean(split, SPLITS)
+            raise CatalogError(f"{where}: unknown split {split!r}{hint}; splits are {list(SPLITS[1:])}")
+        if not isinstance(values, dict) or set(values) - set(SPLIT_KEYS):
+            raise CatalogError(f"{where}: split {split!r} must be a mapping of {list(SPLIT_KEYS)}")
+        out[split] = {**values, "urls": _url_list(values.get("urls"), f"{where}: split {split!r}")}
+    return out
 
 
 @dataclass
@@ -117,13 +164,11 @@ def parse_entry(name: str, values: object, where: str) -> DatasetEntry:
             close = difflib.get_close_matches(str(key), ENTRY_KEYS, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise CatalogError(f"{where}: dataset {name!r}: unknown key '{key}'{hint}")
-    urls = values.get("urls")
-    urls = [urls] if isinstance(urls, str) else urls
-    if not urls or not all(isinstance(u, str) for u in urls):
-        raise CatalogError(f"{where}: dataset {name!r}: 'urls' must be a pattern or a list of patterns")
+    urls = _url_list(values.get("urls"), f"{where}: dataset {name!r}")
+    splits = parse_splits(values.get("splits") or {}, f"{where}: dataset {name!r}")
     tasks = values.get("tasks") or []
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
-    entry = DatasetEntry(name=str(name), **{**values, "urls": list(urls), "tasks": tasks})
+    entry = DatasetEntry(name=str(name), **{**values, "urls": urls, "tasks": tasks, "splits": splits})
     problem = unknown_names(entry.modality, entry.tasks)
     if problem:
         raise CatalogError(f"{where}: dataset {name!r}: {problem}")
@@ -174,8 +219,8 @@ def append_entry(path: str, entry: DatasetEntry, replace: bool = False) -> None:
 
 
 def _fill_from_catalog(source: SourceConfig, catalog: Catalog, where: str) -> list[str]:
-    """Set a `dataset:` source's urls, modality and manifest from its entry; returns the entry's tasks."""
-    entry = catalog.get(source.dataset)
+    """Set a `dataset:` source's urls, modality and manifest from its entry (its split); returns the entry's tasks."""
+    entry = catalog.get(source.dataset).for_split(source.split, f"{where}.split")
     if source.urls:
         raise CatalogError(f"{where}: give either dataset ({source.dataset!r}) or urls, not both")
     default_modality = SourceConfig.modality
@@ -186,7 +231,8 @@ def _fill_from_catalog(source: SourceConfig, catalog: Catalog, where: str) -> li
         )
     origins = catalog.origins[entry.name]
     overrides = f" (overrides {', '.join(origins[:-1])})" if len(origins) > 1 else ""
-    log.info("%s: dataset %s from %s%s", where, entry.name, origins[-1], overrides)
+    split = f" (split {source.split})" if source.split not in ("", "train") else ""
+    log.info("%s: dataset %s%s from %s%s", where, entry.name, split, origins[-1], overrides)
     source.urls = list(entry.urls)
     source.modality = entry.modality
     source.manifest = source.manifest or entry.manifest
@@ -195,7 +241,9 @@ def _fill_from_catalog(source: SourceConfig, catalog: Catalog, where: str) -> li
     return entry.tasks
 
 
-def resolve_sources(data: DataConfig, repo_dir: Path | None = None, task: str | None = None) -> None:
+def resolve_sources(
+    data: DataConfig, repo_dir: Path | None = None, task: str | None = None, section: str = "data.sources"
+) -> None:
     """Fill `dataset:` sources from the catalog, then check every source fits its task and that the sources can
     be batched as `data.mixing` says (`CatalogError`).
 
@@ -210,7 +258,9 @@ def resolve_sources(data: DataConfig, repo_dir: Path | None = None, task: str | 
     wanted = any(needs_lookup(s) for s in data.sources)
     catalog = load_catalog(data.catalogs, repo_dir) if wanted else Catalog()
     for i, source in enumerate(data.sources):
-        where = f"data.sources[{i}]"
+        where = f"{section}[{i}]"
+        if source.split and not source.dataset:
+            raise CatalogError(f"{where}.split: only a catalog dataset has splits (give dataset: NAME, or drop split)")
         if source.task and source.task not in DATA_TASKS:
             raise CatalogError(f"{where}.task: expected one of {list(DATA_TASKS)}, got {source.task!r}")
         tasks = _fill_from_catalog(source, catalog, where) if needs_lookup(source) else []
@@ -222,3 +272,20 @@ def resolve_sources(data: DataConfig, repo_dir: Path | None = None, task: str | 
     problem = mixing_problem(data.mixing, [source_task(s, task) for s in data.sources])
     if problem:
         raise CatalogError(problem)
+
+
+def sources_at_split(
+    sources: list[SourceConfig], split: str, data: DataConfig, task: str, section: str = "eval.sources"
+) -> list[SourceConfig]:
+    """Copies of `sources` reading `split` of their catalog dataset (a source naming a split keeps its own)."""
+    out = []
+    for i, source in enumerate(sources):
+        if not source.dataset:
+            raise CatalogError(f"{section}[{i}]: split {split!r} needs a catalog dataset, this source gives urls")
+        if source.split:
+            out.append(source)
+            continue
+        fields_kept = {"name": source.name, "weight": source.weight, "modality": source.modality, "task": source.task}
+        out.append(SourceConfig(dataset=source.dataset, split=split, **fields_kept))
+    resolve_sources(replace(data, sources=out), task=task, section=section)
+    return out

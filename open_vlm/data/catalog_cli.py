@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import posixpath
 import sys
 
 from open_vlm.config.env import apply_process_env, load_env_config
 from open_vlm.config.validate import check_shards
 from open_vlm.data.catalog import (
     NAME_PATTERN,
+    SPLITS,
     CatalogError,
     DatasetEntry,
     append_entry,
@@ -39,10 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify", parents=[extra], help="re-check the shards against the manifest")
     verify.add_argument("name")
     verify.add_argument("--quick", action="store_true", help="compare sizes/etags only, read no shard")
+    verify.add_argument("--split", default="train", choices=SPLITS, help="which split's shards (default train)")
     add = sub.add_parser("add", help="build the manifest and register a dataset")
     add.add_argument("name")
     add.add_argument("urls", nargs="+", help="shard URLs or brace patterns (local or s3://)")
-    add.add_argument("--modality", required=True, choices=sorted(MODALITY_TASKS))
+    add.add_argument("--modality", choices=sorted(MODALITY_TASKS), help="required unless --split val|test")
+    add.add_argument("--split", default="train", choices=SPLITS, help="val|test: a held-out split of NAME")
     add.add_argument("--task", dest="tasks", action="append", default=[], help=f"one of {sorted(DATASET_TASKS)}")
     add.add_argument("--description", default="")
     add.add_argument("--manifest", default=None, help="default: manifest.json beside the first shard")
@@ -87,7 +92,10 @@ def _show(args: argparse.Namespace) -> int:
         ("urls", " ".join(entry.urls)),
         ("manifest", entry.manifest_path()),
         ("from", " < ".join(catalog.origins[entry.name])),
+        *[(f"split {name}", " ".join(split["urls"])) for name, split in entry.splits.items()],
     ]
+    if entry.augment:
+        lines.append(("augment", json.dumps(entry.augment, sort_keys=True)))
     if manifest is None:
         lines.append(("version", f"- ({why})"))
     else:
@@ -106,7 +114,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    entry = load_catalog(args.catalog).get(args.name)
+    entry = load_catalog(args.catalog).get(args.name).for_split(args.split)
     manifest, why = _manifest_summary(entry)
     if manifest is None:
         raise CatalogError(f"{args.name}: {why}; build it with open-vlm data add {args.name} URLS... --replace")
@@ -125,6 +133,10 @@ def _absolute(url: str) -> str:
 def _add(args: argparse.Namespace) -> int:
     if not NAME_PATTERN.match(args.name):
         raise CatalogError(f"bad dataset name {args.name!r} (letters, digits, _ . -)")
+    if args.split != "train":
+        return _add_split(args)
+    if not args.modality:
+        raise CatalogError(f"--modality is required (one of {sorted(MODALITY_TASKS)})")
     problem = unknown_names(args.modality, args.tasks)
     if problem:
         raise CatalogError(problem)
@@ -144,6 +156,41 @@ def _add(args: argparse.Namespace) -> int:
     print(
         f"registered {entry.name}: {len(urls)} shard(s), {manifest.num_samples} samples, "
         f"version {entry.version}; manifest {entry.manifest_path()}; catalog {target}"
+    )
+    return 0
+
+
+def _add_split(args: argparse.Namespace) -> int:
+    """Register `--split val|test` shards under a dataset the target catalog file already has."""
+    target = args.catalog or str(user_catalog_path())
+    entry = _existing(target).get(args.name)
+    if entry is None:
+        raise CatalogError(
+            f"{target} has no dataset {args.name!r}: register its train split first (open-vlm data add "
+            f"{args.name} URLS... --modality ...), then add --split {args.split}"
+        )
+    if args.split in entry.splits and not args.replace:
+        raise CatalogError(f"dataset {args.name!r} already has a split {args.split!r} (--replace to overwrite it)")
+    if args.modality and args.modality != entry.modality:
+        raise CatalogError(f"--modality {args.modality} contradicts dataset {args.name!r} ({entry.modality})")
+    patterns = [_absolute(u) for u in args.urls]
+    manifest = _absolute(args.manifest) if args.manifest else None
+    folder = posixpath.dirname(expand_urls(patterns)[0])
+    if manifest is None and folder == posixpath.dirname(expand_urls(entry.urls)[0]):  # beside the train shards:
+        manifest = posixpath.join(folder, f"manifest.{args.split}.json")  # not over their manifest.json
+    split = {"urls": patterns, **({"manifest": manifest} if manifest else {})}
+    entry.splits[args.split] = split
+    view = entry.for_split(args.split)
+    check_shards("URLS", patterns)
+    urls = expand_urls(patterns)
+    _warn_on_misfit(args.name, urls[0], entry.modality)
+    print(f"counting samples of {len(urls)} shard(s)...", file=sys.stderr)
+    manifest = write_manifest(urls, view.manifest_path())
+    split["version"] = manifest_version(manifest)
+    append_entry(target, entry, replace=True)
+    print(
+        f"registered {entry.name} split {args.split}: {len(urls)} shard(s), {manifest.num_samples} samples, "
+        f"version {split['version']}; manifest {view.manifest_path()}; catalog {target}"
     )
     return 0
 

@@ -1,4 +1,4 @@
-"""Classification predictions over `data.sources`, read in order (no shuffling), one task per model family:
+"""Classification predictions over `eval.sources` (else `data.sources`), read in order (no shuffling), one task per model family:
 
 - `zero_shot` (model.kind siglip | clip): one text per class (`eval.prompt` with the class name); the scores are
   the model's `logits_per_image`; single-label takes the argmax, multi-label `sigmoid(score) >= threshold`
@@ -65,7 +65,7 @@ def parse_label(value, names: list[str], multi_label: bool):
 
 def raw_samples(cfg: RunConfig) -> Iterator[tuple[dict, str]]:
     """(raw sample, modality) of every source, shard by shard, in order."""
-    for source in cfg.data.sources:
+    for source in cfg.eval.sources or cfg.data.sources:
         for url in expand_urls(source.urls):
             with open_url(url) as stream:
                 for sample in iter_tar_samples(stream, url):
@@ -194,8 +194,8 @@ def predict(cfg: RunConfig, device: torch.device) -> Predictions:
     options = cfg.eval
     if not options.class_names:
         raise ValueError("eval.class_names is empty")
-    if not cfg.data.sources:
-        raise ValueError("data.sources is empty: give the shards to evaluate on")
+    if not (cfg.eval.sources or cfg.data.sources):
+        raise ValueError("eval.sources and data.sources are empty: give the shards to evaluate on")
     task = TASKS[options.task](cfg, device)
     out = Predictions()
     batch: list = []

@@ -50,6 +50,7 @@ class HeldOutEvaluator:
             tokenizer=tokenizer,
             rank=rank,
             world=world,
+            augment=False,  # held-out samples are scored as they are
         )
         self.start = self.loader.local_state_dict()  # every evaluation replays the same batches
         self.loss_fn = build_loss(cfg.train.loss, rank=rank, world_size=world)

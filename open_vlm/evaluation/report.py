@@ -51,6 +51,14 @@ def write_report(report: dict, folder: Path, stem: str) -> dict[str, Path]:
     return paths
 
 
+def summary_numbers(report: dict, prefix: str = "eval") -> dict[str, float]:
+    """Accuracy and the macro / micro averages of a classification report, as `<prefix>/<name>` numbers."""
+    return {
+        f"{prefix}/accuracy": report["accuracy"],
+        **{f"{prefix}/{avg}_{k}": v for avg in ("macro", "micro") for k, v in report[avg].items()},
+    }
+
+
 def log_wandb(cfg: RunConfig, report: dict, paths: dict[str, Path], folder: Path, prefix: str = "eval") -> str | None:
     """Log the summary numbers, a per-class table and the plot to wandb unless `logging.wandb.mode` is
     `disabled` (`offline` writes the run under `<folder>/wandb` with no network). Returns the wandb run dir."""
@@ -73,8 +81,7 @@ def log_wandb(cfg: RunConfig, report: dict, paths: dict[str, Path], folder: Path
         table.add_data(row["class"], row["precision"], row["recall"], row["f1"], row["support"])
     run.log(
         {
-            f"{prefix}/accuracy": report["accuracy"],
-            **{f"{prefix}/{avg}_{k}": v for avg in ("macro", "micro") for k, v in report[avg].items()},
+            **summary_numbers(report, prefix),
             f"{prefix}/per_class": table,
             f"{prefix}/plot": wandb.Image(str(paths["plot"])),
         }

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from open_vlm.config.load import ConfigError, dump_config, ignored_keys, load_run_config
-from open_vlm.config.schema import RunConfig
+from open_vlm.config.schema import RunConfig, data_task
 from open_vlm.config.validate import check_inputs
+from open_vlm.data.catalog import sources_at_split
 from open_vlm.names import did_you_mean
 from open_vlm.runfolder import run_dir, setup_logging
 
@@ -44,7 +45,8 @@ def run_classification(cfg: RunConfig, folder: Path) -> dict:
 
     from open_vlm.evaluation.classify import decide, predict
     from open_vlm.evaluation.metrics import multi_label_report, single_label_report
-    from open_vlm.evaluation.report import log_wandb, render_table, write_report
+    from open_vlm.evaluation.report import log_wandb, render_table, summary_numbers, write_report
+    from open_vlm.tracking.evaluation import evaluated_step, log_evaluation
 
     options = cfg.eval
     device = torch.device("cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu")
@@ -61,6 +63,14 @@ def run_classification(cfg: RunConfig, folder: Path) -> dict:
     report.update(kind="classification", task=options.task, skipped=dict(preds.skipped))
     paths = write_report(report, folder, f"eval-{options.task}")
     wandb_dir = log_wandb(cfg, report, paths, folder)
+    log_evaluation(
+        cfg,
+        folder,
+        summary_numbers(report),
+        images={f"eval/{options.task}": paths["plot"]},
+        files=[paths["json"], paths["table"]],
+        step=evaluated_step(cfg.eval.checkpoint),
+    )
     return {
         "report": report,
         "paths": {k: str(v) for k, v in paths.items()},
@@ -78,6 +88,7 @@ def run_heldout(cfg: RunConfig, folder: Path) -> dict:
 
     from open_vlm.checkpoint.model_io import load_model_from_checkpoint
     from open_vlm.evaluation.heldout import HeldOutEvaluator
+    from open_vlm.tracking.evaluation import evaluated_step, log_evaluation
 
     if not cfg.eval.checkpoint:
         raise ValueError("eval.kind loss needs a checkpoint: --checkpoint PATH (a checkpoint or run folder)")
@@ -90,6 +101,7 @@ def run_heldout(cfg: RunConfig, folder: Path) -> dict:
     report = {"kind": "loss", "checkpoint": cfg.eval.checkpoint, **result}
     path = folder / "eval-loss.json"
     path.write_text(json.dumps(report, indent=1))
+    log_evaluation(cfg, folder, result, files=[path], step=evaluated_step(cfg.eval.checkpoint))
     table = "\n".join(f"{k:24s} {v:.6g}" for k, v in result.items())
     return {"report": report, "paths": {"json": str(path)}, "table": table}
 
@@ -98,12 +110,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--kind" in argv:  # shorthand for --eval.kind
         argv[argv.index("--kind")] = "--eval.kind"
+    if "--split" in argv:  # shorthand for --eval.split
+        argv[argv.index("--split")] = "--eval.split"
     if "--checkpoint" in argv:  # shorthand for --eval.checkpoint; without a kind it means held-out loss
         argv[argv.index("--checkpoint")] = "--eval.checkpoint"
         if "--eval.kind" not in argv:
             argv += ["--eval.kind", "loss"]
     try:
         cfg = load_run_config(argv)
+        if cfg.eval.split:  # the sources it reads, at that split of their catalog datasets
+            held_out = cfg.eval.sources or cfg.data.sources
+            cfg.eval.sources = sources_at_split(held_out, cfg.eval.split, cfg.data, data_task(cfg))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code

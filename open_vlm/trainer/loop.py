@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from open_vlm.models.freeze import check_frozen_dtype
 from open_vlm.models.losses import build_loss
 from open_vlm.models.registry import build_model
 from open_vlm.tokenize.tokenizers import load_tokenizer
+from open_vlm.tracking.base import data_inputs
+from open_vlm.trainer.epochs import log_epoch_steps, steps_for_epochs
 from open_vlm.trainer.metrics import MetricsLogger, ThroughputWindow, peak_memory_gb
 from open_vlm.trainer.optim import build_optimizer, group_hyperparameters, restore_hyperparameters
 from open_vlm.trainer.parallel import (
@@ -79,13 +82,17 @@ class Trainer:
         world = self.info.world
         self.global_batch = cfg.train.global_batch_size or cfg.data.batch_size * world * cfg.train.accum_steps
         self.loader = self._build_loader()
+        if cfg.train.epochs:  # the step count follows from the data: resolved once, before the schedule needs it
+            cfg = self.cfg = dataclasses.replace(
+                cfg, train=dataclasses.replace(cfg.train, max_steps=self._epoch_steps())
+            )
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg.optim, cfg.train.max_steps, self.bundle.groups)
         self.scaler = self.strategy.grad_scaler()
         self.loss_fn = build_loss(cfg.train.loss, rank=self.info.rank, world_size=world)
         self.checkpointer = Checkpointer(
             cfg.checkpoint.dir or str(run_folder / "checkpoints"), cfg.checkpoint.keep_last, group=checkpoint_group
         )
-        self.metrics = MetricsLogger(cfg, run_folder, enabled=self.info.is_main)
+        self.metrics = MetricsLogger(cfg, run_folder, enabled=self.info.is_main, device=self.info.device)
         self.evaluator = None
         if cfg.eval.every_steps:
             from open_vlm.evaluation.heldout import HeldOutEvaluator
@@ -103,6 +110,22 @@ class Trainer:
             rank=self.info.rank,
             world=self.info.world,
         )
+
+    def _epoch_steps(self) -> int:
+        s = self.loader.settings
+        counts = [src.manifest.num_samples for src in self.loader.sources]
+        weights = [src.weight for src in self.loader.sources]
+        plan = steps_for_epochs(counts, weights, self.cfg.train.epochs, s.global_batch, s.group, s.seed)
+        log_epoch_steps(self.cfg.train.epochs, plan, [src.name for src in self.loader.sources])
+        return plan.steps
+
+    def _data_inputs(self) -> list:
+        """Every source this run reads, for the trackers (catalog name, split, version)."""
+        inputs = data_inputs(self.cfg.data.sources, self.loader)
+        if self.evaluator is not None:
+            held_out = self.cfg.eval.sources or self.cfg.data.sources
+            inputs += data_inputs(held_out, self.evaluator.loader, context="evaluation")
+        return inputs
 
     # --- state -------------------------------------------------------------------------------------
     def resume_or_init(self) -> None:
@@ -195,7 +218,7 @@ class Trainer:
             "bad_samples": data_state["bad_samples"],
             "config": dump_config(self.cfg),
         }
-        return self.checkpointer.save(
+        url = self.checkpointer.save(
             self.step,
             model=self.model,
             optimizer=self.optimizer,
@@ -206,6 +229,8 @@ class Trainer:
             files=model_files(self.cfg, self.tokenizer) if self.info.is_main else {},
             async_save=self.cfg.checkpoint.async_save and not final,
         )
+        self.metrics.checkpoint_saved(url)
+        return url
 
     # --- one step ----------------------------------------------------------------------------------
     def train_step(self, micro_batches: list[dict]) -> StepResult:
@@ -255,6 +280,7 @@ class Trainer:
             self.run_folder.mkdir(parents=True, exist_ok=True)
             (self.run_folder / "config.yaml").write_text(dump_config(cfg))
         self.resume_or_init()
+        self.metrics.start(self.step, self._data_inputs() if self.info.is_main else [])
         stop = StopRequest().install()
         every_ckpt, every_log = cfg.checkpoint.every_steps, max(1, cfg.logging.every_steps)
         batches = iter(self.loader)
@@ -306,7 +332,7 @@ class Trainer:
                 self._report_stop_time(stop)
         finally:
             stop.uninstall()
-            self.metrics.close()
+            self.metrics.close(failed=sys.exc_info()[0] is not None)
         return reason
 
     def _report_stop_time(self, stop: StopRequest) -> None:

@@ -1,9 +1,8 @@
-"""Metrics: one record per logged step to metrics.jsonl, the console and (optionally) wandb."""
+"""Metrics: one record per logged step to the console and the trackers (metrics.jsonl, wandb, mlflow, ...)."""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import resource
 import sys
@@ -69,30 +68,43 @@ class ThroughputWindow:
 
 
 class MetricsLogger:
-    """Rank 0 writes; other ranks keep quiet. wandb runs in the configured mode (never logs secrets)."""
+    """Rank 0 logs to the trackers of `logging.trackers` (open_vlm/tracking); other ranks keep quiet.
 
-    def __init__(self, cfg: RunConfig, run_folder: Path, enabled: bool):
-        self.enabled = enabled
-        self.writer = MetricsWriter(run_folder / "metrics.jsonl", enabled=enabled)
-        self.wandb = None
-        if enabled and cfg.logging.wandb.mode != "disabled":
-            import wandb
+    Built with the trainer; the trackers open in `start()`, once the run knows the step it resumes at and
+    the data it reads. System stats join the first record logged at or after every `logging.system_every_steps`.
+    """
 
-            self.wandb = wandb.init(
-                project=cfg.logging.wandb.project or cfg.run.project,
-                entity=cfg.logging.wandb.entity,
-                name=cfg.run.name,
-                dir=str(run_folder),
-                mode=cfg.logging.wandb.mode,
-                config=dataclasses.asdict(cfg),
-                resume="allow",
-                id=f"{cfg.run.project}-{cfg.run.name}".replace("/", "-"),
-            )
+    def __init__(self, cfg: RunConfig, run_folder: Path, enabled: bool, device: torch.device | None = None):
+        from open_vlm.tracking import check_trackers, selected_trackers
+
+        check_trackers(cfg.logging)
+        self.cfg, self.folder, self.enabled = cfg, run_folder, enabled
+        self.names = selected_trackers(cfg.logging)
+        # The loop truncates the file on resume whether or not the trackers have opened yet.
+        self.writer = MetricsWriter(run_folder / "metrics.jsonl", enabled=enabled and "jsonl" in self.names)
+        self.trackers: list = []
+        self.system = None
+        self.system_every = cfg.logging.system_every_steps
+        self._last_system = 0
         self.progress = None
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
             self.progress = tqdm(total=cfg.train.max_steps, desc="train", unit="step", dynamic_ncols=True)
+        if enabled and self.system_every:
+            from open_vlm.tracking.system import SystemStats
+
+            self.system = SystemStats(device or torch.device("cpu"))
+
+    def start(self, step: int, inputs: list) -> None:
+        """Open the trackers for a run at `step` reading `inputs` (`tracking.DataInput`s)."""
+        if not self.enabled:
+            return
+        from open_vlm.tracking import TrackedRun, open_trackers
+
+        run = TrackedRun(self.cfg, self.folder, job="train", step=step, inputs=inputs)
+        self.trackers = open_trackers(run, self.names)
+        self._last_system = step
 
     def step(self, step: int) -> None:
         if self.progress is not None:
@@ -102,9 +114,12 @@ class MetricsLogger:
     def log(self, record: dict) -> None:
         if not self.enabled:
             return
-        self.writer.write(record)
-        if self.wandb is not None:
-            self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+        step = record["step"]
+        if self.system is not None and step // self.system_every > self._last_system // self.system_every:
+            record = {**record, **self.system.sample()}
+            self._last_system = step
+        for tracker in self.trackers:
+            tracker.log_metrics(step, record)
         log.info(
             "step %d loss %.4f lr %.2e grad_norm %.3f %.1f samples/s/device %.0f tokens/s/device",
             record["step"],
@@ -115,8 +130,14 @@ class MetricsLogger:
             record["tokens_per_sec_per_device"],
         )
 
-    def close(self) -> None:
+    def checkpoint_saved(self, url: str) -> None:
+        """The latest checkpoint's URI, as the run's `checkpoint_uri` tag."""
+        for tracker in self.trackers:
+            tracker.set_tag("checkpoint_uri", url)
+
+    def close(self, failed: bool = False) -> None:
         if self.progress is not None:
             self.progress.close()
-        if self.wandb is not None:
-            self.wandb.finish()
+        for tracker in self.trackers:
+            tracker.close("FAILED" if failed else "FINISHED")
+        self.trackers = []

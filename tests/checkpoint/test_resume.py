@@ -64,6 +64,25 @@ def test_exact_resume_ddp_two_sources(tmp_path, demo_dir):
 
 
 @pytest.mark.slow
+def test_exact_resume_with_augmentation(tmp_path, demo_dir):
+    """Both sources augmented (a recipe with RandAugment, settings with crop, flip and noise), with a loader
+    worker: the resumed run draws the very same augmentation, so its losses equal the uninterrupted run's."""
+    sources = two_sources(demo_dir)
+    sources[0]["augment"] = "strong"
+    sources[1]["augment"] = {"crop_scale": [0.5, 1.0], "flip": True, "noise_std": 0.05}
+    kill_and_resume(
+        tmp_path,
+        demo_dir,
+        "aug",
+        str(tmp_path / "ckpt_aug"),
+        train={"strategy": "ddp"},
+        data={"sources": sources, "num_workers": 1},
+    )
+    log = next((folder(tmp_path, "aug")).glob("t-train-*.log")).read_text()
+    assert "data.sources[0] (shapes_a): augmenting images with" in log and "noise_std=0.05" in log
+
+
+@pytest.mark.slow
 def test_exact_resume_on_s3_with_fp16_fsdp(tmp_path, demo_dir, s3_bucket):
     kill_and_resume(
         tmp_path,

@@ -1,0 +1,177 @@
+"""Experiment trackers behind one small interface, looked up by name (`logging.trackers`).
+
+A tracker is opened once per invocation on rank 0 (`open_trackers`) with a `TrackedRun`: the resolved config,
+the run folder, the job (`train` or `eval`), the step it starts at and the data sources it reads. It then gets
+metric records, files, images and tags, and is closed with the run's status. Heavy packages (mlflow,
+tensorboard, wandb) are imported by the tracker that needs them, when it is opened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from open_vlm.config.schema import LoggingConfig, RunConfig, SourceConfig
+from open_vlm.errors import ConfigError
+from open_vlm.names import did_you_mean
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataInput:
+    """One data source a run reads: its catalog dataset (or its own name), split and version."""
+
+    name: str  # the source's name in the run
+    dataset: str | None  # the catalog name, None for inline urls
+    split: str
+    version: str  # 12 hex digits over the manifest (data/version.py)
+    urls: tuple[str, ...]
+    num_samples: int
+    num_shards: int
+    weight: float
+    modality: str
+    context: str = "training"  # training | evaluation
+    catalog_file: str | None = None
+
+
+@dataclasses.dataclass
+class TrackedRun:
+    """What a tracker is told when it opens."""
+
+    cfg: RunConfig
+    folder: Path
+    job: str = "train"  # train | eval
+    step: int = 0  # the step the invocation starts at (> 0: a resumed run)
+    inputs: list[DataInput] = dataclasses.field(default_factory=list)
+
+    @property
+    def resumed(self) -> bool:
+        return self.step > 0
+
+
+class Tracker:
+    """Where metrics go; every method is optional (the base does nothing)."""
+
+    requires: tuple[str, ...] = ()  # importable modules it needs (`pip install 'open_vlm[tracking]'`)
+    logs_evaluations = True  # `open-vlm eval` reports to it (wandb has its own report path)
+
+    def __init__(self, run: TrackedRun):
+        self.run = run
+
+    def log_metrics(self, step: int, record: dict) -> None:
+        """One logged step: `record` holds numbers (and `step`)."""
+
+    def log_file(self, path: Path, folder: str = "") -> None:
+        """Keep a file with the run (an artifact)."""
+
+    def log_image(self, tag: str, path: Path, step: int) -> None:
+        """An image (a PNG plot) at `step`."""
+
+    def set_tag(self, key: str, value: str) -> None:
+        """A run-level label (the latest checkpoint URI)."""
+
+    def close(self, status: str = "FINISHED") -> None:
+        """Flush and end the run: FINISHED or FAILED."""
+
+
+_TRACKERS: dict[str, type[Tracker]] = {}
+
+
+def register_tracker(name: str) -> Callable[[type[Tracker]], type[Tracker]]:
+    """Class decorator: `@register_tracker("mlflow")` makes `logging.trackers: [mlflow]` open it."""
+
+    def add(cls: type[Tracker]) -> type[Tracker]:
+        _TRACKERS[name] = cls
+        return cls
+
+    return add
+
+
+def data_inputs(configs: list[SourceConfig], loader, context: str = "training") -> list[DataInput]:
+    """The sources of a built `ShardLoader` with their config (catalog name, split) and version."""
+    return [
+        DataInput(
+            name=src.name,
+            dataset=config.dataset,
+            split=config.split or "train",
+            version=version,
+            urls=tuple(config.urls),
+            num_samples=src.manifest.num_samples,
+            num_shards=len(src.manifest),
+            weight=src.weight,
+            modality=src.modality,
+            context=context,
+            catalog_file=config.catalog_file,
+        )
+        for config, src, version in zip(configs, loader.sources, loader.versions)
+    ]
+
+
+def tracker_class(name: str) -> type[Tracker]:
+    return _TRACKERS[name]
+
+
+def tracker_names() -> list[str]:
+    return sorted(_TRACKERS)
+
+
+def selected_trackers(logging_cfg: LoggingConfig) -> list[str]:
+    """`logging.trackers`, plus wandb when `logging.wandb.mode` is online/offline (the older switch)."""
+    names = list(dict.fromkeys(logging_cfg.trackers))
+    if logging_cfg.wandb.mode != "disabled" and "wandb" not in names:
+        names.append("wandb")
+    return names
+
+
+def check_trackers(logging_cfg: LoggingConfig) -> None:
+    """`ConfigError` for an unknown tracker name or one whose package is not installed."""
+    for name in logging_cfg.trackers:
+        if name not in _TRACKERS:
+            raise ConfigError(
+                f"logging.trackers: unknown tracker '{name}'{did_you_mean(name, tracker_names())} "
+                f"(known: {tracker_names()})"
+            )
+        missing = [m for m in _TRACKERS[name].requires if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ConfigError(
+                f"logging.trackers: {name} needs {', '.join(missing)}, which is not installed: "
+                "pip install 'open_vlm[tracking]', or drop it from logging.trackers"
+            )
+
+
+def open_trackers(run: TrackedRun, names: Iterable[str]) -> list[Tracker]:
+    """Open the named trackers for `run` (call on rank 0 only)."""
+    return [_TRACKERS[name](run) for name in names]
+
+
+def flatten(value: object, prefix: str = "") -> dict[str, str]:
+    """A nested config as dotted keys (`data.sources.0.urls`) with string values (lists of scalars as JSON)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        out: dict[str, str] = {}
+        for key, item in value.items():
+            out.update(flatten(item, f"{prefix}{key}."))
+        return out
+    if isinstance(value, list) and any(isinstance(v, dict | list) for v in value):
+        out = {}
+        for i, item in enumerate(value):
+            out.update(flatten(item, f"{prefix}{i}."))
+        return out
+    text = json.dumps(value) if isinstance(value, list) else ("" if value is None else str(value))
+    return {prefix.rstrip("."): text}
+
+
+def numbers(record: dict) -> dict[str, float]:
+    """The numeric fields of a record (booleans as 0/1), without `step`."""
+    out = {}
+    for key, value in record.items():
+        if key == "step" or not isinstance(value, int | float):
+            continue
+        out[key] = float(value)
+    return out

@@ -1,0 +1,183 @@
+"""MLflow (a real sqlite store, a real `mlflow server` on loopback) and TensorBoard, read back after training."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from open_vlm.checkpoint.checkpointer import read_meta
+from tests.trainer.runs import folder, metrics, train, write_config
+
+
+def catalog_run(tmp_path, demo_dir, name, **logging):
+    """A 3-step run on a catalog dataset (`shapes_cat`), checkpoints every 2 steps, these logging settings."""
+    catalog = tmp_path / "catalog.yaml"
+    urls = [str(demo_dir / "demo-{000000..000003}.tar")]
+    catalog.write_text(yaml.safe_dump({"shapes_cat": {"urls": urls, "modality": "image_text"}}))
+    return write_config(
+        tmp_path,
+        demo_dir,
+        name,
+        data={"sources": [{"dataset": "shapes_cat"}], "catalogs": [str(catalog)], "batch_size": 2},
+        train={"max_steps": 3, "global_batch_size": 4},
+        checkpoint={"every_steps": 2},
+        logging={"every_steps": 1, **logging},
+    )
+
+
+def the_run(client, experiment: str):
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    return runs[0]
+
+
+def history(client, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def check_inputs_and_tags(run, run_folder: Path, last_step: int):
+    """The source is a dataset input under its catalog name with its version; the last checkpoint is tagged."""
+    ckpt = run_folder / "checkpoints" / f"step_{last_step:08d}"
+    version = read_meta(str(ckpt))["data_sources"][0]["version"]
+    (data,) = run.inputs.dataset_inputs
+    assert (data.dataset.name, data.dataset.digest) == ("shapes_cat", version)
+    tags = {t.key: t.value for t in data.tags}
+    assert tags["mlflow.data.context"] == "training" and tags["split"] == "train" and tags["source"] == "shapes_cat"
+    assert run.data.tags["checkpoint_uri"] == str(ckpt)
+
+
+def test_mlflow_sqlite_and_tensorboard_read_back_across_a_resume_and_an_eval(tmp_path, demo_dir, monkeypatch):
+    from mlflow import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from open_vlm.config.load import load_run_config
+    from open_vlm.evaluation.metrics import single_label_report
+    from open_vlm.evaluation.report import summary_numbers, write_report
+    from open_vlm.tracking.evaluation import log_evaluation
+    from open_vlm.train import main
+
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(key, raising=False)
+    config = catalog_run(tmp_path, demo_dir, "mlf", trackers=["jsonl", "mlflow", "tensorboard"], system_every_steps=2)
+    run_folder = folder(tmp_path, "mlf")
+    assert main(["--config", str(config)]) == 0
+    shutil.rmtree(run_folder / "checkpoints" / "step_00000003")  # as if it died after logging step 3
+    assert main(["--config", str(config), "--train.max_steps", "4"]) == 0  # resumes at 2, logs 3 again: same run
+
+    client = MlflowClient(f"sqlite:///{run_folder}/mlflow.db")
+    run = the_run(client, "t")
+    assert (run.info.run_name, run.info.status) == ("mlf", "FINISHED")
+    params = run.data.params
+    assert params["train.max_steps"] == "3"  # params keep their first value (MLflow never changes one)
+    assert params["data.sources.0.dataset"] == "shapes_cat" and params["train.global_batch_size"] == "4"
+    assert json.loads(params["logging.trackers"]) == ["jsonl", "mlflow", "tensorboard"]
+    lines = metrics(tmp_path, "mlf")
+    assert [m["step"] for m in lines] == [1, 2, 3, 4]
+    # MLflow keeps both loggings of the replayed step 3; exact resume makes them the same number.
+    loss = history(client, run.info.run_id, "loss")
+    assert [s for s, _ in loss] == [1, 2, 3, 3, 4]
+    assert sorted(set(loss)) == [(m["step"], m["loss"]) for m in lines]
+    assert [s for s, _ in history(client, run.info.run_id, "system/cpu_percent")] == [2, 4]
+    check_inputs_and_tags(run, run_folder, 4)
+
+    # `open-vlm eval` in this run folder: its numbers and plot join the same MLflow run and TensorBoard log.
+    cfg = load_run_config(["--config", str(config)])
+    report = single_label_report(np.array([0, 1, 1, 0]), np.array([0, 1, 0, 0]), ["circle", "square"])
+    paths = write_report(report, run_folder, "eval-zero_shot")
+    logged = log_evaluation(
+        cfg, run_folder, summary_numbers(report), {"eval/zero_shot": paths["plot"]}, [paths["json"]], step=4
+    )
+    assert logged == ["mlflow", "tensorboard"]
+    run = the_run(client, "t")
+    assert run.data.metrics["eval/accuracy"] == 0.75
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "eval"} <= artifacts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "eval")} == {
+        "eval/eval-zero_shot.png",
+        "eval/eval-zero_shot.json",
+    }
+
+    events = EventAccumulator(str(run_folder / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    scalars = [(e.step, e.value) for e in events.Scalars("loss")]
+    assert [s for s, _ in scalars] == [1, 2, 3, 4]  # the resumed run's step 3 replaces the interrupted run's
+    assert np.allclose([v for _, v in scalars], [m["loss"] for m in lines], rtol=1e-6)
+    assert "system/process_memory_gb" in events.Tags()["scalars"]
+    (image,) = events.Images("eval/zero_shot")
+    assert image.step == 4 and image.encoded_image_string.startswith(b"\x89PNG")
+    assert "config/text_summary" in events.Tags()["tensors"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on loopback (sqlite backend, artifacts proxied to a folder); stopped by its PID."""
+    port = free_port()
+    log = open(tmp_path / "mlflow-server.log", "w")
+    exe = Path(sys.executable).parent / "mlflow"
+    proc = subprocess.Popen(
+        [str(exe), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+        + ["--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "art")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: the server and the workers it starts stop together
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(
+                    f"mlflow server did not start: {(tmp_path / 'mlflow-server.log').read_text()[-2000:]}"
+                )
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+@pytest.mark.slow
+def test_mlflow_server_on_loopback_read_back(tmp_path, demo_dir, mlflow_server):
+    from mlflow import MlflowClient
+
+    config = catalog_run(tmp_path, demo_dir, "srv", trackers=["jsonl", "mlflow"])
+    train(config, env={"MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_EXPERIMENT_NAME": "served"})
+    run_folder = folder(tmp_path, "srv")
+    assert not (run_folder / "mlflow.db").exists()  # MLFLOW_TRACKING_URI wins over the run folder's store
+
+    client = MlflowClient(mlflow_server)
+    run = the_run(client, "served")
+    assert (run.info.run_name, run.info.status) == ("srv", "FINISHED")
+    assert run.data.params["train.max_steps"] == "3" and run.data.params["run.name"] == "srv"
+    lines = metrics(tmp_path, "srv")
+    assert history(client, run.info.run_id, "loss") == [(m["step"], m["loss"]) for m in lines]
+    check_inputs_and_tags(run, run_folder, 3)
+    downloaded = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path / "dl"))
+    assert Path(downloaded).read_text() == (run_folder / "config.yaml").read_text()
