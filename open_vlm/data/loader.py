@@ -10,6 +10,7 @@ groups and positions per source): the same on every rank, valid at any world siz
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -100,6 +101,27 @@ def _worker_init(worker_id: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() == 1:  # the trainer died before the line above: nobody is left to signal us
             os._exit(1)
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run the main process's share (merging, collating: copies of a few MB) on one intra-op thread.
+
+    A parallel copy wakes torch's other OpenMP threads, which then spin waiting for more work: measured, that
+    spinning cost 3-4 ms of CPU per sample, taken from the decoding workers (bench/README.md, loader).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _as_is(chunk: dict) -> dict:
+    """The DataLoader's collate_fn: chunks travel as packed (its default would turn every numpy array into a
+    tensor, each then sent through a shared-memory segment of its own)."""
+    return chunk
 
 
 def _per_source(value, n: int, what: str) -> list:
@@ -226,6 +248,7 @@ class ShardLoader:
         return DataLoader(
             dataset,
             batch_size=None,
+            collate_fn=_as_is,
             num_workers=s.num_workers,
             prefetch_factor=s.prefetch_steps if s.num_workers > 0 else None,
             timeout=min(WATCH_POLL_S, s.worker_timeout_s) if s.num_workers > 0 else 0,
@@ -242,12 +265,15 @@ class ShardLoader:
         micro = self.settings.micro_batch
         while True:
             step_chunks = [self._next_chunk(parts) for _ in range(workers)]
-            samples, metas = self._merge(step_chunks)
+            with _one_thread():
+                samples, metas = self._merge(step_chunks)
             plan = self.planner.next_step(self.state)  # the step's data is all here: advance first
             self._account(plan, metas)
             for a in range(self.accum_steps):
                 rows = slice(a * micro, (a + 1) * micro)
-                yield self._collate(samples[rows], metas[rows])
+                with _one_thread():
+                    batch = self._collate(samples[rows], metas[rows])
+                yield batch
 
     def _next_chunk(self, parts: Iterator[dict]) -> dict:
         """The next chunk; while waiting, a worker silent past `worker_timeout_s` stops the run with its shard."""
