@@ -230,6 +230,7 @@ class Trainer:
             scaler.unscale_(self.optimizer)
         grad_norm = strategy.clip_grad_norm(self.model, self.cfg.optim.grad_clip)
         lr = self.optimizer.param_groups[0]["lr"]
+        self.checkpointer.staged()  # an async save's copy overlapped forward and backward; the update may start
         if scaler is not None:
             scaler.step(self.optimizer)
             scaler.update()
