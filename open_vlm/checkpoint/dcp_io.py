@@ -85,6 +85,16 @@ def has_persistent_buffers(model: nn.Module) -> bool:
     )
 
 
+class _Stager(DefaultStager):
+    """DCP's stager (buffers cached per source tensor, reused by every save), plus the drills' fault hook."""
+
+    url = ""
+
+    def _stage(self, state_dict, **kwargs):
+        maybe_fail_write(f"{self.url}/staging")  # drills and tests: a slow (or failing) copy; no-op otherwise
+        return super()._stage(state_dict, **kwargs)
+
+
 class AsyncSaver:
     """Async saves that cost training almost nothing: staging buffers reused across saves (pinned on CUDA),
     the copy into them made in a background thread, the save plan cached, the shards written in another thread.
@@ -96,13 +106,13 @@ class AsyncSaver:
 
     def __init__(self, key: str):
         self.key = key  # the plan cache of this checkpointer (DCP's cache is per process, keyed by this)
-        self._stager: DefaultStager | None = None
+        self._stager: _Stager | None = None
         self._staging: Future | None = None
 
-    def _make_stager(self) -> DefaultStager:
+    def _make_stager(self) -> _Stager:
         cuda = torch.cuda.is_available()
         # Made on the calling (training) thread: on CUDA it creates the staging stream there.
-        return DefaultStager(
+        return _Stager(
             StagingOptions(
                 use_pinned_memory=cuda, use_shared_memory=False, use_async_staging=True, use_non_blocking_copy=cuda
             )
@@ -113,6 +123,7 @@ class AsyncSaver:
         self.wait_staged()  # never restage into buffers a running copy still fills
         if self._stager is None:
             self._stager = self._make_stager()
+        self._stager.url = url
         model_sd, optim_sd = get_state_dict(model, optimizer)
         if torch.cuda.is_available():
             torch.cuda.current_stream().synchronize()  # the staging stream must read the finished update

@@ -94,7 +94,7 @@ class Trainer:
         self.step = self.samples_seen = self.tokens_seen = 0
 
     def _build_loader(self):
-        return build_model_loader(
+        loader = build_model_loader(
             self.cfg.data,
             seed=self.cfg.train.seed,
             global_batch=self.global_batch,
@@ -103,6 +103,8 @@ class Trainer:
             rank=self.info.rank,
             world=self.info.world,
         )
+        loader.settings.pin_memory = self.info.device.type == "cuda"  # so batch_to_device's copies overlap
+        return loader
 
     # --- state -------------------------------------------------------------------------------------
     def resume_or_init(self) -> None:
