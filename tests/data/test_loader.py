@@ -284,7 +284,9 @@ def test_chunks_cross_to_the_main_process_packed(tmp_path):
     def tokens(sample, source):
         return {"input_ids": torch.arange(1 + int(sample["__key__"][-1])), "pixel_values": sample["image"]}  # ragged
 
-    settings = LoaderSettings(seed=0, global_batch=4, micro_batch=4, image_size=8, num_streams=4, window=4, num_workers=1)
+    settings = LoaderSettings(
+        seed=0, global_batch=4, micro_batch=4, image_size=8, num_streams=4, window=4, num_workers=1
+    )
     chunk = next(iter(ShardLoader([source], settings, tokens, lambda rows: rows)._dataloader()))
     kind, ids = chunk["samples"]["columns"]["input_ids"]
     assert kind == "arrays" and all(isinstance(v, np.ndarray) for v in ids)
