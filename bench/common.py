@@ -30,18 +30,25 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def photo_like(rng: np.random.Generator, size: int) -> Image.Image:
+def parse_size(text: str) -> tuple[int, int]:
+    """`640x480` → (640, 480) (width, height); `384` → (384, 384)."""
+    width, _, height = text.lower().partition("x")
+    return int(width), int(height or width)
+
+
+def photo_like(rng: np.random.Generator, size: int | tuple[int, int]) -> Image.Image:
     """Smooth colour fields plus fine noise: JPEG sizes and decode cost close to real photos (~0.3 bits/px)."""
-    coarse = rng.integers(0, 256, (size // 32 + 1, size // 32 + 1, 3), dtype=np.uint8)
-    image = Image.fromarray(coarse).resize((size, size), Image.BICUBIC)
-    noise = rng.normal(0, 12, (size, size, 3))
+    width, height = (size, size) if isinstance(size, int) else size
+    coarse = rng.integers(0, 256, (height // 32 + 1, width // 32 + 1, 3), dtype=np.uint8)
+    image = Image.fromarray(coarse).resize((width, height), Image.BICUBIC)
+    noise = rng.normal(0, 12, (height, width, 3))
     return Image.fromarray(np.clip(np.asarray(image, dtype=np.float32) + noise, 0, 255).astype(np.uint8))
 
 
-def make_image_shards(out: Path, num_shards: int, per_shard: int, size: int, seed: int = 0) -> str:
+def make_image_shards(out: Path, num_shards: int, per_shard: int, size: int | tuple[int, int], seed: int = 0) -> str:
     """`bench-000000.tar ...` (jpg + txt), manifest.json and a demo tokenizer; reused when already there.
 
-    Returns the brace pattern of the shards."""
+    `size` is a side, or (width, height). Returns the brace pattern of the shards."""
     import webdataset as wds
 
     from open_vlm.data.manifest import write_manifest
@@ -49,7 +56,8 @@ def make_image_shards(out: Path, num_shards: int, per_shard: int, size: int, see
 
     pattern = str(out / f"bench-{{000000..{num_shards - 1:06d}}}.tar")
     stamp = out / "done.json"
-    spec = {"num_shards": num_shards, "per_shard": per_shard, "size": size, "seed": seed}
+    spec = {"num_shards": num_shards, "per_shard": per_shard, "size": size if isinstance(size, int) else list(size)}
+    spec["seed"] = seed
     if stamp.exists() and json.loads(stamp.read_text()) == spec:
         return pattern
     out.mkdir(parents=True, exist_ok=True)

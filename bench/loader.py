@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import REPO, make_image_shards, median  # noqa: F401 (REPO puts the package on sys.path)
+from common import REPO, make_image_shards, median, parse_size  # noqa: F401 (REPO puts the package on sys.path)
 from PIL import Image
 
 
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "open_vlm_bench_loader")
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--per-shard", type=int, default=256)
-    parser.add_argument("--image-size", type=int, default=384, help="stored JPEG size")
+    parser.add_argument("--image-size", type=parse_size, default="640x480", help="stored JPEG size: WxH or a side")
     parser.add_argument("--target", type=int, default=224, help="model image size")
     parser.add_argument("--image-tokens", type=int, default=16)
     parser.add_argument("--batch", type=int, default=32)
@@ -114,11 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--resume-step", type=int, default=1000)
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--skip-resume", action="store_true")
     args = parser.parse_args(argv)
 
-    data = args.data / f"{args.shards}x{args.per_shard}-{args.image_size}px"
+    width, height = args.image_size
+    data = args.data / f"{args.shards}x{args.per_shard}-{width}x{height}px"
     t0 = time.perf_counter()
-    pattern = make_image_shards(data, args.shards, args.per_shard, args.image_size)
+    pattern = make_image_shards(data, args.shards, args.per_shard, (width, height))
     print(f"shards: {data} ({time.perf_counter() - t0:.1f}s to prepare)")
     total = args.shards * args.per_shard
     num_batches = total // args.batch // max(1, args.workers) * max(1, args.workers)  # one pass of webdataset
@@ -133,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             o, b = median([x[k] for x in ours]), median([x[k] for x in base])
             print(f"{label:28s} open_vlm {o:7.1f}  webdataset {b:7.1f}  ratio {o / b:.2f}")
 
+    if args.skip_resume:
+        return 0
     check = build_ours(pattern, data, args, workers=0)
     it = iter(check)
     for _ in range(5):

@@ -162,7 +162,7 @@ COMMANDS = {
     "export": (_export, "write a checkpoint as a stock transformers folder (+ tokenizer, processor)"),
     "embed": (_embed, "image or text embeddings of a siglip/clip checkpoint"),
     "config": (_config, "show or set the environment config (output root, S3 endpoint, wandb)"),
-    "data": (_data, "the dataset catalog: list, show, add, verify"),
+    "data": (_data, "the dataset catalog: list, show, add, verify; bench (loader throughput)"),
 }
 
 

@@ -28,7 +28,7 @@ import fsspec
 from torch.distributed.checkpoint.api import CheckpointException
 
 from open_vlm.checkpoint.collective import CheckpointComm
-from open_vlm.checkpoint.dcp_io import failure_summary, load_model_and_optimizer, save_model_and_optimizer
+from open_vlm.checkpoint.dcp_io import AsyncSaver, failure_summary, load_model_and_optimizer, save_model_and_optimizer
 from open_vlm.checkpoint.faults import maybe_crash_before_commit
 from open_vlm.checkpoint.files import (
     fsync_dir,
@@ -88,6 +88,7 @@ class Checkpointer:
         self.comm = CheckpointComm(group)
         self.fs, self.root = fsspec.core.url_to_fs(self.directory)
         self._pending = None  # an async save waiting to be committed
+        self._async = AsyncSaver(key=secrets.token_hex(4))  # staging buffers and save plan, reused across saves
         self.protected: str | None = None  # the checkpoint this run resumed from: never pruned
         self.sync_next = False  # an async save failed: write the next one synchronously (with retries)
 
@@ -146,7 +147,7 @@ class Checkpointer:
             lambda: self._write_files(staging, step, extra, rng, data_state, meta, files),
         )
         if async_save:  # shards in DCP's thread, on the checkpoint group; committed by `wait`
-            future = save_model_and_optimizer(staging, model, optimizer, async_save=True, group=self.group)
+            future = self._async.save(staging, model, optimizer, group=self.group)
             self._pending = (future, staging, step)
             return self._url(name)
         self._together(
@@ -155,6 +156,10 @@ class Checkpointer:
         )
         self._commit_together(staging, step)
         return self._url(name)
+
+    def staged(self) -> None:
+        """Block until an async save's copy of the state is made: call before changing the state (an update)."""
+        self._async.wait_staged()
 
     def wait(self) -> bool:
         """Finish (and commit) an async save in flight; collective. False when it failed on some rank."""

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import logging
 import warnings
+from concurrent.futures import Future
 from dataclasses import dataclass
 
+import torch
 import torch.distributed.checkpoint as dcp
 import torch.nn as nn
 from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter  # DCP's fsspec backend (private module)
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -66,14 +70,91 @@ def _raise_unsafe(err: CheckpointException) -> None:
             raise exc from None
 
 
-def save_model_and_optimizer(url: str, model: nn.Module, optimizer, async_save: bool = False, group=None):
-    """Write model + optimizer shards under `url` (collective over `group`); a Future when `async_save`."""
+def save_model_and_optimizer(url: str, model: nn.Module, optimizer, group=None) -> None:
+    """Write model + optimizer shards under `url` (collective over `group`)."""
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    state = {"model": model_sd, "optim": optim_sd}
-    if async_save:
-        return dcp.async_save(state, storage_writer=writer_for(url), process_group=group)
-    dcp.save(state, storage_writer=writer_for(url), process_group=group)
-    return None
+    dcp.save({"model": model_sd, "optim": optim_sd}, storage_writer=writer_for(url), process_group=group)
+
+
+def has_persistent_buffers(model: nn.Module) -> bool:
+    """Whether the model's state holds buffers (BatchNorm statistics...), which a forward pass may change."""
+    return any(
+        buffer is not None and name not in module._non_persistent_buffers_set
+        for module in model.modules()
+        for name, buffer in module._buffers.items()
+    )
+
+
+class _Stager(DefaultStager):
+    """DCP's stager (buffers cached per source tensor, reused by every save), plus the drills' fault hook."""
+
+    url = ""
+
+    def _stage(self, state_dict, **kwargs):
+        maybe_fail_write(f"{self.url}/staging")  # drills and tests: a slow (or failing) copy; no-op otherwise
+        return super()._stage(state_dict, **kwargs)
+
+
+class AsyncSaver:
+    """Async saves that cost training almost nothing: staging buffers reused across saves (pinned on CUDA),
+    the copy into them made in a background thread, the save plan cached, the shards written in another thread.
+
+    The staged copy must be complete before anything changes the state: `wait_staged()` before the next
+    optimizer step (the trainer calls it), so the copy overlaps the next step's forward and backward. A model
+    with persistent buffers (changed by a forward) is staged before `save` returns instead.
+    """
+
+    def __init__(self, key: str):
+        self.key = key  # the plan cache of this checkpointer (DCP's cache is per process, keyed by this)
+        self._stager: _Stager | None = None
+        self._staging: Future | None = None
+
+    def _make_stager(self) -> _Stager:
+        cuda = torch.cuda.is_available()
+        # Made on the calling (training) thread: on CUDA it creates the staging stream there.
+        return _Stager(
+            StagingOptions(
+                use_pinned_memory=cuda, use_shared_memory=False, use_async_staging=True, use_non_blocking_copy=cuda
+            )
+        )
+
+    def save(self, url: str, model: nn.Module, optimizer, group=None) -> Future:
+        """Start writing model + optimizer shards under `url` (collective over `group`); the upload's future."""
+        self.wait_staged()  # never restage into buffers a running copy still fills
+        if self._stager is None:
+            self._stager = self._make_stager()
+        self._stager.url = url
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        if torch.cuda.is_available():
+            torch.cuda.current_stream().synchronize()  # the staging stream must read the finished update
+        planner = DefaultSavePlanner(enable_plan_caching=True)
+        planner._cached_plans_key = f"open_vlm-{self.key}"
+        response = dcp.async_save(
+            {"model": model_sd, "optim": optim_sd},
+            storage_writer=writer_for(url),
+            planner=planner,
+            process_group=group,
+            async_stager=self._stager,
+        )
+        self._staging = response.staging_completion
+        if has_persistent_buffers(model):
+            self.wait_staged()
+        return response.upload_completion
+
+    def wait_staged(self) -> None:
+        """Block until the last save's copy of the state is complete (then training may change the state)."""
+        staging, self._staging = self._staging, None
+        if staging is not None:
+            try:
+                staging.result()
+            except Exception as err:  # the upload future fails too: the checkpointer reports it there
+                log.warning("staging the async checkpoint failed: %s", err)
+
+    def close(self) -> None:
+        self.wait_staged()
+        if self._stager is not None:
+            self._stager.close()
+            self._stager = None
 
 
 def saved_model_keys(url: str) -> set[str]:

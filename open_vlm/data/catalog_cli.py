@@ -1,4 +1,4 @@
-"""`open-vlm data list|show|add|verify`: browse, register and check the datasets of the catalog."""
+"""`open-vlm data list|show|add|verify`: browse, register and check the datasets of the catalog; `data bench`."""
 
 from __future__ import annotations
 
@@ -53,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--manifest", default=None, help="default: manifest.json beside the first shard")
     add.add_argument("--catalog", default=None, help=f"catalog file to write (default {user_catalog_path()})")
     add.add_argument("--replace", action="store_true", help="overwrite an entry of that name in the file")
+    # Parsed by data/bench.py (it takes config overrides too); listed here for --help.
+    sub.add_parser("bench", add_help=False, help="a run config's loader alone: samples/s (bench --help)")
     return parser
 
 
@@ -215,6 +217,10 @@ ACTIONS = {"list": _list, "show": _show, "verify": _verify, "add": _add}
 
 def main(argv: list[str]) -> int:
     """Run one `open-vlm data` action; `CatalogError` is a `ConfigError` (exit 2, one line via the CLI wrapper)."""
+    if argv[:1] == ["bench"]:
+        from open_vlm.data.bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = _parser().parse_args(argv)
     apply_process_env(load_env_config())
     return ACTIONS[args.action](args)

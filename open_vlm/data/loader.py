@@ -11,6 +11,7 @@ groups and positions per source): the same on every rank, valid at any world siz
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import functools
 import logging
@@ -32,6 +33,7 @@ from open_vlm.data.decode import SampleError, decode_sample
 from open_vlm.data.manifest import ShardManifest
 from open_vlm.data.order import SourceOrder
 from open_vlm.data.plan import Planner, PlanState, StepPlan
+from open_vlm.data.stages import StageClock
 from open_vlm.data.stream import HOLE_KINDS, Hole, StreamReader
 from open_vlm.data.version import check_versions, manifest_version
 from open_vlm.data.watchdog import WorkerWatch
@@ -70,6 +72,8 @@ class LoaderSettings:
     mix_group: int = 0  # samples per mixing group with mix_per_sample (0: see `group`)
     multiprocessing_context: str | None = None  # fork (Linux default) | spawn | forkserver
     worker_timeout_s: float = 300.0  # a worker silent this long is reported with its shard, and the run stops
+    pin_memory: bool = False  # batches in page-locked memory (training on CUDA: copies to the GPU overlap)
+    profile: bool = False  # count seconds per stage (`ShardLoader.stage_seconds`; open-vlm data bench --profile)
 
     def check(self) -> None:
         per_rank, rest = divmod(self.global_batch, self.world)
@@ -124,6 +128,27 @@ def _worker_init(released, worker_id: int) -> None:
             os._exit(1)
 
 
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run the main process's share (merging, collating: copies of a few MB) on one intra-op thread.
+
+    A parallel copy wakes torch's other OpenMP threads, which then spin waiting for more work: measured, that
+    spinning cost 3-4 ms of CPU per sample, taken from the decoding workers (bench/README.md, loader).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _as_is(chunk: dict) -> dict:
+    """The DataLoader's collate_fn: chunks travel as packed (its default would turn every numpy array into a
+    tensor, each then sent through a shared-memory segment of its own)."""
+    return chunk
+
+
 def _per_source(value, n: int, what: str) -> list:
     values = list(value) if isinstance(value, list | tuple) else [value] * n
     if len(values) != n:
@@ -138,6 +163,7 @@ class _RankSteps(IterableDataset):
         self.sources, self.orders, self.settings, self.state = sources, orders, settings, state
         self.processors, self.watch = processors, watch
         self.worker = 0
+        self.clock = StageClock(settings.profile)
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -147,6 +173,7 @@ class _RankSteps(IterableDataset):
         planner = Planner([src.weight for src in self.sources], s.seed, s.global_batch, s.group)
         state = self.state.copy()
         readers: dict[tuple[int, int], StreamReader] = {}
+        self.clock.start()
         while True:
             plan = planner.next_step(state)
             self._beat()  # a new chunk is asked for: the silence before was waiting, not hanging
@@ -156,7 +183,10 @@ class _RankSteps(IterableDataset):
                 sample, meta = self._make(source, position, readers)
                 samples.append(sample)
                 metas.append(meta)
-            yield {"step": plan.step, "worker": worker, "samples": chunks.pack(samples), "meta": metas}
+            packed = chunks.pack(samples)
+            self.clock.lap("pack")
+            yield {"step": plan.step, "worker": worker, "samples": packed, "meta": metas, "times": self.clock.take()}
+            self.clock.start()
 
     def _make(self, src: int, position: int, readers: dict) -> tuple[dict | None, dict]:
         order, source = self.orders[src], self.sources[src]
@@ -168,16 +198,19 @@ class _RankSteps(IterableDataset):
             )
         raw = reader.fetch(slot)
         self._beat()
+        self.clock.lap("read")
         meta = {"source": src, "position": position, "epoch": slot.epoch, "stream": slot.stream}
         if isinstance(raw, Hole):
             return self._hole(meta, raw)
         meta.update(key=raw["__key__"], url=raw["__url__"])
         try:
             decoded = decode_sample(raw, source.modality, self.settings.image_size)
+            self.clock.lap("decode")
             decoded["__url__"] = raw["__url__"]
             # What seeds per-sample randomness (answer choice, augmentation): the same wherever it is made.
             decoded["__order__"] = (self.settings.seed, src, position)
             sample = self.processors[src](decoded, source)
+            self.clock.lap("process")
         except SampleError as err:
             return self._hole(meta, Hole(err.kind, raw["__url__"], raw["__key__"], str(err)))
         return sample, meta
@@ -223,6 +256,7 @@ class ShardLoader:
         self._spare: dict[int, dict] = {}  # per source: a good processed sample, for all-bad micro-batches
         self._watch: WorkerWatch | None = None
         self._released = None  # raised when this loader's workers may stop (see `_worker_init`)
+        self.stage_seconds: Counter[str] = Counter()  # with settings.profile: workers' stages summed, and main's
         self._warn_shared_reads()
 
     def _warn_shared_reads(self) -> None:
@@ -255,6 +289,7 @@ class ShardLoader:
         return DataLoader(
             dataset,
             batch_size=None,
+            collate_fn=_as_is,
             num_workers=s.num_workers,
             prefetch_factor=s.prefetch_steps if s.num_workers > 0 else None,
             timeout=min(WATCH_POLL_S, s.worker_timeout_s) if s.num_workers > 0 else 0,
@@ -270,15 +305,28 @@ class ShardLoader:
         released = self._released
         workers = max(1, self.settings.num_workers)
         micro = self.settings.micro_batch
+        clock = StageClock(self.settings.profile)
         try:
             while True:
+                clock.start()
                 step_chunks = [self._next_chunk(parts, self.state.step, w) for w in range(workers)]
-                samples, metas = self._merge(step_chunks)
+                clock.lap("wait")
+                with _one_thread():
+                    samples, metas = self._merge(step_chunks)
                 plan = self.planner.next_step(self.state)  # the step's data is all here: advance first
                 self._account(plan, metas)
+                clock.lap("merge")
                 for a in range(self.accum_steps):
                     rows = slice(a * micro, (a + 1) * micro)
-                    yield self._collate(samples[rows], metas[rows])
+                    with _one_thread():
+                        batch = self._collate(samples[rows], metas[rows])
+                        clock.lap("collate")
+                        if self.settings.pin_memory:
+                            batch = pinned(batch)
+                            clock.lap("pin")
+                    self.stage_seconds.update(clock.take())
+                    yield batch
+                    clock.start()
         finally:  # the loader is closed (or collected): its workers may now stop on any signal
             released.value = 1
             if released in _RELEASED:
@@ -308,6 +356,8 @@ class ShardLoader:
         """The rank's samples of one step in slot order (worker w made slots t with t % K == w)."""
         workers = len(step_chunks)
         per_worker = [(chunks.unpack(c["samples"]), c["meta"]) for c in step_chunks]
+        for chunk in step_chunks:
+            self.stage_seconds.update(chunk.get("times") or {})
         total = sum(len(m) for _, m in per_worker)
         samples: list[dict | None] = [None] * total
         metas: list[dict] = [{}] * total
@@ -438,6 +488,11 @@ class ShardLoader:
         """Which tar files the state has read, how far, which complete (compact: see consumed.py)."""
         state = state or self.local_state_dict()
         return consumed_record(self.orders, self.sources, state["positions"])
+
+
+def pinned(batch: dict) -> dict:
+    """The batch with its tensors in page-locked memory, so `.to(cuda, non_blocking=True)` really overlaps."""
+    return {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def default_collate_fn(samples: list[dict]) -> dict:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from open_vlm.data.decode import decode_image
+from open_vlm.data.decode import decode_image, resize_image
 from open_vlm.tokenize.padding import pad_left
 
 ImageInput = bytes | str | Path | Image.Image
@@ -52,10 +52,7 @@ class ProcessorSettings:
 def image_tensor(image: ImageInput, size: int) -> torch.Tensor:
     """One image → uint8 (size, size, 3), exactly as the training data path decodes it."""
     if isinstance(image, Image.Image):
-        image = image.convert("RGB")
-        if image.size != (size, size):
-            image = image.resize((size, size), Image.BICUBIC, reducing_gap=None)
-        return torch.from_numpy(np.array(image))
+        return resize_image(torch.from_numpy(np.array(image.convert("RGB"))), size)
     return decode_image(image_bytes(image), size)
 
 

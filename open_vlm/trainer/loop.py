@@ -101,7 +101,7 @@ class Trainer:
         self.step = self.samples_seen = self.tokens_seen = 0
 
     def _build_loader(self):
-        return build_model_loader(
+        loader = build_model_loader(
             self.cfg.data,
             seed=self.cfg.train.seed,
             global_batch=self.global_batch,
@@ -110,6 +110,8 @@ class Trainer:
             rank=self.info.rank,
             world=self.info.world,
         )
+        loader.settings.pin_memory = self.info.device.type == "cuda"  # so batch_to_device's copies overlap
+        return loader
 
     def _epoch_steps(self) -> int:
         s = self.loader.settings
@@ -255,6 +257,7 @@ class Trainer:
             scaler.unscale_(self.optimizer)
         grad_norm = strategy.clip_grad_norm(self.model, self.cfg.optim.grad_clip)
         lr = self.optimizer.param_groups[0]["lr"]
+        self.checkpointer.staged()  # an async save's copy overlapped forward and backward; the update may start
         if scaler is not None:
             scaler.step(self.optimizer)
             scaler.update()

@@ -10,7 +10,7 @@ import pytest
 
 from open_vlm.data.loader import Source
 from open_vlm.data.manifest import read_manifest
-from tests.data.shardgen import make_loader, write_shards, write_text_shards
+from tests.data.shardgen import collate_keys, keys_only, make_loader, write_shards, write_text_shards
 
 
 @contextmanager
@@ -268,3 +268,52 @@ def test_spawned_workers(two_sources):
     a = [b["keys"] for b in take(make_loader(two_sources), 6)]
     b = [b["keys"] for b in take(make_loader(two_sources, num_workers=1, multiprocessing_context="spawn"), 6)]
     assert a == b
+
+
+def test_chunks_cross_to_the_main_process_packed(tmp_path):
+    """Token arrays ride in the chunk's pickle as numpy arrays and images as one shared tensor (DataLoader's default
+    conversion would make every array a tensor with a shared-memory segment of its own)."""
+    import numpy as np
+    import torch
+
+    from open_vlm.data.loader import LoaderSettings, ShardLoader
+
+    write_shards(tmp_path / "c", "c", 2, 8)
+    source = Source("c", "image_text", 1.0, read_manifest(str(tmp_path / "c" / "manifest.json")))
+
+    def tokens(sample, source):
+        return {"input_ids": torch.arange(1 + int(sample["__key__"][-1])), "pixel_values": sample["image"]}  # ragged
+
+    settings = LoaderSettings(
+        seed=0, global_batch=4, micro_batch=4, image_size=8, num_streams=4, window=4, num_workers=1
+    )
+    chunk = next(iter(ShardLoader([source], settings, tokens, lambda rows: rows)._dataloader()))
+    kind, ids = chunk["samples"]["columns"]["input_ids"]
+    assert kind == "arrays" and all(isinstance(v, np.ndarray) for v in ids)
+    kind, images = chunk["samples"]["columns"]["pixel_values"]
+    assert kind == "stacked" and images.shape == (4, 8, 8, 3) and images.is_shared()
+
+
+def test_the_main_process_collates_on_one_thread_and_restores_the_count(two_sources):
+    """Parallel copies in the main process left torch's OpenMP threads spinning, taking CPU from the workers."""
+    import torch
+
+    from open_vlm.data.loader import LoaderSettings, ShardLoader
+
+    seen = []
+
+    def collate(rows):
+        seen.append(torch.get_num_threads())
+        return collate_keys(rows)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        settings = LoaderSettings(seed=0, global_batch=8, micro_batch=4, image_size=8, num_streams=8, window=4)
+        batches = iter(ShardLoader(two_sources, settings, keys_only, collate))
+        for _ in range(3):
+            next(batches)
+            assert torch.get_num_threads() == 2  # what the training step gets back between batches
+        assert seen == [1, 1, 1]
+    finally:
+        torch.set_num_threads(threads)
