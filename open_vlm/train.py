@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     if ignored:
         log.warning("train ignores these config keys: %s", ", ".join(ignored))
 
-    from open_vlm.checkpoint.checkpointer import CheckpointError
+    from open_vlm.checkpoint.checkpointer import CheckpointDamaged, CheckpointError
     from open_vlm.checkpoint.dcp_safe import UnsafeCheckpoint
     from open_vlm.checkpoint.resume import ResumeRefused
     from open_vlm.trainer.loop import Trainer  # heavy imports after the config is known to be good
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ResumeRefused, DataVersionError) as err:  # resuming on changed config/data: refused before any step
         log.error("%s", err)
         return 2
-    except (UnsafeCheckpoint, CheckpointError) as err:  # a checkpoint we must not read, or could not write
+    except (UnsafeCheckpoint, CheckpointError, CheckpointDamaged) as err:  # must not read, cannot read or write
         log.error("%s", err)
         return 1
     log.info("stopped (%s) at step %d, %d samples seen", reason, trainer.step, trainer.samples_seen)

@@ -5,15 +5,18 @@ Layout of `<dir>/step_<N>/`:
 - `extra.pt` (scheduler, grad scaler, counters) and `rng/rank_<r>.pt`, loaded with `weights_only=True`;
 - `data.json` (loader state), `meta.json` (step, counts, consumed shards, dataset versions, config, code
   and library versions), `model/` (what it takes to rebuild the model: tokenizer, model config);
-- `COMPLETE`, written last by rank 0 after every rank finished (JSON: step and commit time).
+- `COMPLETE`, written last by rank 0 after every rank finished (JSON: step, commit time and every file's size
+  and sha256, see `verify.py`).
 Local checkpoints are staged in `.step_<N>.partial-*` and renamed into place; remote ones count only once
 `COMPLETE` exists. A failed or killed save therefore never replaces the last good checkpoint, and a
 committed step is never written again. Every phase of a save ends with an all-reduce of "did any rank
-fail" on the checkpoint group, so all ranks retry (or give up) together.
+fail" on the checkpoint group, so all ranks retry (or give up) together. Resuming `latest` skips (with
+`fallback`) or refuses a committed checkpoint whose files no longer match its marker.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -29,6 +32,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from open_vlm.checkpoint.collective import CheckpointComm
 from open_vlm.checkpoint.dcp_io import failure_summary, load_model_and_optimizer, save_model_and_optimizer
+from open_vlm.checkpoint.dcp_safe import UnsafeCheckpoint
 from open_vlm.checkpoint.faults import maybe_crash_before_commit
 from open_vlm.checkpoint.files import (
     fsync_dir,
@@ -39,11 +43,18 @@ from open_vlm.checkpoint.files import (
     torch_load,
     write_bytes,
 )
+from open_vlm.checkpoint.verify import (
+    MARKER,
+    CheckpointDamaged,
+    describe_damage,
+    file_digest,
+    list_files,
+    verify_checkpoint,
+)
 from open_vlm.storage import is_remote
 
 log = logging.getLogger(__name__)
 
-MARKER = "COMPLETE"
 STEP_DIR = re.compile(r"^step_(\d+)$")
 ASIDE = "abandoned"  # where a rollback moves the checkpoints of the timeline it leaves
 RETRIES = 3
@@ -67,6 +78,13 @@ def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
+def _hint(reason: str) -> str:
+    """What to do about a failure, where the reason says (a full disk)."""
+    if os.strerror(errno.ENOSPC) in reason:
+        return "; the disk is full: free space (or keep fewer checkpoints: checkpoint.keep_last) and resume"
+    return ""
+
+
 def canonical(url: str) -> tuple:
     """One spelling per location (`a/./b/`, symlinks, `file://`): for comparing checkpoint URLs."""
     fs, path = fsspec.core.url_to_fs(url)
@@ -81,9 +99,10 @@ class Checkpointer:
     under torchrun, which must not share the training loop's group.
     """
 
-    def __init__(self, directory: str, keep_last: int = 0, group=None):
+    def __init__(self, directory: str, keep_last: int = 0, group=None, checksums: bool = True):
         self.directory = str(directory).rstrip("/")
         self.keep_last = keep_last
+        self.checksums = checksums  # record each file's sha256 in the marker (sizes are always recorded)
         self.group = group
         self.comm = CheckpointComm(group)
         self.fs, self.root = fsspec.core.url_to_fs(self.directory)
@@ -115,6 +134,45 @@ class Checkpointer:
     def is_committed(self, step: int) -> bool:
         return self.fs.exists(f"{self.root}/{step_name(step)}/{MARKER}")
 
+    def latest_good(self, fallback: bool = True) -> str | None:
+        """The newest committed checkpoint whose files match its marker (sizes; JSON files parse); collective.
+
+        A damaged one is named with what is wrong; with `fallback` the one before it is tried, else the resume is
+        refused. Raises `CheckpointDamaged` when every committed checkpoint is damaged."""
+
+        def find() -> str | None:
+            complete = self.list_complete()
+            damaged = []
+            for _, url in reversed(complete):
+                problems = verify_checkpoint(url)
+                if not problems:
+                    if damaged:
+                        log.warning("resuming from %s, the newest good checkpoint (checkpoint.fallback)", url)
+                    return url
+                line = describe_damage(url, problems)
+                if not fallback:
+                    raise CheckpointDamaged(
+                        f"{line} (checkpoint.fallback true resumes from the newest good one instead; "
+                        "`open-vlm view CKPT --verify` checks a checkpoint)"
+                    )
+                log.error("%s: trying the checkpoint before it (checkpoint.fallback)", line)
+                damaged.append(url)
+            if damaged:
+                raise CheckpointDamaged(f"every committed checkpoint in {self.directory} is damaged ({len(damaged)})")
+            return None
+
+        return self.comm.from_rank0(find)
+
+    def check(self, url: str) -> None:
+        """Refuse (on every rank) a checkpoint named explicitly whose files do not match its marker."""
+
+        def problems() -> list[str]:
+            return verify_checkpoint(url) if self.fs.exists(f"{fsspec.core.url_to_fs(url)[1]}/{MARKER}") else []
+
+        found = self.comm.from_rank0(problems)
+        if found:
+            raise CheckpointDamaged(describe_damage(url, found))
+
     # --- saving --------------------------------------------------------------------------------------
     def save(
         self,
@@ -140,20 +198,24 @@ class Checkpointer:
             async_save = False
         self.sync_next = False
         staging = self._staging(name)
-        self._together(f"preparing {name}", lambda: self._prepare(staging, name))
-        self._together(
-            f"writing the files of {name}",
-            lambda: self._write_files(staging, step, extra, rng, data_state, meta, files),
-        )
-        if async_save:  # shards in DCP's thread, on the checkpoint group; committed by `wait`
-            future = save_model_and_optimizer(staging, model, optimizer, async_save=True, group=self.group)
-            self._pending = (future, staging, step)
-            return self._url(name)
-        self._together(
-            f"writing the shards of {name}",
-            lambda: save_model_and_optimizer(staging, model, optimizer, group=self.group),
-        )
-        self._commit_together(staging, step)
+        try:
+            self._together(f"preparing {name}", lambda: self._prepare(staging, name))
+            self._together(
+                f"writing the files of {name}",
+                lambda: self._write_files(staging, step, extra, rng, data_state, meta, files),
+            )
+            if async_save:  # shards in DCP's thread, on the checkpoint group; committed by `wait`
+                future = save_model_and_optimizer(staging, model, optimizer, async_save=True, group=self.group)
+                self._pending = (future, staging, step)
+                return self._url(name)
+            self._together(
+                f"writing the shards of {name}",
+                lambda: save_model_and_optimizer(staging, model, optimizer, group=self.group),
+            )
+            self._commit_together(staging, step)
+        except CheckpointError:
+            self._discard(staging)
+            raise
         return self._url(name)
 
     def wait(self) -> bool:
@@ -171,8 +233,13 @@ class Checkpointer:
                 _describe(error) if error else "on another rank",
             )
             self.sync_next = True
+            self._discard(staging)
             return False
-        self._commit_together(staging, step)
+        try:
+            self._commit_together(staging, step)
+        except CheckpointError:
+            self._discard(staging)
+            raise
         return True
 
     def _together(self, what: str, fn: Callable[[], object]) -> None:
@@ -185,10 +252,16 @@ class Checkpointer:
             if attempt == RETRIES:
                 raise CheckpointError(
                     f"checkpoint: {what} failed {RETRIES} times ({reason}); the previous checkpoint stays the latest"
+                    + _hint(reason)
                 )
             delay = RETRY_DELAY * 2 ** (attempt - 1)
             log.warning("checkpoint: %s failed (%s); all ranks retry in %.0fs", what, reason, delay)
             time.sleep(delay)
+
+    def _discard(self, staging: str) -> None:
+        """Remove what a failed save left (local staging only: it may be filling the disk); rank 0."""
+        if self.comm.rank == 0 and not is_remote(self.directory):
+            shutil.rmtree(staging, ignore_errors=True)
 
     def _staging(self, name: str) -> str:
         if is_remote(self.directory):
@@ -217,18 +290,47 @@ class Checkpointer:
 
     def _commit_together(self, staging: str, step: int) -> None:
         maybe_crash_before_commit(step_name(step))  # the atomicity drills (no-op otherwise)
-        self._together(f"committing {step_name(step)}", lambda: self._commit(staging, step))
+        files = self._record_files(staging, step_name(step))
+        self._together(f"committing {step_name(step)}", lambda: self._commit(staging, step, files))
         if self.comm.rank == 0:
             try:
                 self.prune()
             except OSError as err:  # the new checkpoint is committed; pruning again next time is enough
                 log.warning("pruning old checkpoints failed: %s", err)
 
-    def _commit(self, staging: str, step: int) -> None:
+    def _record_files(self, staging: str, name: str) -> dict[str, dict]:
+        """Size (and sha256) of every file of a written checkpoint, for its marker; collective.
+
+        Rank 0 lists the files; each rank hashes a share of them (its reads run in parallel)."""
+        sizes: dict[str, int] = {}
+
+        def listing() -> None:
+            sizes.clear()
+            if self.comm.rank == 0:
+                sizes.update(list_files(staging))
+
+        self._together(f"listing the files of {name}", listing)
+        names = self.comm.broadcast(sorted(sizes))
+        digests: dict[str, str] = {}
+
+        def hashing() -> None:
+            digests.clear()
+            if self.checksums:
+                mine = names[self.comm.rank :: self.comm.world]
+                digests.update({rel: file_digest(f"{staging}/{rel}") for rel in mine})
+
+        self._together(f"checksumming the files of {name}", hashing)
+        if self.comm.rank != 0:
+            self.comm.all_gather(digests)
+            return {}
+        merged = {k: v for part in self.comm.all_gather(digests) for k, v in part.items()}
+        return {rel: {"size": sizes[rel], **({"sha256": merged[rel]} if rel in merged else {})} for rel in names}
+
+    def _commit(self, staging: str, step: int, files: dict[str, dict]) -> None:
         if self.comm.rank != 0:
             return
         name = step_name(step)
-        marker = json.dumps({"step": step, "committed_at": time.time()}).encode()
+        marker = json.dumps({"step": step, "committed_at": time.time(), "files": files}, indent=0).encode()
         if not is_remote(self.directory):
             target = os.path.join(self.root, name)
             if os.path.isdir(staging):  # not yet renamed (a retry after the rename skips this)
@@ -303,13 +405,24 @@ class Checkpointer:
 
     # --- loading -------------------------------------------------------------------------------------
     def load(self, ckpt: str, model, optimizer) -> tuple[dict, dict | None, dict]:
-        """Restore model + optimizer in place; returns (extra, this rank's rng or None, data_state)."""
-        load_model_and_optimizer(ckpt, model, optimizer, group=self.group)
-        extra = torch_load(f"{ckpt}/extra.pt")
-        rng_url = f"{ckpt}/rng/rank_{self.comm.rank:05d}.pt"
-        fs, path = fsspec.core.url_to_fs(rng_url)
-        rng = torch_load(rng_url) if fs.exists(path) else None
-        data_state = json.loads(read_bytes(f"{ckpt}/data.json"))
+        """Restore model + optimizer in place; returns (extra, this rank's rng or None, data_state).
+
+        A file that cannot be read is a `CheckpointDamaged` naming the checkpoint (a refused payload stays
+        `UnsafeCheckpoint`)."""
+        try:
+            load_model_and_optimizer(ckpt, model, optimizer, group=self.group)
+            extra = torch_load(f"{ckpt}/extra.pt")
+            rng_url = f"{ckpt}/rng/rank_{self.comm.rank:05d}.pt"
+            fs, path = fsspec.core.url_to_fs(rng_url)
+            rng = torch_load(rng_url) if fs.exists(path) else None
+            data_state = json.loads(read_bytes(f"{ckpt}/data.json"))
+        except UnsafeCheckpoint:
+            raise
+        except (OSError, RuntimeError, ValueError, KeyError, EOFError) as err:
+            raise CheckpointDamaged(
+                f"checkpoint {ckpt} cannot be read ({_describe(err)}); `open-vlm view {ckpt} --verify` checks its "
+                "files; resume from an older one with --checkpoint.resume PATH"
+            ) from err
         return extra, rng, data_state
 
 

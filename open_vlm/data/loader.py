@@ -28,6 +28,7 @@ from open_vlm.data.decode import SampleError, decode_sample
 from open_vlm.data.manifest import ShardManifest
 from open_vlm.data.order import SourceOrder
 from open_vlm.data.plan import Planner, PlanState, StepPlan
+from open_vlm.data.shards import MAX_MEMBER_BYTES
 from open_vlm.data.stream import HOLE_KINDS, Hole, StreamReader
 from open_vlm.data.version import check_versions, manifest_version
 from open_vlm.data.watchdog import WorkerWatch
@@ -64,6 +65,7 @@ class LoaderSettings:
     mix_group: int = 0  # samples per mixing group with mix_per_sample (0: see `group`)
     multiprocessing_context: str | None = None  # fork (Linux default) | spawn | forkserver
     worker_timeout_s: float = 300.0  # a worker silent this long is reported with its shard, and the run stops
+    max_member_bytes: int = MAX_MEMBER_BYTES  # a bigger tar member is not read: its sample is an `oversized_member`
 
     def check(self) -> None:
         per_rank, rest = divmod(self.global_batch, self.world)
@@ -140,7 +142,9 @@ class _RankSteps(IterableDataset):
         slot = order.slot(position)
         reader = readers.get((src, slot.stream))
         if reader is None:
-            reader = readers[(src, slot.stream)] = StreamReader(order, source.manifest.urls, self._beat)
+            reader = readers[(src, slot.stream)] = StreamReader(
+                order, source.manifest.urls, self._beat, self.settings.max_member_bytes
+            )
         raw = reader.fetch(slot)
         self._beat()
         meta = {"source": src, "position": position, "epoch": slot.epoch, "stream": slot.stream}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from typing import IO
 
@@ -15,6 +16,8 @@ log = logging.getLogger(__name__)
 # S3/HTTP errors worth a retry before a shard counts as missing.
 RETRY_ATTEMPTS = 4
 RETRY_BASE_SECONDS = 0.5
+# Tar members above this size are not read into memory (a 2 GB "caption"): `data.max_member_bytes`.
+MAX_MEMBER_BYTES = 256 * 1024 * 1024
 
 
 def expand_urls(patterns: str | list[str]) -> list[str]:
@@ -132,12 +135,18 @@ def seek_to_sample(stream: IO[bytes], index: int) -> bool:
 
 
 def iter_tar_samples(
-    stream: IO[bytes], url: str, on_error: Callable[[str, str, Exception], None] | None = None
+    stream: IO[bytes],
+    url: str,
+    on_error: Callable[[str, str, Exception], None] | None = None,
+    max_member_bytes: int | None = MAX_MEMBER_BYTES,
+    read_data: bool = True,
 ) -> Iterator[dict]:
     """Group the members of a tar stream into samples `{"__key__", "__url__", suffix: bytes}`.
 
     Streams sequentially (works for S3 and gzipped tars). A truncated or corrupt tar ends the iteration
     after reporting the error through `on_error(kind, where, err)`; the samples read so far are kept.
+    A member larger than `max_member_bytes` is never read (tar skips it in small blocks): its sample lists it in
+    `__oversized__` instead. `read_data=False` reads names only (counting), every member's bytes empty.
     """
     import tarfile
 
@@ -150,14 +159,18 @@ def iter_tar_samples(
                 key, suffix = split_key(member.name)
                 if suffix == "" or key.split("/")[-1].startswith("__"):
                     continue
-                data = tar.extractfile(member).read()
                 if current is not None and current["__key__"] != key:
                     yield current
                     current = None
                 if current is None:
                     current = {"__key__": key, "__url__": url}
-                current[suffix] = data
-    except (tarfile.TarError, EOFError, OSError, ValueError) as err:
+                if not read_data:
+                    current[suffix] = b""
+                elif max_member_bytes is not None and member.size > max_member_bytes:
+                    current.setdefault("__oversized__", []).append(f"{suffix} ({member.size} bytes)")
+                else:
+                    current[suffix] = tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as err:
         # The last, possibly partial sample is dropped: a truncated member would be garbage.
         current = None
         if on_error is None:

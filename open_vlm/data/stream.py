@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from open_vlm.data.manifest import UrlColumn
 from open_vlm.data.order import Slot, SourceOrder
-from open_vlm.data.shards import iter_tar_samples, open_url, seek_to_sample
+from open_vlm.data.shards import MAX_MEMBER_BYTES, iter_tar_samples, open_url, seek_to_sample
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def _seekable(stream) -> bool:
 class _OpenShard:
     """A tar shard open for sequential reading from sample `next_offset` on."""
 
-    def __init__(self, shard: int, url: str, start: int):
+    def __init__(self, shard: int, url: str, start: int, max_member_bytes: int | None = MAX_MEMBER_BYTES):
         self.shard, self.url = shard, url
         self.errors: list[Exception] = []
         self.stream = open_url(url)
@@ -68,7 +68,10 @@ class _OpenShard:
             else:
                 self.stream.seek(0)
         self.samples: Iterator[dict] = iter_tar_samples(
-            self.stream, url, on_error=lambda kind, where, err: self.errors.append(err)
+            self.stream,
+            url,
+            on_error=lambda kind, where, err: self.errors.append(err),
+            max_member_bytes=max_member_bytes,
         )
         self.next_offset = start - skip
         self.skip(skip)
@@ -86,12 +89,27 @@ class _OpenShard:
         self.stream.close()
 
 
+def _oversized(raw: dict) -> dict | Hole:
+    """A sample with a member too big to read is a hole (its position stays used, like any bad sample's)."""
+    if "__oversized__" not in raw:
+        return raw
+    what = ", ".join(raw["__oversized__"])
+    return Hole("oversized_member", raw["__url__"], raw["__key__"], f"{what} over data.max_member_bytes: not read")
+
+
 class StreamReader:
     """Raw samples of one stream of one source, fetched by position in increasing order."""
 
-    def __init__(self, order: SourceOrder, urls: UrlColumn, on_read: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        order: SourceOrder,
+        urls: UrlColumn,
+        on_read: Callable[[str], None] | None = None,
+        max_member_bytes: int | None = MAX_MEMBER_BYTES,
+    ):
         self.order, self.urls = order, urls
         self.on_read = on_read  # told each URL before it is read (the hung-worker watchdog)
+        self.max_member_bytes = max_member_bytes  # bigger tar members are not read: `oversized_member` holes
         self._open: _OpenShard | None = None
         self._window_key: tuple[int, int, int] | None = None
         self._window: list[dict | Hole] = []
@@ -128,13 +146,13 @@ class StreamReader:
         if not reusable:
             self.close()
             try:
-                current = self._open = _OpenShard(shard, url, first)
+                current = self._open = _OpenShard(shard, url, first, self.max_member_bytes)
             except OSError as err:
                 self._missing[shard] = str(err)
                 return [Hole("missing_shard", url, None, str(err))] * (stop - first)
         assert current is not None
         current.skip(first - current.next_offset)  # read, not decoded: someone else's samples
-        got: list[dict | Hole] = list(current.read(stop - first))
+        got: list[dict | Hole] = [_oversized(raw) for raw in current.read(stop - first)]
         if len(got) < stop - first:
             reason = current.errors[0] if current.errors else "fewer samples than the manifest says"
             got += [Hole("truncated_shard", url, None, str(reason))] * (stop - first - len(got))
