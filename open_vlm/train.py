@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from open_vlm.checkpoint.dcp_safe import UnsafeCheckpoint
     from open_vlm.checkpoint.resume import ResumeRefused
     from open_vlm.trainer.loop import Trainer  # heavy imports after the config is known to be good
+    from open_vlm.trainer.parallel import peer_lost
 
     try:
         trainer = Trainer(cfg, folder)
@@ -45,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (UnsafeCheckpoint, CheckpointError, CheckpointDamaged) as err:  # must not read, cannot read or write
         log.error("%s", err)
+        return 1
+    except RuntimeError as err:  # another rank died (kill -9, OOM): say so instead of gloo's words
+        lost = peer_lost(err)
+        if lost is None:
+            raise
+        log.error("%s", lost)
         return 1
     log.info("stopped (%s) at step %d, %d samples seen", reason, trainer.step, trainer.samples_seen)
     return 0

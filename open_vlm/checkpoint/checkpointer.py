@@ -25,7 +25,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable
-from pathlib import Path
+from typing import TypeVar
 
 import fsspec
 from torch.distributed.checkpoint.api import CheckpointException
@@ -43,6 +43,7 @@ from open_vlm.checkpoint.files import (
     torch_load,
     write_bytes,
 )
+from open_vlm.checkpoint.retention import Retention, step_name
 from open_vlm.checkpoint.verify import (
     MARKER,
     CheckpointDamaged,
@@ -54,9 +55,9 @@ from open_vlm.checkpoint.verify import (
 from open_vlm.storage import is_remote
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
-ASIDE = "abandoned"  # where a rollback moves the checkpoints of the timeline it leaves
 RETRIES = 3
 RETRY_DELAY = 2.0  # seconds before the first retry; doubles each time
 # Any error on one rank is shared with the others (they would otherwise wait for it in the next collective);
@@ -66,10 +67,6 @@ FAILURES = (Exception, CheckpointException)
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written, even after retries (raised on every rank)."""
-
-
-def step_name(step: int) -> str:
-    return f"step_{step:08d}"
 
 
 def _describe(err: BaseException) -> str:
@@ -85,15 +82,8 @@ def _hint(reason: str) -> str:
     return ""
 
 
-def canonical(url: str) -> tuple:
-    """One spelling per location (`a/./b/`, symlinks, `file://`): for comparing checkpoint URLs."""
-    fs, path = fsspec.core.url_to_fs(url)
-    path = os.path.realpath(path) if not is_remote(url) else path
-    return (str(fs.protocol), path.rstrip("/"))
-
-
-class Checkpointer:
-    """Saves, finds, loads and prunes the checkpoints under one directory (local path or URL).
+class Checkpointer(Retention):
+    """Saves, finds, loads and prunes (`Retention`) the checkpoints under one directory (local path or URL).
 
     `group`: the checkpoint process group (`collective.new_checkpoint_group`); needed for async saves
     under torchrun, which must not share the training loop's group.
@@ -129,7 +119,24 @@ class Checkpointer:
 
     def latest(self) -> str | None:
         """The newest complete checkpoint; rank 0 looks and broadcasts, so all ranks agree."""
-        return self.comm.from_rank0(lambda: (self.list_complete() or [(None, None)])[-1][1])
+        return self.comm.from_rank0(lambda: (self._patiently("listing", self.list_complete) or [(None, None)])[-1][1])
+
+    def _patiently(self, what: str, fn: Callable[[], T]) -> T:
+        """A storage query (one rank), retried as the save phases are; a CheckpointError after the last try."""
+        for attempt in range(1, RETRIES + 1):
+            try:
+                return fn()
+            except Exception as err:  # s3fs lets botocore's own errors through
+                if attempt == RETRIES:
+                    raise CheckpointError(
+                        f"checkpoint: {what} {self.directory} failed {RETRIES} times ({_describe(err)})"
+                    ) from err
+                delay = RETRY_DELAY * 2 ** (attempt - 1)
+                log.warning(
+                    "checkpoint: %s %s failed (%s); retrying in %.0fs", what, self.directory, _describe(err), delay
+                )
+                time.sleep(delay)
+        raise AssertionError("unreachable")
 
     def is_committed(self, step: int) -> bool:
         return self.fs.exists(f"{self.root}/{step_name(step)}/{MARKER}")
@@ -141,7 +148,7 @@ class Checkpointer:
         refused. Raises `CheckpointDamaged` when every committed checkpoint is damaged."""
 
         def find() -> str | None:
-            complete = self.list_complete()
+            complete = self._patiently("listing", self.list_complete)
             damaged = []
             for _, url in reversed(complete):
                 problems = verify_checkpoint(url)
@@ -190,7 +197,7 @@ class Checkpointer:
         """Write a checkpoint (collective: every rank calls it). Storage errors are retried by all ranks together."""
         self.wait()
         name = step_name(step)
-        if self.comm.from_rank0(lambda: self.is_committed(step)):
+        if self.comm.from_rank0(lambda: self._patiently("looking into", lambda: self.is_committed(step))):
             log.info("step %d is already committed at %s: not writing it again", step, self._url(name))
             return self._url(name)
         if async_save and self.sync_next:
@@ -343,65 +350,6 @@ class Checkpointer:
         else:
             write_bytes(f"{staging}/{MARKER}", marker)
         log.info("saved checkpoint %s", self._url(name))
-
-    # --- retention -----------------------------------------------------------------------------------
-    def commit_time(self, url: str) -> float:
-        """When a checkpoint was committed (0 for markers older than the commit time)."""
-        try:
-            return float(json.loads(read_bytes(f"{url}/{MARKER}")).get("committed_at", 0.0))
-        except (ValueError, AttributeError):
-            return 0.0
-
-    def prune(self) -> None:
-        """Keep the `keep_last` most recently committed checkpoints (and the protected one); rank 0."""
-        if self.keep_last > 0:
-            complete = self.list_complete()
-            by_commit = sorted(complete, key=lambda su: (self.commit_time(su[1]), su[0]))
-            for _, url in by_commit[: -self.keep_last]:
-                if self.protected is None or canonical(url) != canonical(self.protected):
-                    self._delete(url)
-        if not is_remote(self.directory):  # leftovers of killed saves
-            for entry in Path(self.root).glob(".step_*.partial-*"):
-                shutil.rmtree(entry, ignore_errors=True)
-
-    def _delete(self, url: str) -> None:
-        """Uncommit first, so that a kill mid-delete never leaves a COMPLETE checkpoint with files missing."""
-        fs, path = fsspec.core.url_to_fs(url)
-        fs.rm(f"{path}/{MARKER}")
-        if not is_remote(url):
-            fsync_dir(path)
-        fs.rm(path, recursive=True)
-        log.info("pruned checkpoint %s", url)
-
-    def set_aside_newer(self, step: int, resumed: str | None = None) -> list[str]:
-        """Move committed checkpoints of another timeline (past `step`, or at it but not `resumed`) aside; rank 0."""
-        # The saves of this run must neither meet them (a committed step is never rewritten) nor be pruned for
-        # them, and `resume latest` must not go back to them; they stay in `<dir>/abandoned/` for inspection.
-        moved = []
-        for later, url in self.list_complete():
-            if later < step or (later == step and (resumed is None or canonical(url) == canonical(resumed))):
-                continue
-            src = f"{self.root}/{step_name(later)}"
-            dest = f"{self.root}/{ASIDE}/{step_name(later)}-{time.strftime('%Y%m%d-%H%M%S')}"
-            marker = read_bytes(f"{src}/{MARKER}")
-            self.fs.rm(f"{src}/{MARKER}")  # uncommitted first: a half-finished move is never a checkpoint
-            if is_remote(self.directory):
-                self.fs.mv(src, dest, recursive=True)
-            else:
-                os.makedirs(os.path.dirname(dest), exist_ok=True)
-                os.replace(src, dest)
-                fsync_dir(self.root)
-            write_bytes(f"{self.directory}/{ASIDE}/{dest.rsplit('/', 1)[1]}/{MARKER}", marker)
-            moved.append(url)
-        if moved:
-            log.warning(
-                "starting at step %d: moved the later checkpoints %s aside to %s/%s (another timeline)",
-                step,
-                ", ".join(u.rsplit("/", 1)[1] for u in moved),
-                self.directory,
-                ASIDE,
-            )
-        return moved
 
     # --- loading -------------------------------------------------------------------------------------
     def load(self, ckpt: str, model, optimizer) -> tuple[dict, dict | None, dict]:
