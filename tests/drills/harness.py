@@ -289,6 +289,31 @@ def compare(reference: Job, job: Job, steps: range | None = None) -> list[str]:
     return problems
 
 
+def compare_positions(reference: Job, job: Job) -> list[str]:
+    """For a job whose data was damaged: the data position equals the reference's at every checkpoint both
+    committed, every step is logged once, and every sample it did not train on is counted as bad."""
+    problems = []
+    steps = [m["step"] for m in job.metrics()]
+    if steps != list(range(1, reference.max_steps + 1)):
+        problems.append(f"steps logged: {steps}")
+    ref_ckpts = dict(reference.committed())
+    for step, url in job.committed():
+        if step in ref_ckpts:
+            mine, theirs = _consumed(url), _consumed(ref_ckpts[step])
+            if (mine["step"], mine["consumed"]) != (theirs["step"], theirs["consumed"]):
+                problems.append(f"checkpoint of step {step}: data position differs")
+    final = reference.max_steps
+    if final in ref_ckpts and final in dict(job.committed()):
+        mine, theirs = _consumed(dict(job.committed())[final]), _consumed(ref_ckpts[final])
+        untrained = theirs["samples_seen"] - mine["samples_seen"]
+        counted = sum(mine["bad_samples"].values()) - sum(theirs["bad_samples"].values())
+        if untrained != counted:
+            problems.append(f"{untrained} samples fewer trained on, but {counted} more counted as bad")
+    else:
+        problems.append(f"no checkpoint of the last step {final}")
+    return problems
+
+
 def same_weights(a: str, b: str) -> bool:
     """The model tensors of two checkpoints are equal, bit for bit."""
     import torch

@@ -17,26 +17,23 @@ def _error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if " ERROR " in line or line.startswith("error:")]
 
 
-def s3_freezes(job: Job, server: MotoServer, rng: random.Random, kinds: list[str], seconds: float) -> list[Outcome]:
-    """Freeze the S3 server (SIGSTOP) for `seconds` after chosen steps, in one running job, then let it finish.
+def s3_freezes(
+    job: Job, server: MotoServer, plan: list[tuple[str, int]], seconds: float, rng: random.Random
+) -> list[Outcome]:
+    """Freeze the S3 server (SIGSTOP) for `seconds` after each planned step of one running job, then let it finish.
 
-    `save` freezes right after a checkpoint step is logged (its save is writing to S3 then); `reads` after another
-    step (the loader workers keep reading shards ahead). The job either carries on (retries) or stops with a clear
-    error, and is then resumed to the end."""
-    every = job.sections["checkpoint"]["every_steps"]
+    A plan entry is (what the freeze should meet, the step after which it starts): `save` right after a checkpoint
+    step is logged (its save talks to S3 then); `reads` a few steps before the loader opens the next epoch's shards,
+    far from a save (training goes on from what the loader holds, then waits for a worker blocked on S3). A save
+    freeze starts at a random moment of the save's first half second (listing, small files, shards or commit). The
+    job either carries on (retries) or stops with a clear error, and is then resumed to the end."""
     outcomes = []
     began = time.monotonic()
     proc = job.start()
     try:
-        for kind in kinds:
-            now = job.last_step()
-            if kind == "save":
-                target = (now // every + 1 + rng.randint(0, 1)) * every
-            else:
-                target = now + rng.randint(1, every - 1)
-                target += 1 if target % every == 0 else 0
-            target = min(target, job.max_steps - 1)
+        for kind, target in plan:
             reached = wait_until(proc, lambda t=target: job.last_step() >= t)
+            time.sleep(rng.uniform(0.0, 0.5) if kind == "save" else 0.0)
             server.freeze()
             frozen_at = job.last_step()
             time.sleep(seconds)
@@ -48,8 +45,9 @@ def s3_freezes(job: Job, server: MotoServer, rng: random.Random, kinds: list[str
     finally:
         server.thaw()
         kill_tree(proc.pid)
+    retried = retries_logged(job)
     if status == 0 and job.last_step() == job.max_steps:
-        outcomes.append(Outcome("carried on", True, "exit 0 at the last step", time.monotonic() - began))
+        outcomes.append(Outcome("carried on", True, f"exit 0 at the last step; {retried}", time.monotonic() - began))
         return outcomes
     errors = _error_lines(err)
     outcomes.append(
@@ -59,11 +57,22 @@ def s3_freezes(job: Job, server: MotoServer, rng: random.Random, kinds: list[str
     return outcomes
 
 
+def retries_logged(job: Job) -> str:
+    """How often the job's log says a shard read or a checkpoint query was retried."""
+    text = "".join(p.read_text() for p in job.folder.glob("*.log"))
+    shards = sum("retrying in" in line and "open_vlm.data.shards" in line for line in text.splitlines())
+    saves = sum("retry in" in line or ("retrying in" in line and "checkpointer" in line) for line in text.splitlines())
+    return f"retried {shards} shard read(s), {saves} checkpoint operation(s)"
+
+
 def disk_full(job: Job, limit: int) -> list[Outcome]:
     """Run with a checkpoint disk that fills up after `limit` bytes per process: the run stops with a clear message
     and the previous checkpoint stays the latest; with space again, the run resumes from it and finishes."""
+    import fsspec
+
     from open_vlm.checkpoint.checkpointer import verify_checkpoint
 
+    fsspec.register_implementation("diskfull", "open_vlm.checkpoint.faults.DiskFullFileSystem", clobber=True)
     began = time.monotonic()
     status, err = _ended(job.start(env={"OPEN_VLM_DISK_FULL_AFTER": str(limit)}), timeout=600)
     errors = _error_lines(err)
@@ -77,7 +86,7 @@ def disk_full(job: Job, limit: int) -> list[Outcome]:
         f"verifies {latest_ok}; clear message {said}"
     )
     outcome = Outcome(f"disk full after {limit} bytes", ok, detail, time.monotonic() - began)
-    return [outcome, finish_job(job)]
+    return [outcome, finish_job(job, env={"OPEN_VLM_DISK_FULL_AFTER": str(1 << 50)})]  # space again
 
 
 def cut(path: Path, keep: float) -> None:

@@ -19,8 +19,9 @@ from pathlib import Path
 GZ_SHARD = "hand-000003.tar.gz"
 PLAIN_SHARDS = "demo-{000000..000002}.tar"
 KEEP_OF_GZ = 0.6  # the gzipped shard keeps this share of its bytes
-# Short S3 timeouts for the drill jobs (s3fs's defaults: 5 s connect, 15 s read, 5 tries): a freeze of a few
-# seconds then outlasts a request, and the retries above it have to carry the run.
+# Short S3 timeouts for the drill jobs (s3fs's defaults: 5 s connect, 15 s read, 5 botocore tries under 5 s3fs
+# tries): a request then gives up after 1 s and s3fs after about 7 s, so that a 10 s freeze outlasts both and the
+# retries of open_vlm (shard reads, checkpoint phases) have to carry the run.
 S3_TIMEOUTS = '{"config_kwargs": {"connect_timeout": 1, "read_timeout": 1, "retries": {"max_attempts": 1}}}'
 
 
