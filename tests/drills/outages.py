@@ -97,12 +97,12 @@ def cut(path: Path, keep: float) -> None:
 
 
 def shard_damage(job: Job, rng: random.Random) -> list[Outcome]:
-    """Shards that disappear or are cut short after the manifest was written: before the job starts, between a kill
-    and the resume, and while it reads. The job trains on; every lost sample is a counted hole."""
+    """Shards cut short or gone after the manifest was written: one cut before the job starts, one cut between a
+    kill and the resume, one deleted while the job reads. The job trains on; every lost sample is a counted hole.
+    (A shard deleted while the job is down is refused by the preflight at the next start, naming it.)"""
     data = job.data
-    outcomes = []
     began = time.monotonic()
-    (data / "demo-000001.tar").unlink()  # before the first read
+    cut(data / "demo-000002.tar", rng.uniform(0.3, 0.7))  # before the first read
     proc = job.start()
     try:
         step = rng.randint(2, 7)
@@ -110,22 +110,23 @@ def shard_damage(job: Job, rng: random.Random) -> list[Outcome]:
         kill_tree(proc.pid)
     finally:
         _ended(proc)
-    outcomes.append(Outcome("shard 1 gone before the run; kill -9", reached, f"after step {job.last_step()}", 0.0))
-    cut(data / "demo-000002.tar", rng.uniform(0.3, 0.7))  # between the kill and the resume
+    outcomes = [Outcome("shard 2 cut before the run; kill -9", reached, f"after step {job.last_step()}", 0.0)]
+    cut(data / "demo-000000.tar", rng.uniform(0.4, 0.7))  # between the kill and the resume
     proc = job.start()
     try:
-        step = rng.randint(job.last_step() + 2, job.last_step() + 6)
+        step = rng.randint(job.last_step() + 1, job.last_step() + 4)
         reached = wait_until(proc, lambda: job.last_step() >= step)
-        cut(data / "demo-000000.tar", rng.uniform(0.3, 0.7))  # while the job reads
+        (data / "demo-000001.tar").unlink()  # while the job reads
         status, err = _ended(proc, timeout=600)
     finally:
         kill_tree(proc.pid)
     ok = reached and status == 0 and job.last_step() == job.max_steps
+    tail = "" if ok else f"; {_error_lines(err)[-1:]}"
     outcomes.append(
         Outcome(
-            "shard 2 cut before the resume, shard 0 cut while reading",
+            "shard 0 cut before the resume, shard 1 deleted while reading",
             ok,
-            f"exit {status} at step {job.last_step()}",
+            f"exit {status} at step {job.last_step()}{tail}",
             time.monotonic() - began,
         )
     )

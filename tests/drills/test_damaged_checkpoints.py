@@ -87,7 +87,7 @@ def test_view_verify_finds_every_damaged_file(reference, copied):
     out = run_cli("-m", "open_vlm.cli", "view", str(copied.folder), "--verify", "--json", env=ENV)
     assert out.returncode == 1, out.stderr
     report = {c["url"].rsplit("/", 1)[-1]: c["problems"] for c in json.loads(out.stdout)["checkpoints"]}
-    assert "bytes when committed" in report["step_00000024"][0]
+    assert report["step_00000024"][0].startswith("__0_0.distcp: ") and "when committed" in report["step_00000024"][0]
     assert report["step_00000021"] == ["data.json: missing"]
     assert report["step_00000018"][0].startswith("meta.json: contents changed")
     assert report["step_00000015"][0].endswith("contents changed since the commit (sha256 differs)")

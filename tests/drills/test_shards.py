@@ -126,9 +126,9 @@ def test_strict_mode_refuses_the_cut_shard(demo_dir, tmp_path):
 
 @pytest.mark.slow
 def test_shards_damaged_during_a_run(reference, tmp_path, drill_dir):
-    """torchrun, 2 ranks: a shard deleted after the manifest, another cut between a kill and the resume, a third cut
-    while the run reads. The run ends (exit 0); every checkpoint's data position equals the uninterrupted run's;
-    every sample not trained on is counted as bad.
+    """torchrun, 2 ranks: a shard cut after the manifest was written, another cut between a kill and the resume, a
+    third deleted while the run reads. The run ends (exit 0); every checkpoint's data position equals the
+    uninterrupted run's; every sample not trained on is counted as bad.
 
     Shown to fail on a broken build: with `StreamReader` turning a failed shard open into an exception instead of
     holes, the resumed run stopped at the deleted shard (exit 1)."""
