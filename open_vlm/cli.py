@@ -41,13 +41,16 @@ def _view(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--out", default=None, help="region_features shard: where to write the boxes PNG")
     parser.add_argument("--index", type=int, default=0, help="region_features shard: which sample to draw")
+    parser.add_argument(
+        "--verify", action="store_true", help="checkpoint or run: check every file against its commit record (exit 1)"
+    )
     args = parser.parse_args(argv)
-    from open_vlm.view import render, view
+    from open_vlm.view import render, verify, view
 
     with usage_errors(FileNotFoundError, ValueError):  # ValueError: e.g. a checkpoint refused as unsafe
-        info = view(args.path, boxes_png=args.out, index=args.index)
+        info = verify(args.path) if args.verify else view(args.path, boxes_png=args.out, index=args.index)
     print(json.dumps(info, indent=1) if args.json else render(info))
-    return 0
+    return 1 if args.verify and not info["ok"] else 0
 
 
 def _generate(argv: list[str]) -> int:

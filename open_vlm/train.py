@@ -28,11 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     if ignored:
         log.warning("train ignores these config keys: %s", ", ".join(ignored))
 
-    from open_vlm.checkpoint.checkpointer import CheckpointError
+    from open_vlm.checkpoint.checkpointer import CheckpointDamaged, CheckpointError
     from open_vlm.checkpoint.dcp_safe import UnsafeCheckpoint
     from open_vlm.checkpoint.resume import ResumeRefused
     from open_vlm.trainer.loop import Trainer  # heavy imports after the config is known to be good
-    from open_vlm.trainer.parallel import shutdown_distributed
+    from open_vlm.trainer.parallel import peer_lost, shutdown_distributed
 
     try:
         trainer = Trainer(cfg, folder)
@@ -44,8 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ResumeRefused, DataVersionError) as err:  # resuming on changed config/data: refused before any step
         log.error("%s", err)
         return 2
-    except (UnsafeCheckpoint, CheckpointError) as err:  # a checkpoint we must not read, or could not write
+    except (UnsafeCheckpoint, CheckpointError, CheckpointDamaged) as err:  # must not read, cannot read or write
         log.error("%s", err)
+        return 1
+    except RuntimeError as err:  # another rank died (kill -9, OOM): say so instead of gloo's words
+        lost = peer_lost(err)
+        if lost is None:
+            raise
+        log.error("%s", lost)
         return 1
     finally:
         shutdown_distributed()

@@ -111,6 +111,23 @@ def _consumed_files(url: str, meta: dict) -> list[dict] | None:
     return consumed_files(orders, sources, state["positions"])
 
 
+def verify(path: str) -> dict:
+    """Every file of a checkpoint (or of every checkpoint of a run folder / checkpoint dir) against its marker."""
+    from open_vlm.checkpoint.checkpointer import verify_checkpoint
+
+    fs, root = fsspec.core.url_to_fs(path)
+    root = root.rstrip("/")
+    if fs.exists(f"{root}/{MARKER}"):
+        urls = [path.rstrip("/")]
+    else:
+        found = Checkpointer(path).list_complete() or Checkpointer(f"{path.rstrip('/')}/checkpoints").list_complete()
+        if not found:
+            raise FileNotFoundError(f"no committed checkpoint at {path}")
+        urls = [url for _, url in found]
+    checked = [{"url": url, "problems": verify_checkpoint(url, checksums=True)} for url in urls]
+    return {"kind": "verify", "url": path, "checkpoints": checked, "ok": not any(c["problems"] for c in checked)}
+
+
 def view_run(path: str) -> dict:
     fs, root = fsspec.core.url_to_fs(path)
     checkpoints = Checkpointer(f"{path.rstrip('/')}/checkpoints").list_complete()
@@ -163,6 +180,10 @@ def render(info: dict) -> str:
             lines.append(
                 f"  [{c['source']} epoch {c['epoch']}] {c['url']}: {c['samples_read']}/{c['num_samples']} {state}"
             )
+    elif kind == "verify":
+        for c in info["checkpoints"]:
+            lines.append(f"  {c['url']}: " + ("ok" if not c["problems"] else "DAMAGED"))
+            lines += [f"    {p}" for p in c["problems"]]
     elif kind == "run":
         lines += [f"  checkpoint step {c['step']}: {c['url']}" for c in info["checkpoints"]] or ["  no checkpoints"]
         if info["last_metrics"]:

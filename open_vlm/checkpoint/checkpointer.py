@@ -5,15 +5,18 @@ Layout of `<dir>/step_<N>/`:
 - `extra.pt` (scheduler, grad scaler, counters) and `rng/rank_<r>.pt`, loaded with `weights_only=True`;
 - `data.json` (loader state), `meta.json` (step, counts, consumed shards, dataset versions, config, code
   and library versions), `model/` (what it takes to rebuild the model: tokenizer, model config);
-- `COMPLETE`, written last by rank 0 after every rank finished (JSON: step and commit time).
+- `COMPLETE`, written last by rank 0 after every rank finished (JSON: step, commit time and every file's size
+  and sha256, see `verify.py`).
 Local checkpoints are staged in `.step_<N>.partial-*` and renamed into place; remote ones count only once
 `COMPLETE` exists. A failed or killed save therefore never replaces the last good checkpoint, and a
 committed step is never written again. Every phase of a save ends with an all-reduce of "did any rank
-fail" on the checkpoint group, so all ranks retry (or give up) together.
+fail" on the checkpoint group, so all ranks retry (or give up) together. Resuming `latest` skips (with
+`fallback`) or refuses a committed checkpoint whose files no longer match its marker.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -22,13 +25,14 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable
-from pathlib import Path
+from typing import TypeVar
 
 import fsspec
 from torch.distributed.checkpoint.api import CheckpointException
 
 from open_vlm.checkpoint.collective import CheckpointComm
 from open_vlm.checkpoint.dcp_io import AsyncSaver, failure_summary, load_model_and_optimizer, save_model_and_optimizer
+from open_vlm.checkpoint.dcp_safe import UnsafeCheckpoint
 from open_vlm.checkpoint.faults import maybe_crash_before_commit
 from open_vlm.checkpoint.files import (
     fsync_dir,
@@ -39,13 +43,21 @@ from open_vlm.checkpoint.files import (
     torch_load,
     write_bytes,
 )
+from open_vlm.checkpoint.retention import Retention, step_name
+from open_vlm.checkpoint.verify import (
+    MARKER,
+    CheckpointDamaged,
+    describe_damage,
+    file_digest,
+    list_files,
+    verify_checkpoint,
+)
 from open_vlm.storage import is_remote
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-MARKER = "COMPLETE"
 STEP_DIR = re.compile(r"^step_(\d+)$")
-ASIDE = "abandoned"  # where a rollback moves the checkpoints of the timeline it leaves
 RETRIES = 3
 RETRY_DELAY = 2.0  # seconds before the first retry; doubles each time
 # Any error on one rank is shared with the others (they would otherwise wait for it in the next collective);
@@ -57,33 +69,30 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be written, even after retries (raised on every rank)."""
 
 
-def step_name(step: int) -> str:
-    return f"step_{step:08d}"
-
-
 def _describe(err: BaseException) -> str:
     if isinstance(err, CheckpointException):
         return failure_summary(err)
     return f"{type(err).__name__}: {err}"
 
 
-def canonical(url: str) -> tuple:
-    """One spelling per location (`a/./b/`, symlinks, `file://`): for comparing checkpoint URLs."""
-    fs, path = fsspec.core.url_to_fs(url)
-    path = os.path.realpath(path) if not is_remote(url) else path
-    return (str(fs.protocol), path.rstrip("/"))
+def _hint(reason: str) -> str:
+    """What to do about a failure, where the reason says (a full disk)."""
+    if os.strerror(errno.ENOSPC) in reason:
+        return "; the disk is full: free space (or keep fewer checkpoints: checkpoint.keep_last) and resume"
+    return ""
 
 
-class Checkpointer:
-    """Saves, finds, loads and prunes the checkpoints under one directory (local path or URL).
+class Checkpointer(Retention):
+    """Saves, finds, loads and prunes (`Retention`) the checkpoints under one directory (local path or URL).
 
     `group`: the checkpoint process group (`collective.new_checkpoint_group`); needed for async saves
     under torchrun, which must not share the training loop's group.
     """
 
-    def __init__(self, directory: str, keep_last: int = 0, group=None):
+    def __init__(self, directory: str, keep_last: int = 0, group=None, checksums: bool = True):
         self.directory = str(directory).rstrip("/")
         self.keep_last = keep_last
+        self.checksums = checksums  # record each file's sha256 in the marker (sizes are always recorded)
         self.group = group
         self.comm = CheckpointComm(group)
         self.fs, self.root = fsspec.core.url_to_fs(self.directory)
@@ -111,10 +120,66 @@ class Checkpointer:
 
     def latest(self) -> str | None:
         """The newest complete checkpoint; rank 0 looks and broadcasts, so all ranks agree."""
-        return self.comm.from_rank0(lambda: (self.list_complete() or [(None, None)])[-1][1])
+        return self.comm.from_rank0(lambda: (self._patiently("listing", self.list_complete) or [(None, None)])[-1][1])
+
+    def _patiently(self, what: str, fn: Callable[[], T]) -> T:
+        """A storage query (one rank), retried as the save phases are; a CheckpointError after the last try."""
+        for attempt in range(1, RETRIES + 1):
+            try:
+                return fn()
+            except Exception as err:  # s3fs lets botocore's own errors through
+                if attempt == RETRIES:
+                    raise CheckpointError(
+                        f"checkpoint: {what} {self.directory} failed {RETRIES} times ({_describe(err)})"
+                    ) from err
+                delay = RETRY_DELAY * 2 ** (attempt - 1)
+                log.warning(
+                    "checkpoint: %s %s failed (%s); retrying in %.0fs", what, self.directory, _describe(err), delay
+                )
+                time.sleep(delay)
+        raise AssertionError("unreachable")
 
     def is_committed(self, step: int) -> bool:
         return self.fs.exists(f"{self.root}/{step_name(step)}/{MARKER}")
+
+    def latest_good(self, fallback: bool = True) -> str | None:
+        """The newest committed checkpoint whose files match its marker (sizes; JSON files parse); collective.
+
+        A damaged one is named with what is wrong; with `fallback` the one before it is tried, else the resume is
+        refused. Raises `CheckpointDamaged` when every committed checkpoint is damaged."""
+
+        def find() -> str | None:
+            complete = self._patiently("listing", self.list_complete)
+            damaged = []
+            for _, url in reversed(complete):
+                problems = verify_checkpoint(url)
+                if not problems:
+                    if damaged:
+                        log.warning("resuming from %s, the newest good checkpoint (checkpoint.fallback)", url)
+                    return url
+                line = describe_damage(url, problems)
+                if not fallback:
+                    raise CheckpointDamaged(
+                        f"{line} (checkpoint.fallback true resumes from the newest good one instead; "
+                        "`open-vlm view CKPT --verify` checks a checkpoint)"
+                    )
+                log.error("%s: trying the checkpoint before it (checkpoint.fallback)", line)
+                damaged.append(url)
+            if damaged:
+                raise CheckpointDamaged(f"every committed checkpoint in {self.directory} is damaged ({len(damaged)})")
+            return None
+
+        return self.comm.from_rank0(find)
+
+    def check(self, url: str) -> None:
+        """Refuse (on every rank) a checkpoint named explicitly whose files do not match its marker."""
+
+        def problems() -> list[str]:
+            return verify_checkpoint(url) if self.fs.exists(f"{fsspec.core.url_to_fs(url)[1]}/{MARKER}") else []
+
+        found = self.comm.from_rank0(problems)
+        if found:
+            raise CheckpointDamaged(describe_damage(url, found))
 
     # --- saving --------------------------------------------------------------------------------------
     def save(
@@ -133,7 +198,7 @@ class Checkpointer:
         """Write a checkpoint (collective: every rank calls it). Storage errors are retried by all ranks together."""
         self.wait()
         name = step_name(step)
-        if self.comm.from_rank0(lambda: self.is_committed(step)):
+        if self.comm.from_rank0(lambda: self._patiently("looking into", lambda: self.is_committed(step))):
             log.info("step %d is already committed at %s: not writing it again", step, self._url(name))
             return self._url(name)
         if async_save and self.sync_next:
@@ -141,20 +206,24 @@ class Checkpointer:
             async_save = False
         self.sync_next = False
         staging = self._staging(name)
-        self._together(f"preparing {name}", lambda: self._prepare(staging, name))
-        self._together(
-            f"writing the files of {name}",
-            lambda: self._write_files(staging, step, extra, rng, data_state, meta, files),
-        )
-        if async_save:  # shards in DCP's thread, on the checkpoint group; committed by `wait`
-            future = self._async.save(staging, model, optimizer, group=self.group)
-            self._pending = (future, staging, step)
-            return self._url(name)
-        self._together(
-            f"writing the shards of {name}",
-            lambda: save_model_and_optimizer(staging, model, optimizer, group=self.group),
-        )
-        self._commit_together(staging, step)
+        try:
+            self._together(f"preparing {name}", lambda: self._prepare(staging, name))
+            self._together(
+                f"writing the files of {name}",
+                lambda: self._write_files(staging, step, extra, rng, data_state, meta, files),
+            )
+            if async_save:  # shards in DCP's thread, on the checkpoint group; committed by `wait`
+                future = self._async.save(staging, model, optimizer, group=self.group)
+                self._pending = (future, staging, step)
+                return self._url(name)
+            self._together(
+                f"writing the shards of {name}",
+                lambda: save_model_and_optimizer(staging, model, optimizer, group=self.group),
+            )
+            self._commit_together(staging, step)
+        except CheckpointError:
+            self._discard(staging)
+            raise
         return self._url(name)
 
     def staged(self) -> None:
@@ -176,8 +245,13 @@ class Checkpointer:
                 _describe(error) if error else "on another rank",
             )
             self.sync_next = True
+            self._discard(staging)
             return False
-        self._commit_together(staging, step)
+        try:
+            self._commit_together(staging, step)
+        except CheckpointError:
+            self._discard(staging)
+            raise
         return True
 
     def _together(self, what: str, fn: Callable[[], object]) -> None:
@@ -190,10 +264,16 @@ class Checkpointer:
             if attempt == RETRIES:
                 raise CheckpointError(
                     f"checkpoint: {what} failed {RETRIES} times ({reason}); the previous checkpoint stays the latest"
+                    + _hint(reason)
                 )
             delay = RETRY_DELAY * 2 ** (attempt - 1)
             log.warning("checkpoint: %s failed (%s); all ranks retry in %.0fs", what, reason, delay)
             time.sleep(delay)
+
+    def _discard(self, staging: str) -> None:
+        """Remove what a failed save left (local staging only: it may be filling the disk); rank 0."""
+        if self.comm.rank == 0 and not is_remote(self.directory):
+            shutil.rmtree(staging, ignore_errors=True)
 
     def _staging(self, name: str) -> str:
         if is_remote(self.directory):
@@ -222,18 +302,47 @@ class Checkpointer:
 
     def _commit_together(self, staging: str, step: int) -> None:
         maybe_crash_before_commit(step_name(step))  # the atomicity drills (no-op otherwise)
-        self._together(f"committing {step_name(step)}", lambda: self._commit(staging, step))
+        files = self._record_files(staging, step_name(step))
+        self._together(f"committing {step_name(step)}", lambda: self._commit(staging, step, files))
         if self.comm.rank == 0:
             try:
                 self.prune()
             except OSError as err:  # the new checkpoint is committed; pruning again next time is enough
                 log.warning("pruning old checkpoints failed: %s", err)
 
-    def _commit(self, staging: str, step: int) -> None:
+    def _record_files(self, staging: str, name: str) -> dict[str, dict]:
+        """Size (and sha256) of every file of a written checkpoint, for its marker; collective.
+
+        Rank 0 lists the files; each rank hashes a share of them (its reads run in parallel)."""
+        sizes: dict[str, int] = {}
+
+        def listing() -> None:
+            sizes.clear()
+            if self.comm.rank == 0:
+                sizes.update(list_files(staging))
+
+        self._together(f"listing the files of {name}", listing)
+        names = self.comm.broadcast(sorted(sizes))
+        digests: dict[str, str] = {}
+
+        def hashing() -> None:
+            digests.clear()
+            if self.checksums:
+                mine = names[self.comm.rank :: self.comm.world]
+                digests.update({rel: file_digest(f"{staging}/{rel}") for rel in mine})
+
+        self._together(f"checksumming the files of {name}", hashing)
+        if self.comm.rank != 0:
+            self.comm.all_gather(digests)
+            return {}
+        merged = {k: v for part in self.comm.all_gather(digests) for k, v in part.items()}
+        return {rel: {"size": sizes[rel], **({"sha256": merged[rel]} if rel in merged else {})} for rel in names}
+
+    def _commit(self, staging: str, step: int, files: dict[str, dict]) -> None:
         if self.comm.rank != 0:
             return
         name = step_name(step)
-        marker = json.dumps({"step": step, "committed_at": time.time()}).encode()
+        marker = json.dumps({"step": step, "committed_at": time.time(), "files": files}, indent=0).encode()
         if not is_remote(self.directory):
             target = os.path.join(self.root, name)
             if os.path.isdir(staging):  # not yet renamed (a retry after the rename skips this)
@@ -247,74 +356,26 @@ class Checkpointer:
             write_bytes(f"{staging}/{MARKER}", marker)
         log.info("saved checkpoint %s", self._url(name))
 
-    # --- retention -----------------------------------------------------------------------------------
-    def commit_time(self, url: str) -> float:
-        """When a checkpoint was committed (0 for markers older than the commit time)."""
-        try:
-            return float(json.loads(read_bytes(f"{url}/{MARKER}")).get("committed_at", 0.0))
-        except (ValueError, AttributeError):
-            return 0.0
-
-    def prune(self) -> None:
-        """Keep the `keep_last` most recently committed checkpoints (and the protected one); rank 0."""
-        if self.keep_last > 0:
-            complete = self.list_complete()
-            by_commit = sorted(complete, key=lambda su: (self.commit_time(su[1]), su[0]))
-            for _, url in by_commit[: -self.keep_last]:
-                if self.protected is None or canonical(url) != canonical(self.protected):
-                    self._delete(url)
-        if not is_remote(self.directory):  # leftovers of killed saves
-            for entry in Path(self.root).glob(".step_*.partial-*"):
-                shutil.rmtree(entry, ignore_errors=True)
-
-    def _delete(self, url: str) -> None:
-        """Uncommit first, so that a kill mid-delete never leaves a COMPLETE checkpoint with files missing."""
-        fs, path = fsspec.core.url_to_fs(url)
-        fs.rm(f"{path}/{MARKER}")
-        if not is_remote(url):
-            fsync_dir(path)
-        fs.rm(path, recursive=True)
-        log.info("pruned checkpoint %s", url)
-
-    def set_aside_newer(self, step: int, resumed: str | None = None) -> list[str]:
-        """Move committed checkpoints of another timeline (past `step`, or at it but not `resumed`) aside; rank 0."""
-        # The saves of this run must neither meet them (a committed step is never rewritten) nor be pruned for
-        # them, and `resume latest` must not go back to them; they stay in `<dir>/abandoned/` for inspection.
-        moved = []
-        for later, url in self.list_complete():
-            if later < step or (later == step and (resumed is None or canonical(url) == canonical(resumed))):
-                continue
-            src = f"{self.root}/{step_name(later)}"
-            dest = f"{self.root}/{ASIDE}/{step_name(later)}-{time.strftime('%Y%m%d-%H%M%S')}"
-            marker = read_bytes(f"{src}/{MARKER}")
-            self.fs.rm(f"{src}/{MARKER}")  # uncommitted first: a half-finished move is never a checkpoint
-            if is_remote(self.directory):
-                self.fs.mv(src, dest, recursive=True)
-            else:
-                os.makedirs(os.path.dirname(dest), exist_ok=True)
-                os.replace(src, dest)
-                fsync_dir(self.root)
-            write_bytes(f"{self.directory}/{ASIDE}/{dest.rsplit('/', 1)[1]}/{MARKER}", marker)
-            moved.append(url)
-        if moved:
-            log.warning(
-                "starting at step %d: moved the later checkpoints %s aside to %s/%s (another timeline)",
-                step,
-                ", ".join(u.rsplit("/", 1)[1] for u in moved),
-                self.directory,
-                ASIDE,
-            )
-        return moved
-
     # --- loading -------------------------------------------------------------------------------------
     def load(self, ckpt: str, model, optimizer) -> tuple[dict, dict | None, dict]:
-        """Restore model + optimizer in place; returns (extra, this rank's rng or None, data_state)."""
-        load_model_and_optimizer(ckpt, model, optimizer, group=self.group)
-        extra = torch_load(f"{ckpt}/extra.pt")
-        rng_url = f"{ckpt}/rng/rank_{self.comm.rank:05d}.pt"
-        fs, path = fsspec.core.url_to_fs(rng_url)
-        rng = torch_load(rng_url) if fs.exists(path) else None
-        data_state = json.loads(read_bytes(f"{ckpt}/data.json"))
+        """Restore model + optimizer in place; returns (extra, this rank's rng or None, data_state).
+
+        A file that cannot be read is a `CheckpointDamaged` naming the checkpoint (a refused payload stays
+        `UnsafeCheckpoint`)."""
+        try:
+            load_model_and_optimizer(ckpt, model, optimizer, group=self.group)
+            extra = torch_load(f"{ckpt}/extra.pt")
+            rng_url = f"{ckpt}/rng/rank_{self.comm.rank:05d}.pt"
+            fs, path = fsspec.core.url_to_fs(rng_url)
+            rng = torch_load(rng_url) if fs.exists(path) else None
+            data_state = json.loads(read_bytes(f"{ckpt}/data.json"))
+        except UnsafeCheckpoint:
+            raise
+        except (OSError, RuntimeError, ValueError, KeyError, EOFError) as err:
+            raise CheckpointDamaged(
+                f"checkpoint {ckpt} cannot be read ({_describe(err)}); `open-vlm view {ckpt} --verify` checks its "
+                "files; resume from an older one with --checkpoint.resume PATH"
+            ) from err
         return extra, rng, data_state
 
 

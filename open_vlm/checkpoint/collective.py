@@ -30,7 +30,7 @@ def new_checkpoint_group():
 
 
 class CheckpointComm:
-    """Barrier, broadcast and 'did any rank fail' on the checkpoint group (no-ops in a single process).
+    """Barrier, broadcast, gather and 'did any rank fail' on the checkpoint group (no-ops in a single process).
 
     Without a group (a checkpointer made outside the trainer) it uses the default group.
     """
@@ -48,6 +48,10 @@ class CheckpointComm:
     def rank(self) -> int:
         return dist.get_rank() if _distributed() else 0
 
+    @property
+    def world(self) -> int:
+        return dist.get_world_size() if _distributed() else 1
+
     def barrier(self) -> None:
         if _distributed():
             dist.barrier(group=self.group)
@@ -59,6 +63,14 @@ class CheckpointComm:
         box = [value]
         dist.broadcast_object_list(box, src=0, group=self.group, device=self._device())
         return box[0]
+
+    def all_gather(self, value: T) -> list[T]:
+        """Every rank's `value`, in rank order, on every rank."""
+        if not _distributed():
+            return [value]
+        out: list = [None] * dist.get_world_size()
+        dist.all_gather_object(out, value, group=self.group)
+        return out
 
     def any(self, flag: bool) -> bool:
         """True on every rank when `flag` is true on some rank."""

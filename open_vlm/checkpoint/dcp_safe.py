@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -42,6 +45,21 @@ ALLOWED: frozenset[tuple[str, str]] = frozenset(
 
 class UnsafeCheckpoint(ValueError):
     """A checkpoint file holds something a checkpoint never contains (possibly a code-running payload)."""
+
+
+@contextmanager
+def refusing_pickles(where: str) -> Iterator[None]:
+    """Inside, a torch weights file (`.pt`, `.bin`...) holding more than plain data is an `UnsafeCheckpoint` naming
+    `where` and the class it asked for (torch's `weights_only` refusal, in one line)."""
+    try:
+        yield
+    except pickle.UnpicklingError as err:
+        asked = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f"refers to {asked.group(1)}" if asked else "holds more than plain tensors"
+        raise UnsafeCheckpoint(
+            f"{where}: a weights file there {what}, which weights never contain; refusing to load it (a pickle payload "
+            "could run code: use files you trust, or safetensors)"
+        ) from None
 
 
 class _MetadataUnpickler(pickle.Unpickler):

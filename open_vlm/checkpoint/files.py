@@ -55,8 +55,11 @@ def torch_bytes(obj) -> bytes:
 
 
 def torch_load(url: str):
-    """A torch file of plain data (tensors, numbers, containers): never an arbitrary pickle."""
-    return torch.load(io.BytesIO(read_bytes(url)), weights_only=True, map_location="cpu")
+    """A torch file of plain data (tensors, numbers, containers): never an arbitrary pickle (`UnsafeCheckpoint`)."""
+    from open_vlm.checkpoint.dcp_safe import refusing_pickles
+
+    with refusing_pickles(url):
+        return torch.load(io.BytesIO(read_bytes(url)), weights_only=True, map_location="cpu")
 
 
 @functools.cache  # the code this process runs does not change under it; saves a subprocess per save

@@ -82,6 +82,8 @@ class DataConfig:
     mix_group: int = 0
     num_streams: int = 64  # canonical streams P per source (fixed per run; ranks x workers should divide it)
     strict: bool = False  # fail on the first bad shard/sample instead of skipping it
+    # A tar member larger than this is never read: its sample is skipped and counted (`oversized_member`).
+    max_member_bytes: int = 256 * 1024 * 1024
     # A loader worker that makes no progress this long is reported with the shard it was reading and the run
     # stops (a frozen storage endpoint), instead of hanging forever.
     worker_timeout_s: float = 300.0
@@ -176,6 +178,12 @@ class CheckpointConfig:
     # Resume even when a source's dataset version differs from the checkpoint's (the position then names
     # other samples); by default such a resume is refused.
     allow_data_change: bool = False
+    # `resume latest` checks the newest checkpoint's files against its COMPLETE marker; a damaged one is named and
+    # (fallback true) the newest good one is used instead, or (false) the resume is refused.
+    fallback: bool = True
+    # Record every file's sha256 in the marker at commit (each rank re-reads its share once); sizes are always
+    # recorded. `open-vlm view CKPT --verify` compares them.
+    checksums: bool = True
 
 
 @dataclass

@@ -52,6 +52,7 @@ RANGES: dict[str, Range] = {
     "data.shuffle_window": AT_LEAST_0,
     "data.max_text_len": AT_LEAST_1,
     "data.pad_to_multiple": AT_LEAST_1,
+    "data.max_member_bytes": AT_LEAST_1,
     "optim.lr": POSITIVE,
     "optim.weight_decay": AT_LEAST_0,
     "optim.beta1": UNIT_OPEN_TOP,

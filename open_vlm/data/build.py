@@ -15,7 +15,7 @@ from open_vlm.data.manifest import ShardManifest, build_manifest, read_manifest,
 from open_vlm.data.manifest_index import training_manifest, view_name, write_index
 from open_vlm.data.shards import expand_urls
 from open_vlm.data.version import manifest_version
-from open_vlm.errors import ConfigError
+from open_vlm.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,13 @@ def _first_url(patterns: list[str]) -> str:
         pattern = reduced
 
 
-def source_manifest(cfg: SourceConfig, count_missing: bool = True) -> ShardManifest:
+def source_manifest(cfg: SourceConfig, strict: bool = False, count_missing: bool = True) -> ShardManifest:
     """The (counts-only) manifest of a source's shards, in the order its URL patterns give them.
 
     Reads `cfg.manifest` or `manifest.json` beside the first shard, through its binary index (manifest_index.py):
     a manifest built from exactly these patterns needs no URL expansion at all. Shards the manifest lacks are
-    counted now and the merged manifest cached beside the shards when that location is writable.
+    counted now and the merged manifest cached beside the shards when that location is writable. A shard that
+    does not read to its end is counted as far as it reads and flagged in the manifest (`strict`: a DataError).
     """
     path = cfg.manifest or posixpath.join(posixpath.dirname(_first_url(cfg.urls)), "manifest.json")
     fs, fs_path = fsspec.core.url_to_fs(path)
@@ -67,7 +68,22 @@ def source_manifest(cfg: SourceConfig, count_missing: bool = True) -> ShardManif
         raise FileNotFoundError(f"source {cfg.name}: {len(missing)} shard(s) have no manifest entry ({missing[0]})")
     if missing:
         log.info("source %s: counting samples of %d shard(s) without a manifest entry", cfg.name, len(missing))
-        full = ShardManifest(full.shards + build_manifest(missing).shards)
+        try:
+            counted = build_manifest(missing, strict=strict)
+        except ValueError as err:  # strict: a damaged shard
+            raise DataError(
+                f"source {cfg.name}: {err} (data.strict is on; off, it is counted as far as it reads)"
+            ) from err
+        for info in counted.shards:
+            if info.damaged:
+                log.warning(
+                    "source %s: %s is damaged (%s): training on the %d sample(s) that read (data.strict true stops)",
+                    cfg.name,
+                    info.url,
+                    info.damaged,
+                    info.num_samples,
+                )
+        full = ShardManifest(full.shards + counted.shards)
         where = {url: i for i, url in enumerate(full.urls)}
         try:
             save_manifest(full, path)
@@ -93,7 +109,7 @@ def build_loader(
 ) -> ShardLoader:
     if not cfg.sources:
         raise ValueError("data.sources is empty: give at least one source with urls")
-    sources = [Source(s.name, s.modality, s.weight, source_manifest(s)) for s in cfg.sources]
+    sources = [Source(s.name, s.modality, s.weight, source_manifest(s, cfg.strict)) for s in cfg.sources]
     for source_cfg, source in zip(cfg.sources, sources):
         origin = f" (dataset {source_cfg.dataset} from {source_cfg.catalog_file})" if source_cfg.dataset else ""
         log.info(
@@ -118,6 +134,7 @@ def build_loader(
         mix_per_sample=cfg.mixing == "sample",
         mix_group=cfg.mix_group,
         worker_timeout_s=cfg.worker_timeout_s,
+        max_member_bytes=cfg.max_member_bytes,
     )
     return ShardLoader(sources, settings, process, collate)
 

@@ -33,6 +33,7 @@ from open_vlm.data.decode import SampleError, decode_sample
 from open_vlm.data.manifest import ShardManifest
 from open_vlm.data.order import SourceOrder
 from open_vlm.data.plan import Planner, PlanState, StepPlan
+from open_vlm.data.shards import MAX_MEMBER_BYTES
 from open_vlm.data.stages import StageClock
 from open_vlm.data.stream import HOLE_KINDS, Hole, StreamReader
 from open_vlm.data.version import check_versions, manifest_version
@@ -74,6 +75,7 @@ class LoaderSettings:
     worker_timeout_s: float = 300.0  # a worker silent this long is reported with its shard, and the run stops
     pin_memory: bool = False  # batches in page-locked memory (training on CUDA: copies to the GPU overlap)
     profile: bool = False  # count seconds per stage (`ShardLoader.stage_seconds`; open-vlm data bench --profile)
+    max_member_bytes: int = MAX_MEMBER_BYTES  # a bigger tar member is not read: its sample is an `oversized_member`
 
     def check(self) -> None:
         per_rank, rest = divmod(self.global_batch, self.world)
@@ -194,7 +196,7 @@ class _RankSteps(IterableDataset):
         reader = readers.get((src, slot.stream))
         if reader is None:
             reader = readers[(src, slot.stream)] = StreamReader(
-                order, source.manifest.urls, self._beat, source.manifest.sample_offsets
+                order, source.manifest.urls, self._beat, source.manifest.sample_offsets, self.settings.max_member_bytes
             )
         raw = reader.fetch(slot)
         self._beat()

@@ -34,6 +34,7 @@ class ShardInfo:
     size: int
     checksum: str  # "md5:<hex>" of the shard's bytes
     etag: str | None = None
+    damaged: str | None = None  # why the shard does not read to its end (its count is of the samples that read)
 
 
 class UrlColumn:
@@ -72,6 +73,7 @@ class ShardManifest:
         self.sizes: np.ndarray | None = np.array([s.size for s in infos], dtype=np.int64)
         self.checksums: list[str] | None = [s.checksum for s in infos]
         self.etags: list[str | None] | None = [s.etag for s in infos]
+        self.damaged: list[str | None] | None = [s.damaged for s in infos]
         self.version: str | None = None  # set by the index (cached); compute with `data.version.manifest_version`
         self.offsets: np.ndarray | None = None  # every sample's byte offset, when just built by `build_manifest`
         self._starts: np.ndarray | None = None  # each shard's first sample in the offsets file (views differ)
@@ -79,13 +81,14 @@ class ShardManifest:
 
     @classmethod
     def from_columns(
-        cls, urls: UrlColumn, counts: np.ndarray, sizes=None, checksums=None, etags=None, version=None
+        cls, urls: UrlColumn, counts: np.ndarray, sizes=None, checksums=None, etags=None, version=None, damaged=None
     ) -> ShardManifest:
-        """A manifest from columns; `sizes`/`checksums`/`etags` may be absent (a training-only view)."""
+        """A manifest from columns; `sizes`/`checksums`/`etags`/`damaged` may be absent (a training-only view)."""
         out = cls.__new__(cls)
         out.urls, out.counts = urls, np.asarray(counts)  # int32 from an index: 4 bytes a shard
         out.sizes, out.checksums, out.etags, out.version = sizes, checksums, etags, version
         out.offsets, out._starts, out.sample_offsets = None, None, None
+        out.damaged = damaged
         return out
 
     @property
@@ -113,9 +116,12 @@ class ShardManifest:
         if not self.complete:
             raise ValueError("this manifest holds sample counts only (read the manifest JSON for sizes/checksums)")
         etags = self.etags or [None] * len(self)
+        damaged = self.damaged or [None] * len(self)
         return [
-            ShardInfo(url, int(n), int(size), checksum, etag)
-            for url, n, size, checksum, etag in zip(self.urls, self.counts, self.sizes, self.checksums, etags)
+            ShardInfo(url, int(n), int(size), checksum, etag, bad)
+            for url, n, size, checksum, etag, bad in zip(
+                self.urls, self.counts, self.sizes, self.checksums, etags, damaged
+            )
         ]
 
     def by_url(self) -> dict[str, ShardInfo]:
@@ -128,7 +134,8 @@ class ShardManifest:
         pick = (lambda col: [col[int(i)] for i in idx]) if self.complete else (lambda col: None)
         sizes = self.sizes[idx] if self.sizes is not None else None
         etags = pick(self.etags) if self.etags is not None else None
-        out = ShardManifest.from_columns(urls, self.counts[idx], sizes, pick(self.checksums), etags)
+        damaged = pick(self.damaged) if self.damaged is not None else None
+        out = ShardManifest.from_columns(urls, self.counts[idx], sizes, pick(self.checksums), etags, damaged=damaged)
         out._starts = self.offset_starts[idx]
         return out
 
@@ -138,7 +145,7 @@ class ShardManifest:
         for info in self.shards:
             url = info.url[len(prefix) :] if prefix and info.url.startswith(prefix) else info.url
             row = {"url": url, "num_samples": info.num_samples, "size": info.size, "checksum": info.checksum}
-            shards.append({**row, "etag": info.etag})
+            shards.append({**row, "etag": info.etag, **({"damaged": info.damaged} if info.damaged else {})})
         return json.dumps({"format": FORMAT, "shards": shards}, indent=1)
 
     @classmethod
@@ -159,6 +166,7 @@ class ShardManifest:
             np.fromiter((row["size"] for row in rows), dtype=np.int64, count=len(rows)),
             [row["checksum"] for row in rows],
             [row.get("etag") for row in rows],
+            damaged=[row.get("damaged") for row in rows],
         )
 
 
@@ -177,41 +185,48 @@ class _Hashing:
         return data
 
 
-def describe_shard(url: str) -> ShardInfo:
-    """Read one shard end to end: count samples (grouped by key), size and md5."""
-    return scan_shard(url)[0]
+def describe_shard(url: str, strict: bool = True) -> ShardInfo:
+    """Read one shard end to end: count samples (grouped by key), size and md5 (see `scan_shard`)."""
+    return scan_shard(url, strict)[0]
 
 
-def scan_shard(url: str) -> tuple[ShardInfo, np.ndarray]:
-    """`describe_shard`, and the byte offset where each sample starts (see offsets.py)."""
+def scan_shard(url: str, strict: bool = True) -> tuple[ShardInfo, np.ndarray]:
+    """`describe_shard`, and the byte offset where each sample starts (see offsets.py).
+
+    A tar that does not read to its end (truncated, corrupt) raises a ValueError naming it when `strict`; otherwise
+    its count is of the samples that read (what the loader will read from it) and `damaged` says why, warned."""
     errors: list[Exception] = []
     with open_url(url) as raw:
         stream = _Hashing(raw)
-        samples = iter_tar_samples(stream, url, on_error=lambda kind, where, err: errors.append(err))
+        samples = iter_tar_samples(stream, url, on_error=lambda kind, where, err: errors.append(err), read_data=False)
         offsets = np.fromiter((sample["__offset__"] for sample in samples), dtype=np.int64)
         count = len(offsets)
         while stream.read(1 << 20):  # hash any trailing padding too
             pass
-    if errors:
-        raise ValueError(f"{url}: corrupt or truncated tar ({errors[0]})")
+    damaged = f"corrupt or truncated tar ({type(errors[0]).__name__}: {errors[0]})" if errors else None
+    if damaged and strict:
+        raise ValueError(f"{url}: {damaged}")
+    if damaged:
+        log.warning("%s: %s: counted the %d sample(s) that read, flagged in the manifest", url, damaged, count)
     etag = None
     if "://" in url:
         fs, path = fsspec.core.url_to_fs(url)
         etag = fs.info(path).get("ETag")
         etag = etag.strip('"') if isinstance(etag, str) else None
-    info = ShardInfo(url=url, num_samples=count, size=stream.size, checksum=f"md5:{stream.md5.hexdigest()}", etag=etag)
-    return info, offsets
+    md5 = f"md5:{stream.md5.hexdigest()}"
+    return ShardInfo(url=url, num_samples=count, size=stream.size, checksum=md5, etag=etag, damaged=damaged), offsets
 
 
 def build_manifest(
-    urls: list[str], workers: int = 8, on_shard: Callable[[ShardInfo], None] | None = None
+    urls: list[str], workers: int = 8, on_shard: Callable[[ShardInfo], None] | None = None, strict: bool = True
 ) -> ShardManifest:
     """Describe every shard in parallel (I/O bound: threads), keeping the given order.
 
-    `on_shard` is called with each shard's info as soon as it is done (progress reporting)."""
+    `on_shard` is called with each shard's info as soon as it is done (progress reporting); `strict` false flags a
+    damaged shard instead of failing (see `describe_shard`)."""
 
     def describe(url: str) -> tuple[ShardInfo, np.ndarray]:
-        found = scan_shard(url)
+        found = scan_shard(url, strict)
         if on_shard is not None:
             on_shard(found[0])
         return found

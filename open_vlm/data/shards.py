@@ -1,20 +1,35 @@
-"""Shard URLs to raw samples: brace expansion, fsspec opening (local, s3://, any URL), tar → grouped samples."""
+"""Shard URLs to raw samples: brace expansion, fsspec opening (local, s3://, any URL), tar → grouped samples.
+
+Storage that fails for a while (a frozen S3 endpoint) is retried, opening and mid-read alike (a remote read
+re-opens at the same byte); storage that keeps failing stops the run with `ShardUnreadable` instead of turning
+the shard's samples into holes. Only a shard that is not there (FileNotFoundError) or whose bytes end early is a
+hole (see stream.py): nothing is lost to an outage.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+import zlib
 from collections.abc import Callable, Iterator
-from typing import IO
+from typing import IO, TypeVar
 
 import braceexpand
 import fsspec
 
+from open_vlm.errors import DataError
+from open_vlm.storage import is_remote
+
 log = logging.getLogger(__name__)
 
-# S3/HTTP errors worth a retry before a shard counts as missing.
-RETRY_ATTEMPTS = 4
+T = TypeVar("T")
+
+# Storage errors are retried with backoff (0.5, 1, 2, 4, 8 s: about 15 s of patience above the storage library's own
+# retries) before the run stops.
+RETRY_ATTEMPTS = 6
 RETRY_BASE_SECONDS = 0.5
+# Tar members above this size are not read into memory (a 2 GB "caption"): `data.max_member_bytes`.
+MAX_MEMBER_BYTES = 256 * 1024 * 1024
 
 
 def expand_urls(patterns: str | list[str]) -> list[str]:
@@ -27,26 +42,103 @@ def expand_urls(patterns: str | list[str]) -> list[str]:
     return urls
 
 
+class ShardUnreadable(DataError):
+    """A shard whose storage kept failing (not a missing or short shard): the run stops rather than skip it."""
+
+    def __init__(self, message: str):
+        # A DataLoader worker's exception comes back as `type("Caught ... Original Traceback ...")`: keep the message.
+        if "Original Traceback" in message:
+            message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
+        super().__init__(message)
+
+
+# Where the storage libraries' own errors come from (s3fs lets some through untranslated).
+STORAGE_MODULES = ("botocore", "aiobotocore", "aiohttp", "urllib3", "requests", "fsspec", "s3fs", "gcsfs", "adlfs")
+
+
+def _transient(err: Exception) -> bool:
+    """A storage error worth retrying: not a missing file, not a bad URL or argument."""
+    if isinstance(err, FileNotFoundError | PermissionError | IsADirectoryError | NotADirectoryError):
+        return False
+    return isinstance(err, OSError) or type(err).__module__.split(".")[0] in STORAGE_MODULES
+
+
+def _retry(url: str, what: str, fn: Callable[[], T], before_retry: Callable[[], None] | None = None) -> T:
+    """`fn()`, retried with backoff on storage errors; a missing file is not retried."""
+    for attempt in range(RETRY_ATTEMPTS):
+        try:
+            if attempt and before_retry is not None:
+                before_retry()
+            return fn()
+        except Exception as err:
+            if not _transient(err):
+                raise
+            reason = f"{type(err).__name__}: {err}".splitlines()[0]
+            if attempt == RETRY_ATTEMPTS - 1:
+                raise ShardUnreadable(
+                    f"{what} {url} failed {RETRY_ATTEMPTS} times ({reason}): is the storage reachable? The run stops "
+                    "here rather than skip the shard's samples; resume from the last checkpoint once it is"
+                ) from err
+            delay = RETRY_BASE_SECONDS * 2**attempt
+            log.warning("%s %s failed (%s); retrying in %.1fs", what, url, reason, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _open_once(url: str, mode: str, block_size: int | None):
+    if block_size and "://" in url:
+        fs, path = fsspec.core.url_to_fs(url)
+        return fs.open(path, mode, block_size=block_size)
+    return fsspec.open(url, mode).open()
+
+
+class _RetryingReader:
+    """A remote file that survives a failing read: it re-opens the URL at the same byte and reads again."""
+
+    def __init__(self, url: str, mode: str, stream, block_size: int | None = None):
+        self.url, self.mode, self.stream, self.pos, self.block_size = url, mode, stream, 0, block_size
+
+    def _reopen(self) -> None:
+        try:
+            self.stream.close()
+        except Exception:  # the broken connection may not close cleanly either
+            pass
+        self.stream = _open_once(self.url, self.mode, self.block_size)
+        self.stream.seek(self.pos)
+
+    def read(self, n: int = -1) -> bytes:
+        data = _retry(self.url, f"reading byte {self.pos} of", lambda: self.stream.read(n), self._reopen)
+        self.pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = self.stream.seek(offset, whence)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seekable(self) -> bool:
+        return self.stream.seekable()
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def open_url(url: str, mode: str = "rb", block_size: int | None = None) -> IO[bytes]:
-    """Open a local path or any fsspec URL for streaming, retrying transient errors with backoff.
+    """Open a local path or any fsspec URL for streaming; storage errors are retried (opening and, for a remote
+    file, each read), a missing file raises FileNotFoundError, storage that keeps failing `ShardUnreadable`.
 
     `block_size`: bytes a remote file fetches per request (s3fs reads 50 MiB ahead by default: a reader that
     needs less of the file, e.g. one stream's share of a shard, should say so)."""
-    for attempt in range(RETRY_ATTEMPTS):
-        try:
-            if block_size and "://" in url:
-                fs, path = fsspec.core.url_to_fs(url)
-                return fs.open(path, mode, block_size=block_size)
-            return fsspec.open(url, mode).open()
-        except FileNotFoundError:
-            raise
-        except OSError as err:  # includes botocore/aiohttp connection errors surfaced by s3fs
-            if attempt == RETRY_ATTEMPTS - 1:
-                raise
-            delay = RETRY_BASE_SECONDS * 2**attempt
-            log.warning("open %s failed (%s); retrying in %.1fs", url, err, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+    stream = _retry(url, "opening", lambda: _open_once(url, mode, block_size))
+    return _RetryingReader(url, mode, stream, block_size) if is_remote(url) and "r" in mode else stream
 
 
 def split_key(name: str) -> tuple[str, str]:
@@ -140,7 +232,11 @@ def seek_to_sample(stream: IO[bytes], index: int) -> bool:
 
 
 def iter_tar_samples(
-    stream: IO[bytes], url: str, on_error: Callable[[str, str, Exception], None] | None = None
+    stream: IO[bytes],
+    url: str,
+    on_error: Callable[[str, str, Exception], None] | None = None,
+    max_member_bytes: int | None = MAX_MEMBER_BYTES,
+    read_data: bool = True,
 ) -> Iterator[dict]:
     """Group the members of a tar stream into samples `{"__key__", "__url__", "__offset__", suffix: bytes}`.
 
@@ -149,6 +245,8 @@ def iter_tar_samples(
 
     Streams sequentially (works for S3 and gzipped tars). A truncated or corrupt tar ends the iteration
     after reporting the error through `on_error(kind, where, err)`; the samples read so far are kept.
+    A member larger than `max_member_bytes` is never read (tar skips it in small blocks): its sample lists it in
+    `__oversized__` instead. `read_data=False` reads names only (counting), every member's bytes empty.
     """
     import tarfile
 
@@ -165,14 +263,18 @@ def iter_tar_samples(
                 key, suffix = split_key(member.name)
                 if suffix == "" or key.split("/")[-1].startswith("__"):
                     continue
-                data = tar.extractfile(member).read()
                 if current is not None and current["__key__"] != key:
                     yield current
                     current = None
                 if current is None:
                     current = {"__key__": key, "__url__": url, "__offset__": base + member.offset}
-                current[suffix] = data
-    except (tarfile.TarError, EOFError, OSError, ValueError) as err:
+                if not read_data:
+                    current[suffix] = b""
+                elif max_member_bytes is not None and member.size > max_member_bytes:
+                    current.setdefault("__oversized__", []).append(f"{suffix} ({member.size} bytes)")
+                else:
+                    current[suffix] = tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as err:
         # The last, possibly partial sample is dropped: a truncated member would be garbage.
         current = None
         if on_error is None:

@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from open_vlm.data.manifest import UrlColumn
 from open_vlm.data.offsets import SampleOffsets
 from open_vlm.data.order import Slot, SourceOrder
-from open_vlm.data.shards import BLOCK, header_ok, iter_tar_samples, open_url, seek_to_sample
+from open_vlm.data.shards import (
+    BLOCK,
+    MAX_MEMBER_BYTES,
+    ShardUnreadable,
+    header_ok,
+    iter_tar_samples,
+    open_url,
+    seek_to_sample,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +87,15 @@ def _lands_on_header(stream, at_byte: int) -> bool:
 class _OpenShard:
     """A tar shard open for sequential reading from sample `next_offset` on."""
 
-    def __init__(self, shard: int, url: str, start: int, at_byte: int | None = None, block_size: int | None = None):
+    def __init__(
+        self,
+        shard: int,
+        url: str,
+        start: int,
+        at_byte: int | None = None,
+        block_size: int | None = None,
+        max_member_bytes: int | None = MAX_MEMBER_BYTES,
+    ):
         self.shard, self.url = shard, url
         self.errors: list[Exception] = []
         self.stream = open_url(url, block_size=block_size)
@@ -92,7 +108,10 @@ class _OpenShard:
             else:
                 self.stream.seek(0)
         self.samples: Iterator[dict] = iter_tar_samples(
-            self.stream, url, on_error=lambda kind, where, err: self.errors.append(err)
+            self.stream,
+            url,
+            on_error=lambda kind, where, err: self.errors.append(err),
+            max_member_bytes=max_member_bytes,
         )
         self.next_offset = start - skip
         self.skip(skip)
@@ -110,6 +129,14 @@ class _OpenShard:
         self.stream.close()
 
 
+def _oversized(raw: dict) -> dict | Hole:
+    """A sample with a member too big to read is a hole (its position stays used, like any bad sample's)."""
+    if "__oversized__" not in raw:
+        return raw
+    what = ", ".join(raw["__oversized__"])
+    return Hole("oversized_member", raw["__url__"], raw["__key__"], f"{what} over data.max_member_bytes: not read")
+
+
 class StreamReader:
     """Raw samples of one stream of one source, fetched by position in increasing order."""
 
@@ -119,9 +146,11 @@ class StreamReader:
         urls: UrlColumn,
         on_read: Callable[[str], None] | None = None,
         offsets: SampleOffsets | None = None,
+        max_member_bytes: int | None = MAX_MEMBER_BYTES,
     ):
         self.order, self.urls, self.offsets = order, urls, offsets
         self.on_read = on_read  # told each URL before it is read (the hung-worker watchdog)
+        self.max_member_bytes = max_member_bytes  # bigger tar members are not read: `oversized_member` holes
         self._open: _OpenShard | None = None
         self._window_key: tuple[int, int, int] | None = None
         self._window: list[dict | Hole] = []
@@ -180,13 +209,19 @@ class StreamReader:
             if current is None:
                 why = self._missing[shard][1]
                 return got + [Hole("missing_shard", url, None, why)] * (stop - first - len(got))
-            got += current.read(stop - first - len(got))
+            got += [_oversized(raw) for raw in current.read(stop - first - len(got))]
             if len(got) == stop - first:
                 return got
             error = current.errors[-1] if current.errors else None
             self.close()
-            if not _transient(error) or attempt == TRANSIENT_RETRIES:
+            if not _transient(error):
                 break
+            if attempt == TRANSIENT_RETRIES:  # an outage, not bad data: stop rather than lose the samples
+                raise ShardUnreadable(
+                    f"reading {url} failed {TRANSIENT_RETRIES + 1} times at sample {first + len(got)} ({error}): is the "
+                    "storage reachable? The run stops here rather than skip the shard's samples; resume from the last "
+                    "checkpoint once it is"
+                ) from error
             log.warning("reading %s failed (%s); reopening at sample %d", url, error, first + len(got))
             time.sleep(RETRY_SECONDS * 2**attempt)
         reason = str(error) if error is not None else "fewer samples than the manifest says"
@@ -203,8 +238,9 @@ class StreamReader:
         ):
             self.close()
             try:
-                current = self._open = _OpenShard(shard, url, offset, *self._open_options(epoch, shard, offset))
-            except OSError as err:
+                at_byte, block_size = self._open_options(epoch, shard, offset)
+                current = self._open = _OpenShard(shard, url, offset, at_byte, block_size, self.max_member_bytes)
+            except OSError as err:  # not there (storage that keeps failing raises ShardUnreadable: the run stops)
                 self._missing[shard] = (epoch, str(err))
                 return None
         current.skip(offset - current.next_offset)  # read, not decoded: someone else's samples

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import posixpath
+import re
 import tempfile
 from pathlib import Path
 
@@ -44,6 +45,8 @@ def draw_sample_png(sample: dict, url: str, path: str | None = None) -> str | No
         folder = Path(tempfile.gettempdir()) / "open_vlm_view"
         folder.mkdir(parents=True, exist_ok=True)
         stem = posixpath.basename(url).split(".")[0]
-        path = str(folder / f"{stem}-{sample['__key__'].replace('/', '_')}.png")
+        # The key is data from the shard: one plain file name in `folder`, whatever it holds (`../`, `/`, NUL).
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", f"{stem}-{sample['__key__']}").lstrip(".")
+        path = str(folder / f"{name}.png")
     draw_boxes(image, boxes, labels).save(path, format="PNG")
     return path

@@ -76,9 +76,10 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
 def load_state_dict(url: str) -> dict[str, torch.Tensor]:
     """A state dict from a `.pt`/`.pth` (weights_only), `.safetensors` or `.pkl` (numpy arrays only) file, local or
     any fsspec URL; detectron2 bottom-up-attention weights are converted to the `resnet101_c4` layout."""
+    from open_vlm.checkpoint.dcp_safe import refusing_pickles
     from open_vlm.extract.bottom_up_weights import convert_detectron2_c4, is_detectron2_c4, read_weights_file
 
-    with fsspec.open(url, "rb") as f:
+    with fsspec.open(url, "rb") as f, refusing_pickles(url):
         state = read_weights_file(f.read(), url)
     if is_detectron2_c4(state):
         log.info("%s: detectron2 bottom-up-attention weights, converted to the resnet101_c4 layout", url)

@@ -28,7 +28,7 @@ from open_vlm.data.decode import IMAGE_SUFFIXES, SampleError, decode_text
 from open_vlm.data.manifest import read_manifest, write_manifest
 from open_vlm.data.shards import expand_urls, iter_tar_samples, open_url
 from open_vlm.extract.registry import Extractor, build_extractor
-from open_vlm.extract.writer import ShardWriter, image_id, output_url, sample_members, shard_exists
+from open_vlm.extract.writer import ShardWriter, image_id, output_url, safe_key, sample_members, shard_exists
 from open_vlm.runfolder import run_dir, setup_logging
 
 log = logging.getLogger("open_vlm.extract")
@@ -85,6 +85,9 @@ def iter_images(url: str) -> Iterator[tuple[dict, str, Image.Image]]:
     skipped with a warning; a truncated shard raises (its output must not look complete)."""
     with open_url(url) as stream:
         for sample in iter_tar_samples(stream, url, on_error=_raise):
+            if not safe_key(sample["__key__"]):  # `../x`, `/etc/x`: never a member name of ours
+                log.warning("%s key %r: a path outside the shard, skipped", url, sample["__key__"])
+                continue
             suffix = next((s for s in IMAGE_SUFFIXES if s in sample), None)
             if suffix is None:
                 log.warning("%s key %s: no image, skipped", url, sample["__key__"])

@@ -1,5 +1,6 @@
 """Writing `region_features` shards: deterministic tar bytes, committed atomically (temp name, then rename or a
-single upload), so a shard that exists is complete and a re-run writes byte-identical files."""
+single upload), so a shard that exists is complete and a re-run writes byte-identical files. A sample key that
+would be a path outside its shard once unpacked (absolute, `..`, a drive, a backslash) is never written."""
 
 from __future__ import annotations
 
@@ -17,6 +18,22 @@ import numpy as np
 
 from open_vlm.extract.registry import Regions
 from open_vlm.storage import is_remote
+
+
+class UnsafeKey(ValueError):
+    """A sample key that would name a file outside the shard's folder if the tar were unpacked."""
+
+
+def safe_key(key: str) -> bool:
+    """Whether a sample key stays a relative path below its shard: no absolute path, `..` part, drive or backslash."""
+    return (
+        bool(key)
+        and not key.startswith("/")
+        and ".." not in key.split("/")
+        and "\\" not in key
+        and "\0" not in key
+        and not re.match(r"^[A-Za-z]:", key)
+    )
 
 
 def image_id(key: str, strip_leading_zeros: bool = False) -> str:
@@ -95,6 +112,8 @@ class ShardWriter:
         return self
 
     def write(self, key: str, members: dict[str, bytes]) -> None:
+        if not safe_key(key):
+            raise UnsafeKey(f"{self.url}: sample key {key!r} would be a path outside the shard; not written")
         for suffix, data in members.items():
             info = tarfile.TarInfo(f"{key}.{suffix}")
             info.size, info.mtime, info.mode = len(data), 0, 0o644

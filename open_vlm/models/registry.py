@@ -79,13 +79,15 @@ def build_model(cfg: ModelConfig, tokenizer=None) -> ModelBundle:
     Imports `cfg.module` first (a user's own kinds); then sets `cfg.attn_implementation`, applies `cfg.freeze` /
     `cfg.unfreeze` / `cfg.frozen_dtype` and logs the parameter table.
     """
+    from open_vlm.checkpoint.dcp_safe import refusing_pickles
     from open_vlm.extensions import import_extension
     from open_vlm.models.freeze import freeze_from_config
     from open_vlm.models.spec import set_attention
 
     _import_builders()
     import_extension(cfg.module)  # a user's module registers its own kinds first
-    bundle = lookup(_BUILDERS, cfg.kind, "model.kind")(cfg, tokenizer)
+    with refusing_pickles(cfg.pretrained or cfg.open_clip_checkpoint or "the model's weights"):  # .bin / .pt files
+        bundle = lookup(_BUILDERS, cfg.kind, "model.kind")(cfg, tokenizer)
     if cfg.attn_implementation:
         set_attention(bundle.model, cfg.attn_implementation)
     freeze_from_config(bundle, cfg)

@@ -90,7 +90,10 @@ class Trainer:
         self.scaler = self.strategy.grad_scaler()
         self.loss_fn = build_loss(cfg.train.loss, rank=self.info.rank, world_size=world)
         self.checkpointer = Checkpointer(
-            cfg.checkpoint.dir or str(run_folder / "checkpoints"), cfg.checkpoint.keep_last, group=checkpoint_group
+            cfg.checkpoint.dir or str(run_folder / "checkpoints"),
+            cfg.checkpoint.keep_last,
+            group=checkpoint_group,
+            checksums=cfg.checkpoint.checksums,
         )
         self.metrics = MetricsLogger(cfg, run_folder, enabled=self.info.is_main, device=self.info.device)
         self.evaluator = None
@@ -133,10 +136,11 @@ class Trainer:
     def resume_or_init(self) -> None:
         ck = self.cfg.checkpoint
         ckpt = None
-        if ck.resume == "latest":
-            ckpt = self.checkpointer.latest()
+        if ck.resume == "latest":  # the newest whose files match its marker (see checkpoint/verify.py)
+            ckpt = self.checkpointer.latest_good(fallback=ck.fallback)
         elif ck.resume != "none":
             ckpt = self._resolve("resume", ck.resume)
+            self.checkpointer.check(ckpt)
         if ckpt is not None:
             self.load(ckpt)
         else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +48,24 @@ def init_distributed(device_pref: str = "auto") -> DistInfo:
         dist.init_process_group("nccl" if use_cuda else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
     return DistInfo(rank=rank, world=world, local_rank=local_rank, device=device)
+
+
+# What torch.distributed says when a peer is gone (gloo: its TCP pair breaks or times out; NCCL: aborted).
+PEER_LOST = ("gloo/transport", "Connection reset by peer", "Connection closed by peer", "Broken pipe", "NCCL")
+
+
+def peer_lost(err: BaseException) -> str | None:
+    """One line for an error that means another rank died or hung (the job cannot go on), else None."""
+    text = str(err).strip()
+    if not (isinstance(err, dist.DistError) or any(marker in text for marker in PEER_LOST)):
+        return None
+    reason = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0] if text else type(err).__name__)
+    reason = reason.split(" This is typically caused")[0].rstrip(". ")
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    return (
+        f"rank {rank} lost contact with another rank ({reason}): that rank died, was killed or hangs, so the job "
+        "stops; resume from the last checkpoint once every rank can run"
+    )
 
 
 def all_reduce_sum(value: float | int, device: torch.device) -> float:
