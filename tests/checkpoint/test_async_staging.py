@@ -11,6 +11,7 @@ from open_vlm.checkpoint import dcp_io
 from open_vlm.checkpoint.checkpointer import MARKER, Checkpointer
 from tests.trainer.runs import folder, kill_tree, start, train, wait_for_steps, write_config
 
+STAGING_DELAY_S = 2.0  # long enough that a loaded machine's save() still returns well before the copy starts
 SLOW_STAGING = {"OPEN_VLM_CHECKPOINT_FAULT": "file=/staging,delay=2,times=100"}
 
 
@@ -33,12 +34,12 @@ def saved(url: str) -> dict:
 
 @pytest.fixture
 def slow_staging(monkeypatch):
-    """The background copy starts 0.5 s late: anything that changes the state without waiting lands in it."""
+    """The background copy starts 2 s late: anything that changes the state without waiting lands in it."""
     real = dcp_io.maybe_fail_write
 
     def hook(url: str) -> None:
         if url.endswith("/staging"):
-            time.sleep(0.5)
+            time.sleep(STAGING_DELAY_S)
         real(url)
 
     monkeypatch.setattr(dcp_io, "maybe_fail_write", hook)
@@ -50,7 +51,7 @@ def test_an_update_after_staged_is_not_in_the_checkpoint(tmp_path, slow_staging)
     ckpt = Checkpointer(str(tmp_path / "ck"))
     t0 = time.perf_counter()
     url = save(ckpt, 1, model, optimizer)
-    assert time.perf_counter() - t0 < 0.5  # save() did not wait for the copy
+    assert time.perf_counter() - t0 < STAGING_DELAY_S  # save() did not wait for the copy
     ckpt.staged()  # what the trainer does before the optimizer step
     with torch.no_grad():
         for p in model.parameters():

@@ -3,6 +3,8 @@ by every entry point that reads checkpoints, with one line, and the payload neve
 
 import ast
 import dataclasses
+import hashlib
+import json
 import pickle
 import shutil
 
@@ -34,8 +36,14 @@ def copied(base_run, tmp_path):
 
 @pytest.fixture
 def tampered(copied):
+    """The payload in `.metadata`, and the COMPLETE marker's record of it rewritten to match (whoever can write the
+    checkpoint can write its marker: the size check must not be what stops the payload)."""
     ckpt, marker = copied
-    (ckpt / ".metadata").write_bytes(pickle.dumps(Payload(marker)))
+    payload = pickle.dumps(Payload(marker))
+    (ckpt / ".metadata").write_bytes(payload)
+    complete = json.loads((ckpt / "COMPLETE").read_text())
+    complete["files"][".metadata"] = {"size": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
+    (ckpt / "COMPLETE").write_text(json.dumps(complete))
     return ckpt, marker
 
 
