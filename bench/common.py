@@ -59,6 +59,8 @@ def make_image_shards(out: Path, num_shards: int, per_shard: int, size: int | tu
     spec = {"num_shards": num_shards, "per_shard": per_shard, "size": size if isinstance(size, int) else list(size)}
     spec["seed"] = seed
     if stamp.exists() and json.loads(stamp.read_text()) == spec:
+        if not (out / "manifest.offsets.npy").exists():  # made before sample offsets existed: every read would
+            write_manifest([str(p) for p in sorted(out.glob("bench-*.tar"))], str(out / "manifest.json"))  # scan
         return pattern
     out.mkdir(parents=True, exist_ok=True)
     rng, words = np.random.default_rng(seed), random.Random(seed)

@@ -1,15 +1,16 @@
 #!/usr/bin/env python
 """Loader throughput: our `ShardLoader` (exact, resumable order) vs a plain webdataset pipeline, and resume cost.
 
-    python bench/loader.py                       # 8 shards x 256 JPEGs of 384 px → 224 px, 2 workers
-    python bench/loader.py --image-size 512      # larger sources: draft-mode JPEG decoding pays off
+    python bench/loader.py                       # 8 shards x 256 photo-like JPEGs of 640x480 → 224 px, 2 workers
+    python bench/loader.py --image-size 384      # small sources: draft-mode JPEG decoding cannot help
     python bench/loader.py --shards 32 --per-shard 1000 --workers 8 --resume-step 20000
 
 Both pipelines decode, resize to `--target` and tokenize (prefix_lm, the demo BPE) the same shards with the
 same number of DataLoader workers, batches of `--batch`. webdataset does it its natural way: shard shuffle,
 split by node/worker, a sample shuffle buffer, `decode("pil")`, map(resize + tokenize), `batched` in the
 workers. Throughput is measured after the first batch (steady state) and over the whole pass (with start-up);
-runs alternate, `--repeats` times, and the medians are printed with their ratio. Then the time to the first
+runs alternate, `--repeats` times; the medians are printed, and the ratio is the median of the per-repeat
+ratios (each repeat's two runs see the same machine load). Then the time to the first
 batch after `load_state_dict` at step 0 and at `--resume-step` (a state computed from the order alone and
 checked against a really iterated one).
 """
@@ -133,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  repeat {r}: webdataset {base[-1][0]:7.1f} samples/s, open_vlm {ours[-1][0]:7.1f} samples/s")
         for label, k in (("steady (after 1st batch)", 0), ("whole pass (with start-up)", 1)):
             o, b = median([x[k] for x in ours]), median([x[k] for x in base])
-            print(f"{label:28s} open_vlm {o:7.1f}  webdataset {b:7.1f}  ratio {o / b:.2f}")
+            ratio = median([x[k] / y[k] for x, y in zip(ours, base)])
+            print(f"{label:28s} open_vlm {o:7.1f}  webdataset {b:7.1f}  ratio {ratio:.2f} (median of repeats)")
 
     if args.skip_resume:
         return 0

@@ -3,7 +3,7 @@
 
     python bench/trainer.py                  # tiny PaliGemma on CPU, pre-built demo batches
     python bench/trainer.py --steps 50 --repeats 5
-    python bench/trainer.py --gpu            # tokens/s and MFU of a PaliGemma-3B-shaped model in bf16 (CUDA)
+    python bench/trainer.py --gpu            # our Trainer (FSDP2, bf16) vs a bare autocast loop, PaliGemma-3B shape
 
 Both loops start from the same weights and take the same pre-built micro-batches (no data loading), move
 them to the device, normalise the uint8 images, sum the next-token loss, divide by the supervised-token
@@ -138,86 +138,182 @@ def cpu_bench(args) -> None:
     )
 
 
-def paligemma_3b_config():
-    """PaliGemma-3B shapes (SigLIP So400m/14 at 224 px + Gemma-2B), random init."""
-    from transformers import GemmaConfig, PaliGemmaConfig, SiglipVisionConfig
-
-    vision = SiglipVisionConfig(
-        hidden_size=1152,
-        intermediate_size=4304,
-        num_hidden_layers=27,
-        num_attention_heads=16,
-        patch_size=14,
-        image_size=224,
-        vision_use_head=False,
-    )
-    text = GemmaConfig(
-        hidden_size=2048,
-        intermediate_size=16384,
-        num_hidden_layers=18,
-        num_attention_heads=8,
-        num_key_value_heads=1,
-        head_dim=256,
-        vocab_size=257216,
-        max_position_embeddings=8192,
-    )
-    config = PaliGemmaConfig(
-        vision_config=vision.to_dict(),
-        text_config=text.to_dict(),
-        image_token_index=257152,
-        projection_dim=2048,
-        hidden_size=2048,
-        vocab_size=257216,
-    )
-    config.text_config.num_image_tokens = 256
-    config.vision_config.projection_dim = 2048
-    return config
+PALIGEMMA_3B = {  # SigLIP So400m/14 at 224 px + Gemma-2B: PaliGemma-3B's shapes (our model config format)
+    "vision": {
+        "image_size": 224,
+        "patch_size": 14,
+        "hidden_size": 1152,
+        "intermediate_size": 4304,
+        "num_hidden_layers": 27,
+        "num_attention_heads": 16,
+        "vision_use_head": False,
+    },
+    "text": {
+        "hidden_size": 2048,
+        "intermediate_size": 16384,
+        "num_hidden_layers": 18,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 1,
+        "head_dim": 256,
+        "max_position_embeddings": 8192,
+    },
+}
+TINY = {  # the same code path in seconds on a CPU (`--tiny`): a smoke run, not a measurement
+    "vision": {**PALIGEMMA_3B["vision"], "image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64}
+    | {"num_hidden_layers": 2, "num_attention_heads": 2},
+    "text": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    | {"num_key_value_heads": 1, "head_dim": 16, "max_position_embeddings": 256},
+}
 
 
-def gpu_bench(args) -> None:
-    """Tokens/s and MFU (6·N·tokens/s over the GPU's dense bf16 peak) of a PaliGemma-3B-shaped model."""
-    from transformers import PaliGemmaForConditionalGeneration
+def gpu_run_config(work: Path, pattern: str, tokenizer: Path, spec: dict, args) -> Path:
+    """The run config of the GPU bench: FSDP2 + bf16 on one device, the model of `spec`, the bench shards."""
+    import yaml
 
-    if not torch.cuda.is_available():
-        raise SystemExit("--gpu needs CUDA")
-    device = torch.device("cuda")
-    model = PaliGemmaForConditionalGeneration(paligemma_3b_config()).to(device, torch.bfloat16).train()
-    params = sum(p.numel() for p in model.parameters())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
-    b, text = args.gpu_batch, args.gpu_text_len
-    seq = 256 + text
-    ids = torch.randint(0, 257000, (b, seq), device=device)
-    ids[:, :256] = 257152
-    batch = {
-        "input_ids": ids,
-        "attention_mask": torch.ones_like(ids),
-        "token_type_ids": (ids != 257152).long(),
-        "pixel_values": torch.randn(b, 3, 224, 224, device=device, dtype=torch.bfloat16),
+    model_yaml = work / "model.yaml"
+    model_yaml.write_text(yaml.safe_dump(spec))
+    cfg = {
+        "run": {"project": "bench", "name": "trainer_gpu", "output_dir": str(work / "runs")},
+        "data": {
+            "sources": [{"name": "bench", "urls": [pattern]}],
+            "batch_size": args.gpu_batch,
+            "max_text_len": args.gpu_text_len,
+            "num_workers": args.workers,
+            "num_streams": 8,
+        },
+        "model": {"kind": "paligemma", "config": str(model_yaml), "tokenizer": str(tokenizer)},
+        "optim": {"lr": 1e-5, "warmup_steps": 0},
+        "train": {
+            "seed": 0,
+            "max_steps": 100_000,
+            "global_batch_size": args.gpu_batch,
+            "strategy": "fsdp",
+            "precision": "bf16",
+            "device": args.device,
+        },
+        "logging": {"every_steps": 1_000_000},
     }
-    labels = ids.masked_fill(ids == 257152, -100)
+    path = work / "trainer_gpu.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
 
-    def step():
-        logits = model(**batch).logits
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(3):
-        step()
-    torch.cuda.synchronize()
+def single_process_group(device: str) -> None:
+    """A world of one (FSDP2 needs a process group; torchrun is not needed for one device)."""
+    import os
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    dist.init_process_group("nccl" if device == "cuda" else "gloo", rank=0, world_size=1)
+
+
+class AutocastLoop(BareLoop):
+    """The bare loop a user writes for bf16: fp32 weights, autocast, fused AdamW on CUDA (no FSDP, no trainer)."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, clip: float):
+        from open_vlm.data.decode import normalize_images
+
+        self.normalize, self.device, self.clip = normalize_images, device, clip
+        self.model = model.to(device).train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5, fused=device.type == "cuda" or None)
+
+    def step(self, micro_batches: list[dict]) -> float:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            return super().step(micro_batches)
+
+
+def rates(steps: int, seconds: float, positions: int, flops: float, peak: float | None) -> dict:
+    """tokens/s (sequence positions), achieved TFLOP/s and MFU (None without a peak) of `steps` timed steps."""
+    achieved = flops / seconds
+    return {
+        "steps_per_s": steps / seconds,
+        "tokens_per_s": positions / seconds,
+        "tflops": achieved / 1e12,
+        "mfu": None if not peak else achieved / peak,
+    }
+
+
+def timed_steps(step, batches: list, warmup: int, device: torch.device) -> float:
+    """Seconds for the batches after the first `warmup` (compilation, allocator, cuDNN autotuning excluded)."""
+    for micro in batches[:warmup]:
+        step(micro)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     t0 = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    torch.cuda.synchronize()
-    tokens_s = args.steps * b * seq / (time.perf_counter() - t0)
-    peak = args.peak_tflops * 1e12
-    print(f"{torch.cuda.get_device_name()}: {params / 1e9:.2f}B params, batch {b} x {seq} tokens")
-    print(
-        f"tokens/s {tokens_s:,.0f}  MFU {6 * params * tokens_s / peak:.1%} (of {args.peak_tflops:.0f} TFLOP/s), "
-        f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
-    )
+    for micro in batches[warmup:]:
+        step(micro)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+def gpu_bench(args) -> dict:
+    """`Trainer.train_step` (FSDP2, bf16) vs the bare autocast loop on the same real-loader batches, one device."""
+    import gc
+
+    import torch.distributed as dist
+    from common import make_image_shards
+
+    from open_vlm.config.load import load_run_config
+    from open_vlm.models.registry import build_model
+    from open_vlm.trainer.loop import Trainer
+    from open_vlm.trainer.mfu import FlopCounter, peak_tflops
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--gpu needs CUDA (or --device cpu --tiny for a smoke run of the same code)")
+    device = torch.device(args.device)
+    spec = TINY if args.tiny else PALIGEMMA_3B
+    work = Path(tempfile.mkdtemp(prefix="open_vlm_bench_trainer_gpu_"))
+    size = 64 if args.tiny else (640, 480)
+    shards = make_image_shards(args.data / ("tiny" if args.tiny else "640x480"), args.shards, args.per_shard, size)
+    data = Path(shards).parent
+    single_process_group(args.device)
+    try:
+        trainer = Trainer(
+            load_run_config(["--config", str(gpu_run_config(work, shards, data / "tokenizer", spec, args))]),
+            work / "runs" / "bench" / "trainer_gpu",
+        )
+        t0 = time.perf_counter()
+        it = iter(trainer.loader)
+        batches = [[next(it) for _ in range(trainer.loader.accum_steps)] for _ in range(args.warmup + args.steps)]
+        print(f"{len(batches)} steps of batches from the real loader in {time.perf_counter() - t0:.1f}s")
+        del it
+        timed = batches[args.warmup :]
+        positions = sum(b["input_ids"].numel() for micro in timed for b in micro)
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        tflops = args.peak_tflops or (peak_tflops(name) if device.type == "cuda" else None)
+        peak = tflops * 1e12 if tflops else None
+        counter = FlopCounter(trainer.bundle.model)
+        flops = sum(counter.batch_flops(b) for micro in timed for b in micro)
+        params = sum(p.numel() for p in trainer.bundle.model.parameters())
+        ours = rates(args.steps, timed_steps(trainer.train_step, batches, args.warmup, device), positions, flops, peak)
+        cfg = trainer.cfg
+        del trainer
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # one model with its optimizer at a time: 3B + AdamW twice would not fit
+        bare = AutocastLoop(build_model(cfg.model, load_tokenizer_of(cfg)).model, device, cfg.optim.grad_clip)
+        base = rates(args.steps, timed_steps(bare.step, batches, args.warmup, device), positions, flops, peak)
+    finally:
+        dist.destroy_process_group()
+    print(f"{name}: {params / 1e9:.2f}B parameters, {len(timed[0])} x {tuple(timed[0][0]['input_ids'].shape)} per step")
+    for label, r in (("trainer (FSDP2, bf16)", ours), ("bare loop (autocast)", base)):
+        mfu = "n/a (no peak for this device)" if r["mfu"] is None else f"{r['mfu']:.1%}"
+        print(f"{label:22s} {r['tokens_per_s']:10,.0f} tokens/s  {r['tflops']:7.1f} TFLOP/s  MFU {mfu}")
+    ratio = ours["tokens_per_s"] / base["tokens_per_s"]
+    print(f"ratio trainer / bare {ratio:.3f}")
+    return {"trainer": ours, "bare": base, "ratio": ratio}
+
+
+def load_tokenizer_of(cfg):
+    from open_vlm.tokenize.tokenizers import load_tokenizer
+
+    return load_tokenizer(cfg.model.tokenizer)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,10 +322,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--accum", type=int, default=2)
-    parser.add_argument("--gpu", action="store_true", help="PaliGemma-3B-shaped bf16 throughput on one GPU")
+    parser.add_argument("--gpu", action="store_true", help="our Trainer (FSDP2, bf16) vs a bare loop, one device")
     parser.add_argument("--gpu-batch", type=int, default=8)
-    parser.add_argument("--gpu-text-len", type=int, default=128)
-    parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
+    parser.add_argument("--gpu-text-len", type=int, default=64, help="data.max_text_len of the GPU bench")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="cuda", help="--gpu: cuda, or cpu with --tiny (a smoke run)")
+    parser.add_argument("--tiny", action="store_true", help="--gpu with a tiny model (tests, CPU)")
+    parser.add_argument("--workers", type=int, default=4, help="--gpu: DataLoader workers")
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--per-shard", type=int, default=64)
+    parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "open_vlm_bench_trainer_gpu")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="override the device table (dense bf16)")
     args = parser.parse_args(argv)
     gpu_bench(args) if args.gpu else cpu_bench(args)
     return 0

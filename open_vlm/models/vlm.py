@@ -27,6 +27,17 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "vlm_config.json"
 
 
+def check_image_tokens(mask: torch.Tensor, batch: int, per_image: int) -> None:
+    """Image placeholder tokens must match the features one to one; checked without a host sync off the CPU."""
+    count = mask.sum()
+    if count.device.type == "cpu":  # reading a CPU tensor costs no device synchronisation
+        if int(count) != batch * per_image:
+            raise ValueError(f"{int(count)} image tokens in input_ids for {batch}x{per_image} features")
+        return
+    # On an accelerator `int(count)` would stall the host until the queued kernels ran; the device checks it.
+    torch._assert_async(count == batch * per_image, f"image tokens in input_ids != {batch}x{per_image} features")
+
+
 class VisionLanguageModel(nn.Module):
     """Vision tower → projector → language model, the image features replacing `image_token_id` embeddings."""
 
@@ -74,10 +85,7 @@ class VisionLanguageModel(nn.Module):
             return embeds
         feats = self.image_features(pixel_values)
         mask = input_ids == self.image_token_id
-        if int(mask.sum()) != feats.shape[0] * feats.shape[1]:
-            raise ValueError(
-                f"{int(mask.sum())} image tokens in input_ids for {feats.shape[0]}x{feats.shape[1]} features"
-            )
+        check_image_tokens(mask, feats.shape[0], feats.shape[1])
         return embeds.masked_scatter(mask.unsqueeze(-1), feats.to(embeds.dtype))
 
     def forward(self, input_ids, attention_mask=None, pixel_values=None, labels=None, token_type_ids=None, **kwargs):

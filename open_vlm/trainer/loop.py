@@ -33,6 +33,7 @@ from open_vlm.tokenize.tokenizers import load_tokenizer
 from open_vlm.tracking.base import data_inputs
 from open_vlm.trainer.epochs import log_epoch_steps, steps_for_epochs
 from open_vlm.trainer.metrics import MetricsLogger, ThroughputWindow, peak_memory_gb
+from open_vlm.trainer.mfu import FlopCounter, device_peak_flops
 from open_vlm.trainer.optim import build_optimizer, group_hyperparameters, restore_hyperparameters
 from open_vlm.trainer.parallel import (
     all_reduce_sum,
@@ -54,6 +55,7 @@ class StepResult:
     samples: int  # this rank's samples
     tokens: int  # this rank's real tokens
     skipped: bool = False  # fp16 overflow: the optimizer step was skipped
+    flops: float = 0.0  # this rank's model training FLOPs (trainer/mfu.py)
 
 
 class Trainer:
@@ -76,6 +78,8 @@ class Trainer:
         if cfg.train.activation_checkpointing:
             units = apply_activation_checkpointing(self.bundle.model, units)
         self.model = self.strategy.wrap(self.bundle.model, units)
+        self.flops = FlopCounter(self.bundle.model)  # the wrapped modules: FSDP2's DTensors count their full size
+        self.peak_flops = device_peak_flops(self.info.device)  # None off CUDA: no MFU logged
         if cfg.train.compile:
             self.model = torch.compile(self.model)
         self.model.train()
@@ -277,6 +281,7 @@ class Trainer:
             samples=sum(len(b["__meta__"]) for b in micro_batches),  # rows processed (a bad sample's copy too)
             tokens=sum(b["num_tokens"] for b in micro_batches),
             skipped=skipped,
+            flops=sum(self.flops.batch_flops(b) for b in micro_batches),
         )
 
     # --- the loop ----------------------------------------------------------------------------------
@@ -304,11 +309,12 @@ class Trainer:
                 # the counts, any rank's stop signal, and rank 0's clock for timed saves.
                 minutes = cfg.checkpoint.every_minutes
                 due_time = self.info.is_main and minutes > 0 and time.monotonic() - last_save > 60 * minutes
-                result.loss, samples, tokens, stops, due, bad = all_reduce_sums(
+                result.loss, samples, tokens, flops, stops, due, bad = all_reduce_sums(
                     [
                         result.loss,
                         result.samples,
                         result.tokens,
+                        result.flops,
                         float(stop.requested),
                         float(due_time),
                         sum(self.loader.bad_samples.values()),  # rank 0 carries the count restored at resume
@@ -317,12 +323,15 @@ class Trainer:
                 )
                 self.samples_seen += int(samples)
                 self.tokens_seen += int(tokens)
-                window.add_step(samples, tokens)
+                window.add_step(samples, tokens, flops)
                 self.metrics.step(self.step)
                 with window.excluded():  # throughput counts training, not evaluation
                     evaluated = {} if stops else self._maybe_evaluate()
                 if evaluated or self.step % every_log == 0 or self.step == cfg.train.max_steps:
-                    record = {**self._record(result, window.record(self.info.world)), "bad_samples": int(bad)}
+                    record = {
+                        **self._record(result, window.record(self.info.world, self.peak_flops)),
+                        "bad_samples": int(bad),
+                    }
                     self.metrics.log({**record, **evaluated})
                     window.reset()
                 if stops > 0:

@@ -34,15 +34,16 @@ class ThroughputWindow:
 
     def reset(self) -> None:
         self.steps = 0
-        self.samples = self.tokens = 0.0
+        self.samples = self.tokens = self.flops = 0.0
         self.data_wait = self.paused = 0.0
         self.start = time.perf_counter()
 
-    def add_step(self, samples: float, tokens: float) -> None:
-        """One optimizer step with these global (summed over ranks) counts."""
+    def add_step(self, samples: float, tokens: float, flops: float = 0.0) -> None:
+        """One optimizer step with these global (summed over ranks) counts and model FLOPs."""
         self.steps += 1
         self.samples += samples
         self.tokens += tokens
+        self.flops += flops
 
     @contextlib.contextmanager
     def excluded(self):
@@ -56,15 +57,20 @@ class ThroughputWindow:
     def elapsed(self) -> float:
         return max(time.perf_counter() - self.start - self.paused, 1e-9)
 
-    def record(self, world: int) -> dict:
-        """Per-device rates and per-step times of the window."""
+    def record(self, world: int, peak_flops: float | None = None) -> dict:
+        """Per-device rates and per-step times of the window; achieved TFLOP/s and MFU when the peak is known."""
         elapsed, steps = self.elapsed(), max(self.steps, 1)
-        return {
+        out = {
             "samples_per_sec_per_device": self.samples / world / elapsed,
             "tokens_per_sec_per_device": self.tokens / world / elapsed,
             "data_wait_sec": self.data_wait / steps,
             "step_time_sec": elapsed / steps,
         }
+        if peak_flops:
+            achieved = self.flops / world / elapsed
+            out["tflops_per_device"] = achieved / 1e12
+            out["mfu"] = achieved / peak_flops
+        return out
 
 
 class MetricsLogger:

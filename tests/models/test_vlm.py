@@ -143,3 +143,25 @@ def test_composes_pretrained_parts(tmp_path, upload):
         assert torch.equal(value, siglip.vision_model.state_dict()[name]), name
     assert not hasattr(model.vision_tower, "head")
     assert isinstance(model, VisionLanguageModel)
+
+
+def test_forward_on_an_accelerator_never_reads_device_values_on_the_host():
+    """A training forward on a (fake) CUDA device: any `int()`/`.item()` of a device tensor would be a host sync."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.func import functional_call
+
+    model = tiny().model.train()
+    batch = {**with_images(), "labels": with_images()["input_ids"]}
+    state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    with FakeTensorMode() as mode:  # fake tensors refuse data-dependent reads (no GPU needed)
+        params = {k: mode.from_tensor(v).to("cuda") for k, v in state.items()}
+        out = functional_call(model, params, (), {k: mode.from_tensor(v).to("cuda") for k, v in batch.items()})
+        assert out.logits.device.type == "cuda" and out.loss.shape == ()
+
+
+def test_image_token_mismatch_is_one_clear_error_on_cpu():
+    model = tiny().model
+    batch = with_images()
+    batch["input_ids"][0, 1] = 7  # one placeholder fewer than the features
+    with pytest.raises(ValueError, match="7 image tokens in input_ids for 2x4 features"):
+        logits(model, batch)
