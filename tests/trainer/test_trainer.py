@@ -87,3 +87,34 @@ def test_evaluation_runs_in_the_training_precision(tmp_path, demo_dir):
     with torch.autocast(device.type, dtype=torch.bfloat16):
         bf16 = trainer.evaluator.evaluate(trainer.model, device)["eval_loss"]
     assert got == bf16 and bf16 != fp32
+
+
+@pytest.mark.parametrize(
+    ("task", "shards", "modality"),
+    [("chat_lm", "demo-{000000..000001}.tar", "image_text"), ("causal_lm", "text/text-{000000..000001}.tar", "text")],
+)
+def test_paligemma_trained_on_tasks_without_token_types_is_causal(tmp_path, mixture_dir, task, shards, modality):
+    """Issue 20 follow-up, through the trainer: `data.task chat_lm | causal_lm` on `model.kind paligemma` gives batches
+    without token types; the model the trainer built must still not look ahead (SDPA, transformers' default)."""
+    from open_vlm.data.build import batch_to_device
+    from open_vlm.trainer.loop import Trainer
+
+    source = {"name": "s", "urls": [str(mixture_dir / shards)], "weight": 1.0, "modality": modality}
+    config = write_config(
+        tmp_path,
+        mixture_dir,
+        task,
+        data={"sources": [source], "task": task, "max_text_len": 40, "batch_size": 2, "num_streams": 8},
+        train={"max_steps": 1},
+    )
+    trainer = Trainer(load_run_config(["--config", str(config)]), folder(tmp_path, task))
+    batch = batch_to_device(next(iter(trainer.loader)), trainer.info.device)
+    assert "token_type_ids" not in batch
+    last = int(batch["attention_mask"][0].sum()) - 1  # row 0's last real token
+    changed = {**batch, "input_ids": batch["input_ids"].clone()}
+    changed["input_ids"][0, last] = (int(batch["input_ids"][0, last]) + 1) % 60 + 5
+    trainer.model.eval()  # no dropout: both calls must meet the same function
+    with torch.no_grad(), trainer.strategy.autocast():
+        before = trainer.bundle.forward(trainer.model, batch)["logits"][0, :last]
+        after = trainer.bundle.forward(trainer.model, changed)["logits"][0, :last]
+    assert float((before - after).abs().max()) == 0.0
