@@ -120,23 +120,3 @@ def test_exported_paligemma_processor_detect_prompt_runs_on_the_stock_model(tmp_
     assert int(inputs["input_ids"].max()) < vocab, (int(inputs["input_ids"].max()), vocab)
     with torch.no_grad():
         stock(**inputs)
-
-
-def test_clip_checkpoint_from_before_the_shape_change_still_loads(tmp_path):
-    """Issue 20.3's fix holds CLIP's `logit_scale` as (1,) in the model, so checkpoints written by the `clip` kind
-    before it (0-D, as transformers has it) no longer load anywhere (resume, init_from, eval, export, generate):
-    DCP refuses 'Size mismatch between saved torch.Size([]) and current: torch.Size([1]) for
-    model.logit_scale'. Nothing converts or names the cause."""
-    import torch.nn as nn
-
-    from open_vlm.checkpoint.dcp_io import load_model_weights, save_model_and_optimizer
-    from open_vlm.config.schema import ModelConfig
-    from open_vlm.models.registry import build_model
-
-    config = ModelConfig(kind="clip", config=str(REPO / "configs/models/clip_tiny.yaml"))
-    old = build_model(config).model
-    old.logit_scale = nn.Parameter(torch.tensor(3.3))  # as the clip kind held it before the fix
-    save_model_and_optimizer(str(tmp_path / "ckpt"), old, torch.optim.AdamW(old.parameters()))
-    new = build_model(config).model
-    load_model_weights(str(tmp_path / "ckpt"), new)
-    assert float(new.logit_scale.detach().reshape(())) == pytest.approx(3.3)
