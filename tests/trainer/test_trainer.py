@@ -118,3 +118,38 @@ def test_paligemma_trained_on_tasks_without_token_types_is_causal(tmp_path, mixt
         before = trainer.bundle.forward(trainer.model, batch)["logits"][0, :last]
         after = trainer.bundle.forward(trainer.model, changed)["logits"][0, :last]
     assert float((before - after).abs().max()) == 0.0
+
+
+def test_lxmert_loss_is_normalised_over_the_whole_step(tmp_path, demo_dir):
+    """LXMERT's terms are means over what they supervise; under gradient accumulation the denominators are those of
+    the whole step: a micro-batch of invalid rows (the loader's stand-ins) changes neither the loss nor the gradient.
+    (A per-micro-batch mean divided by the accumulation steps halved both.)"""
+    from open_vlm.trainer.loop import Trainer
+    from tests.evaluation.test_eval import write_region_shard
+    from tests.tokenize.conftest import make_word_tokenizer
+
+    make_word_tokenizer().save_pretrained(tmp_path / "word_tokenizer")
+    write_region_shard(tmp_path / "regions-0.tar", n=16, k=5)
+    source = {"name": "regions", "urls": [str(tmp_path / "regions-0.tar")], "modality": "region_features"}
+    config = write_config(
+        tmp_path,
+        demo_dir,
+        "lxaccum",
+        data={"sources": [source], "num_streams": 1, "max_text_len": 12},
+        model={
+            "kind": "lxmert",
+            "config": str(REPO / "configs/models/lxmert_tiny.yaml"),
+            "tokenizer": str(tmp_path / "word_tokenizer"),
+        },
+        train={"loss": "lxmert", "max_steps": 1},
+    )
+    trainer = Trainer(load_run_config(["--config", str(config)]), folder(tmp_path, "lxaccum"))
+    trainer.model.eval()  # no dropout: both steps must meet the same function
+    good = next(iter(trainer.loader))
+    invalid = {**good, "valid": torch.zeros_like(good["valid"])}
+    start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    alone = trainer.train_step([good])
+    trainer.model.load_state_dict(start)
+    with_invalid = trainer.train_step([good, invalid])
+    assert with_invalid.loss == pytest.approx(alone.loss, rel=1e-6)
+    assert float(with_invalid.grad_norm) == pytest.approx(float(alone.grad_norm), rel=1e-5)
