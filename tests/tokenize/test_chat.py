@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -5,7 +7,7 @@ from hypothesis import strategies as st
 
 from open_vlm.tokenize.chat import ChatProcessor, ChatTemplate, chat_collator
 from open_vlm.tokenize.padding import IGNORE
-from tests.tokenize.conftest import ASSISTANT, BOS, EOS, IMG, PAD, USER, WORDS, word_id, words
+from tests.tokenize.conftest import ASSISTANT, BOS, EOS, IMG, PAD, USER, WORDS, bpe_tokenizer, word_id, words
 
 IMAGE = torch.zeros(4, 4, 3, dtype=torch.uint8)
 
@@ -169,3 +171,50 @@ def test_long_history_gives_way_to_the_answer(word_tokenizer):
     expected = [BOS, word_id("top"), EOS, USER, IMG, EOS, USER, word_id("what"), EOS, ASSISTANT]
     assert out["input_ids"].tolist() == [*expected, *words("a square"), EOS]
     assert out["labels"].tolist() == [IGNORE] * len(expected) + [*words("a square"), EOS]
+
+
+def marked_chat(tok):
+    template = ChatTemplate(user_start="<|user|>", assistant_start="<|assistant|>", image_end="")
+    return ChatProcessor(tok, num_image_tokens=4, max_len=12, template=template)
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [
+            {"role": "system", "content": " ".join(["red"] * 20)},
+            {"role": "user", "content": "what is it"},
+            {"role": "assistant", "content": "a red square"},
+        ],
+        [
+            {"role": "user", "content": " ".join(["red"] * 20)},
+            {"role": "user", "content": "what"},
+            {"role": "assistant", "content": "a red square"},
+        ],
+    ],
+    ids=["long_system_turn", "long_first_of_two_user_turns"],
+)
+def test_long_earlier_turns_give_way_so_the_answer_fits(word_tokenizer, messages):
+    """A long system turn or earlier user turn gives way too, so something is supervised and the budget holds
+    (only the last user turn before the answer was shortened: 0 supervised tokens, and with a system turn the image
+    block came after the budget, so 30 tokens were returned for a budget of 16)."""
+    proc = marked_chat(word_tokenizer)
+    out = proc.encode(messages)
+    supervised = int((out["labels"][1:] != IGNORE).sum())
+    assert supervised > 0, word_tokenizer.convert_ids_to_tokens(out["input_ids"].tolist())
+    assert len(out["input_ids"]) <= proc.max_len + proc.num_image_tokens
+
+
+@pytest.mark.parametrize("max_len", [16, 24])
+def test_a_budget_the_default_template_exceeds_is_refused(tmp_path, max_len):
+    """Issue 20.1 again: with the default template, a BPE tokenizer without `<|user|>` / `<|assistant|>` tokens
+    (the demo one) spends 9 + 13 tokens on them, so the template alone exceeds `max_text_len` 16 or 24 and every
+    sample trained on nothing (loss 0.0, grad_norm 0.0). Refused when the processor is built, naming the minimum;
+    at the minimum, something is supervised."""
+    tok = bpe_tokenizer("metaspace", tmp_path)
+    with pytest.raises(ValueError, match=r"data.max_text_len \d+ leaves no room for an answer") as refused:
+        ChatProcessor(tok, num_image_tokens=16, max_len=max_len, prompt="caption en")
+    least = int(re.search(r"at least (\d+)", str(refused.value)).group(1))
+    proc = ChatProcessor(tok, num_image_tokens=16, max_len=least, prompt="caption en")
+    out = proc({"image": None, "text": "a red square on the left"})
+    assert int((out["labels"][1:] != IGNORE).sum()) > 0
