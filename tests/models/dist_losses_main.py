@@ -1,4 +1,4 @@
-"""Run by tests/models/test_break_dist.py under `torchrun --nproc_per_node=2` (gloo, CPU).
+"""Run by tests/models/test_dist_contrastive.py under `torchrun --nproc_per_node=2` (gloo, CPU).
 
 1. LXMERT (mean-reduced loss) under the project's DDP strategy: rank 0 holds 4 valid rows, rank 1 holds 4
    invalid copies (`valid` False). Rank 0 compares the averaged gradient with one process on the 4 valid rows.
