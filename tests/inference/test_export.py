@@ -12,7 +12,7 @@ from open_vlm.inference.wrapper import EXPORT_FILE, load
 from tests.conftest import REPO
 from tests.models.conftest import token_ids
 from tests.trainer.runs import folder as run_folder
-from tests.trainer.runs import train, write_config
+from tests.trainer.runs import train, write_lxmert_config
 
 ATOL = 1e-5
 
@@ -167,26 +167,11 @@ def test_checkpoint_trained_with_frozen_dtype_bf16_loads_in_fp32(tmp_path, demo_
     cross layer's visual half) to bf16 again, and the fp32 forward failed ("mat1 and mat2 must have the same
     dtype")."""
     from open_vlm.inference.wrapper import load
-    from tests.evaluation.test_eval import write_region_shard
     from tests.models.conftest import token_ids
-    from tests.tokenize.conftest import make_word_tokenizer
 
-    make_word_tokenizer().save_pretrained(tmp_path / "word_tokenizer")
-    write_region_shard(tmp_path / "regions-0.tar", n=16, k=5)
-    source = {"name": "regions", "urls": [str(tmp_path / "regions-0.tar")], "modality": "region_features"}
-    config = write_config(
-        tmp_path,
-        demo_dir,
-        "lxbf16",
-        data={"sources": [source], "num_streams": 1, "max_text_len": 12},
-        model={
-            "kind": "lxmert",
-            "config": str(REPO / "configs/models/lxmert_tiny.yaml"),
-            "tokenizer": str(tmp_path / "word_tokenizer"),
-            "frozen_dtype": "bf16",
-        },
-        train={"loss": "lxmert", "precision": "bf16", "max_steps": 1},
-    )
+    model = {"frozen_dtype": "bf16"}
+    train_section = {"loss": "lxmert", "precision": "bf16", "max_steps": 1}
+    config = write_lxmert_config(tmp_path, demo_dir, "lxbf16", model=model, train=train_section)
     train(config, env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
     model = load(str(run_folder(tmp_path, "lxbf16"))).model.eval()
     dtypes = {p.dtype for p in model.parameters()}

@@ -13,20 +13,24 @@ import pytest
 from tests.conftest import REPO, run_cli
 
 
-@pytest.fixture(scope="module")
-def records(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dist") / "records.json"
+def run_two_ranks(script: str, out) -> dict:
+    """Run `tests/models/<script>` on 2 gloo ranks; the JSON it wrote to `out`."""
     result = run_cli(
         "-m",
         "torch.distributed.run",
         "--standalone",
         "--nproc_per_node=2",
-        str(REPO / "tests/models/dist_contrastive_main.py"),
+        str(REPO / "tests/models" / script),
         str(out),
         env={"PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    data = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    data = run_two_ranks("dist_contrastive_main.py", tmp_path_factory.mktemp("dist") / "records.json")
     return data["records"], data["max_logit_scale"]
 
 
@@ -61,18 +65,7 @@ def test_per_rank_losses_equal_open_clip_on_all_valid_batches(records):
 
 @pytest.fixture(scope="module")
 def dist_records(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dist_losses") / "records.json"
-    result = run_cli(
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(REPO / "tests/models/dist_losses_main.py"),
-        str(out),
-        env={"PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"},
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return json.loads(out.read_text())
+    return run_two_ranks("dist_losses_main.py", tmp_path_factory.mktemp("dist_losses") / "records.json")
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import torch
 from open_vlm.checkpoint.checkpointer import Checkpointer
 from open_vlm.config.load import load_run_config
 from tests.conftest import REPO
-from tests.trainer.runs import ENV, folder, metrics, write_config
+from tests.trainer.runs import ENV, folder, metrics, write_config, write_lxmert_config
 
 
 def test_fp16_overflow_skips_the_step_and_lowers_the_scale(tmp_path, demo_dir):
@@ -125,24 +125,8 @@ def test_lxmert_loss_is_normalised_over_the_whole_step(tmp_path, demo_dir):
     the whole step: a micro-batch of invalid rows (the loader's stand-ins) changes neither the loss nor the gradient.
     (A per-micro-batch mean divided by the accumulation steps halved both.)"""
     from open_vlm.trainer.loop import Trainer
-    from tests.evaluation.test_eval import write_region_shard
-    from tests.tokenize.conftest import make_word_tokenizer
 
-    make_word_tokenizer().save_pretrained(tmp_path / "word_tokenizer")
-    write_region_shard(tmp_path / "regions-0.tar", n=16, k=5)
-    source = {"name": "regions", "urls": [str(tmp_path / "regions-0.tar")], "modality": "region_features"}
-    config = write_config(
-        tmp_path,
-        demo_dir,
-        "lxaccum",
-        data={"sources": [source], "num_streams": 1, "max_text_len": 12},
-        model={
-            "kind": "lxmert",
-            "config": str(REPO / "configs/models/lxmert_tiny.yaml"),
-            "tokenizer": str(tmp_path / "word_tokenizer"),
-        },
-        train={"loss": "lxmert", "max_steps": 1},
-    )
+    config = write_lxmert_config(tmp_path, demo_dir, "lxaccum")
     trainer = Trainer(load_run_config(["--config", str(config)]), folder(tmp_path, "lxaccum"))
     trainer.model.eval()  # no dropout: both steps must meet the same function
     good = next(iter(trainer.loader))
