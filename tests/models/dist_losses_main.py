@@ -4,6 +4,7 @@
    invalid copies (`valid` False). Rank 0 compares the averaged gradient with one process on the 4 valid rows.
 2. SigLIP under the project's FSDP2 strategy with `train.precision bf16`: the dtype and value of the
    `logit_scale` / `logit_bias` the loss receives from `contrastive_forward`, vs the fp32 parameters.
+3. A CLIP checkpoint with a 0-D `logit_scale` resumed under FSDP2.
 """
 
 from __future__ import annotations
@@ -82,9 +83,44 @@ def siglip_case(info) -> dict:
     }
 
 
+def old_clip_case(info, path: str) -> dict:
+    """A CLIP checkpoint with a 0-D `logit_scale` (written by one process, as before the (1,) shape) resumed
+    under FSDP2 on 2 ranks: the scale and its Adam moment arrive sharded like the parameter."""
+    import torch.nn as nn
+
+    from open_vlm.checkpoint.dcp_io import load_model_and_optimizer, save_model_and_optimizer
+
+    config = ModelConfig(kind="clip", config="configs/models/clip_tiny.yaml")
+    solo = dist.new_group([0])  # every rank creates it; rank 0 alone saves
+    if info.rank == 0:
+        old = build_model(config).model
+        old.logit_scale = nn.Parameter(torch.tensor(3.3))
+        optimizer = torch.optim.AdamW(old.parameters())
+        (old.logit_scale * 2.0).backward()
+        optimizer.step()
+        save_model_and_optimizer(path, old, optimizer, group=solo)
+        saved = float(old.logit_scale.detach()), float(optimizer.state[old.logit_scale]["exp_avg"])
+    dist.barrier()
+    strategy = build_strategy(TrainConfig(strategy="fsdp", device="cpu"), info)
+    bundle = build_model(config)
+    model = strategy.wrap(bundle.model, bundle.shard_units)
+    optimizer = torch.optim.AdamW(model.parameters())
+    load_model_and_optimizer(path, model, optimizer)
+    scale = model.logit_scale
+    moment = optimizer.state[scale]["exp_avg"]
+    record = {
+        "scale": scale.full_tensor().tolist(),
+        "moment": moment.full_tensor().tolist() if hasattr(moment, "full_tensor") else moment.tolist(),
+    }
+    if info.rank == 0:
+        record["saved_scale"], record["saved_moment"] = saved
+    return record
+
+
 def main(out_path: str) -> None:
     info = init_distributed("cpu")
     record = {"lxmert": lxmert_case(info), "siglip_fsdp_bf16": siglip_case(info)}
+    record["old_clip_fsdp"] = old_clip_case(info, out_path + ".old_clip_ckpt")
     if info.rank == 0:
         with open(out_path, "w") as f:
             json.dump(record, f, indent=1)

@@ -89,3 +89,11 @@ def test_siglip_scale_and_bias_reach_the_loss_in_fp32_under_fsdp_bf16(dist_recor
     assert r["scale_dtype"] == "torch.float32" and r["bias_dtype"] == "torch.float32", r
     assert abs(r["bias"] - r["bias_fp32"]) < 1e-5, r
     assert abs(r["scale"] - r["scale_fp32"]) < 1e-4 * r["scale_fp32"], r
+
+
+@pytest.mark.slow
+def test_clip_checkpoint_with_a_0d_logit_scale_resumes_under_fsdp(dist_records):
+    """The (1,) `logit_scale` is an FSDP2 shard (rank 1 holds none of it): a 0-D one from an old checkpoint
+    still loads into it, with its Adam moment."""
+    r = dist_records["old_clip_fsdp"]
+    assert r["scale"] == [r["saved_scale"]] and r["moment"] == [r["saved_moment"]], r
