@@ -108,15 +108,20 @@ def _scalars_as_saved(state: dict, metadata) -> list[tuple[dict, str, torch.Tens
             name = f"{prefix}{key}"
             if isinstance(value, dict):
                 walk(value, f"{name}.")
-            elif isinstance(value, torch.Tensor) and value.dim() == 1 and value.numel() == 1:  # DTensor: global shape
+            elif isinstance(value, torch.Tensor):
                 saved = metadata.state_dict_metadata.get(name)
-                if isinstance(saved, TensorStorageMetadata) and saved.size == torch.Size([]):
+                if isinstance(saved, TensorStorageMetadata) and saved_as_scalar(saved.size, value.shape):
                     device = value.to_local().device if isinstance(value, DTensor) else value.device
                     swaps.append((node, key, value))
                     node[key] = torch.empty((), dtype=value.dtype, device=device)
 
     walk(state, "")
     return swaps
+
+
+def saved_as_scalar(saved_size, shape) -> bool:
+    """Whether a checkpoint entry of `saved_size` is a 0-D save of an entry now held with `shape` (1,) (it loads)."""
+    return tuple(saved_size) == () and tuple(shape) == (1,)  # a DTensor's shape is the global one
 
 
 def _shaped_like(loaded: torch.Tensor, held: torch.Tensor) -> torch.Tensor:
