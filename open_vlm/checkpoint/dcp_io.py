@@ -19,6 +19,7 @@ import torch.nn as nn
 from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter  # DCP's fsspec backend (private module)
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -27,6 +28,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_state_dict,
 )
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from open_vlm.checkpoint.dcp_safe import SafeLoadPlanner, UnsafeCheckpoint, reader_for
 from open_vlm.checkpoint.faults import maybe_fail_write
@@ -164,11 +166,49 @@ def saved_model_keys(url: str) -> set[str]:
 
 
 def _load(state: dict, reader, group) -> None:
+    swaps = _scalars_as_saved(state, reader.read_metadata())
     try:
         dcp.load(state, storage_reader=reader, planner=SafeLoadPlanner(allow_partial_load=True), process_group=group)
     except CheckpointException as err:
         _raise_unsafe(err)
         raise RuntimeError(f"reading checkpoint {reader.path} failed: {failure_summary(err)}") from None
+    for node, key, held in swaps:
+        node[key] = _shaped_like(node[key], held)
+
+
+def _scalars_as_saved(state: dict, metadata) -> list[tuple[dict, str, torch.Tensor]]:
+    """Swap the (1,) entries of `state` that the checkpoint holds as 0-D for 0-D tensors to load into (in place).
+
+    CLIP's `logit_scale` (and its optimizer moments) is held with shape (1,) since FSDP2 refuses 0-D parameters;
+    checkpoints written before that hold it 0-D, and DCP refuses any shape change. Returns (dict, key, held entry)."""
+    swaps = []
+
+    def walk(node: dict, prefix: str) -> None:
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict):
+                walk(value, f"{name}.")
+            elif isinstance(value, torch.Tensor):
+                saved = metadata.state_dict_metadata.get(name)
+                if isinstance(saved, TensorStorageMetadata) and saved_as_scalar(saved.size, value.shape):
+                    device = value.to_local().device if isinstance(value, DTensor) else value.device
+                    swaps.append((node, key, value))
+                    node[key] = torch.empty((), dtype=value.dtype, device=device)
+
+    walk(state, "")
+    return swaps
+
+
+def saved_as_scalar(saved_size, shape) -> bool:
+    """Whether a checkpoint entry of `saved_size` is a 0-D save of an entry now held with `shape` (1,) (it loads)."""
+    return tuple(saved_size) == () and tuple(shape) == (1,)  # a DTensor's shape is the global one
+
+
+def _shaped_like(loaded: torch.Tensor, held: torch.Tensor) -> torch.Tensor:
+    """A 0-D value loaded for a (1,) entry, in the entry's form (sharded like it when it is a DTensor)."""
+    if isinstance(held, DTensor):
+        return distribute_tensor(loaded.reshape(held.shape), held.device_mesh, held.placements)
+    return loaded.reshape(held.shape).to(held.device)
 
 
 def load_model_and_optimizer(url: str, model: nn.Module, optimizer, group=None) -> None:

@@ -51,7 +51,9 @@ def load_model_from_checkpoint(path: str):
     ckpt = resolve_checkpoint(path)
     cfg = config_from_yaml_text(read_meta(ckpt)["config"])
     spec = json.loads(read_bytes(f"{ckpt}/{SPEC}"))
-    model_cfg = dataclasses.replace(cfg.model, freeze=[], unfreeze=[], pretrained=None)
+    # The whole model in fp32, as saved weights of any dtype load into it: `frozen_dtype` would cast the kind's
+    # default-frozen parameters (LXMERT's last visual half) again, and an fp32 forward then mixes dtypes.
+    model_cfg = dataclasses.replace(cfg.model, freeze=[], unfreeze=[], pretrained=None, frozen_dtype="fp32")
     folder = local_dir(f"{ckpt}/model") if is_remote(ckpt) else Path(ckpt) / "model"
     if spec.get("config_file"):
         model_cfg.config = str(folder / spec["config_file"])

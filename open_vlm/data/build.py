@@ -15,7 +15,7 @@ from open_vlm.data.manifest import ShardManifest, build_manifest, read_manifest,
 from open_vlm.data.manifest_index import training_manifest, view_name, write_index
 from open_vlm.data.shards import expand_urls
 from open_vlm.data.version import manifest_version
-from open_vlm.errors import ConfigError, DataError
+from open_vlm.errors import ConfigError, DataError, usage_errors
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,8 @@ def source_processors(data: DataConfig, *, seed: int, bundle, tokenizer) -> tupl
             pack=data.pack,
             packed_mask=data.packed_mask,
         )
-        built[task] = build_processor(task, tokenizer, **options)
+        with usage_errors(ValueError):  # a budget or tokenizer the task cannot work with: exit 2, one line
+            built[task] = build_processor(task, tokenizer, **options)
         names = [s.name for s, t in zip(data.sources, tasks) if t == task]
         log.info("task %s: source(s) %s", task, ", ".join(names))
     return [built[t][0] for t in tasks], [built[t][1] for t in tasks]

@@ -4,7 +4,9 @@
   The saved tokenizer is the training one: building a `PaliGemmaProcessor` adds PaliGemma's 1,152 `<loc…>` /
   `<seg…>` tokens to its tokenizer, ids the model has no embeddings for, so it is built on a copy. (Loading the
   processor adds them again in memory, as transformers does; a model trained without them cannot use them.)
-- `siglip` → `SiglipModel`, `clip` → `CLIPModel` (+ tokenizer and image processor), `lxmert` → `LxmertForPreTraining`;
+- `siglip` → `SiglipModel`, `clip` → `CLIPModel` (+ tokenizer and image processor; the tokenizer's
+  `model_max_length` is the training text length, so `padding="max_length"` pads as training did),
+  `lxmert` → `LxmertForPreTraining`;
 - `vlm` → our folder (`OpenVLM.from_pretrained` loads it); its `language_model/` is a plain causal-LM folder.
 
 Every export also has `open_vlm_export.json` (kind, preprocessing, source checkpoint, step), so
@@ -56,6 +58,11 @@ def write_processor(loaded: Loaded, out: Path) -> bool:
     settings, tokenizer, kind = loaded.settings, loaded.tokenizer, loaded.settings.kind
     if tokenizer is None or not hasattr(tokenizer, "save_pretrained"):
         return False
+    if settings.task == "contrastive":
+        # The text tower saw texts padded to `max_text_len` (SigLIP pools the last position, so the length matters);
+        # the stock recipe `processor(text=..., padding="max_length")` reads that length from the tokenizer.
+        tokenizer = copy.deepcopy(tokenizer)
+        tokenizer.model_max_length = settings.max_text_len
     if kind == "paligemma":
         from transformers import PaliGemmaProcessor
 

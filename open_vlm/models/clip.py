@@ -2,6 +2,7 @@
 
 transformers keeps `logit_scale` as a 0-D parameter, which FSDP2's `fully_shard` refuses; the bundle's model holds
 it with shape (1,) (the same math by broadcasting) and export writes it back as 0-D (`stock_state_dict`).
+Checkpoints that hold it 0-D (written before) still load and resume (`checkpoint/dcp_io.py`).
 """
 
 from __future__ import annotations

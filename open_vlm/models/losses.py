@@ -19,12 +19,16 @@ class LossOutput:
 
     `reduction == "sum"`: `loss` is a sum over `count` items; the trainer divides by the count summed over
     micro-batches and ranks (exact under gradient accumulation). `"mean"`: `loss` is already a mean.
+    `"terms"`: a sum of means with different denominators (LXMERT): `terms` maps each count the loss function's
+    `counts(batch)` names to the (weighted) loss sum over what it counts; the trainer divides each by that count
+    summed over micro-batches and ranks (exact), and `loss` is the same over this call's batch of all ranks.
     """
 
     loss: torch.Tensor
     count: int
     reduction: str = "sum"
     parts: dict[str, float] = field(default_factory=dict)  # named components, for logging
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)  # reduction "terms": count name → loss sum
 
 
 LossFn = Callable[[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]], LossOutput]
@@ -48,6 +52,16 @@ def build_loss(name: str, **options) -> LossFn:
 
 def loss_names() -> list[str]:
     return sorted(_LOSSES)
+
+
+def term_counts(loss_fn: LossFn, batches: list[Mapping]) -> tuple[list[str], list[int]]:
+    """The names of a "terms"-reduced loss's counts and their sums over `batches` (none for other losses)."""
+    counts = getattr(loss_fn, "counts", None)  # only losses with several denominators define it
+    if counts is None:
+        return [], []
+    per_batch = [counts(b) for b in batches]
+    names = list(per_batch[0])
+    return names, [sum(c[name] for c in per_batch) for name in names]
 
 
 def next_token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -105,31 +119,72 @@ def _contrastive(loss, use_bias: bool) -> LossFn:
 
 
 @register_loss("lxmert")
-def lxmert(mlm_weight: float = 1.0, itm_weight: float = 1.0, qa_weight: float = 1.0, **_) -> LossFn:
+def lxmert(
+    mlm_weight: float = 1.0, itm_weight: float = 1.0, qa_weight: float = 1.0, world_size: int = 1, **_
+) -> LossFn:
     """LXMERT pretraining: masked-LM (`labels`, -100 where unmasked) + image-text matching (`matched_label` 0/1)
     + question answering when the batch has `answer_label` (answer index, -100: none) and the model a QA head.
 
-    Each term is a mean over what it supervises (masked tokens, valid rows); an empty term is 0, never NaN."""
+    Each term is a mean over what it supervises (masked tokens, valid pairs, answers) of all ranks (and, in the
+    trainer, of all micro-batches of a step): invalid rows anywhere change nothing. An empty term is 0, never NaN."""
+    return LxmertLoss({"masked": mlm_weight, "pairs": itm_weight, "answers": qa_weight}, world_size)
 
-    def fn(outputs, batch) -> LossOutput:
+
+class LxmertLoss:
+    """The `lxmert` loss (above); `counts(batch)` gives its denominators, which the trainer sums globally."""
+
+    def __init__(self, weights: dict[str, float], world_size: int = 1):
+        self.weights, self.world_size = weights, world_size
+
+    @staticmethod
+    def targets(batch: Mapping) -> dict[str, torch.Tensor]:
+        """The labels of each term (count name → labels, IGNORE on invalid rows and where nothing is supervised)."""
+        matched = batch["matched_label"].flatten()
+        valid = valid_rows(batch, matched.shape[0], matched.device)
+        out = {
+            "masked": batch["labels"].masked_fill(~valid.to(batch["labels"].device)[:, None], IGNORE),
+            "pairs": matched.masked_fill(~valid, IGNORE),
+        }
+        if "answer_label" in batch:
+            answers = batch["answer_label"].flatten()
+            out["answers"] = answers.masked_fill(~valid.to(answers.device), IGNORE)
+        return out
+
+    def counts(self, batch: Mapping) -> dict[str, int]:
+        """What each term supervises in `batch` (masked tokens, valid pairs, answers): the same names on every rank."""
+        targets = self.targets(batch)
+        return {name: int((targets[name] != IGNORE).sum()) if name in targets else 0 for name in self.weights}
+
+    def __call__(self, outputs, batch) -> LossOutput:
         logits = outputs["prediction_logits"]
         score = outputs["cross_relationship_score"].float()
-        valid = valid_rows(batch, score.shape[0], score.device)
-        labels = batch["labels"].to(logits.device).masked_fill(~valid[:, None], IGNORE)
-        matched = batch["matched_label"].to(score.device).flatten().masked_fill(~valid, IGNORE)
-        masked, pairs = int((labels != IGNORE).sum()), int((matched != IGNORE).sum())
-        mlm = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="sum")
-        itm = F.cross_entropy(score, matched, ignore_index=IGNORE, reduction="sum")
-        mlm, itm = mlm / max(masked, 1), itm / max(pairs, 1)
-        total = mlm_weight * mlm + itm_weight * itm
-        parts = {"mlm": float(mlm.detach()), "itm": float(itm.detach()), "masked_tokens": masked}
-        if "question_answering_score" in outputs and "answer_label" in batch:
-            answers = outputs["question_answering_score"].float()
-            wanted = batch["answer_label"].to(answers.device).flatten().masked_fill(~valid, IGNORE)
-            qa = F.cross_entropy(answers, wanted, ignore_index=IGNORE, reduction="sum")
-            qa = qa / max(int((wanted != IGNORE).sum()), 1)
-            total = total + qa_weight * qa
-            parts["qa"] = float(qa.detach())
-        return LossOutput(total, pairs, reduction="mean", parts=parts)
+        targets = {name: labels.to(score.device) for name, labels in self.targets(batch).items()}
+        scores = {"masked": logits.flatten(0, 1).float(), "pairs": score}
+        if "question_answering_score" in outputs and "answers" in targets:
+            scores["answers"] = outputs["question_answering_score"].float()
+        sums = {
+            name: F.cross_entropy(x, targets[name].flatten(), ignore_index=IGNORE, reduction="sum")
+            for name, x in scores.items()
+        }
+        local = self.counts(batch)
+        counts = dict(zip(local, _sum_over_ranks(list(local.values()), score.device, self.world_size)))
+        terms = {name: self.weights[name] * value for name, value in sums.items()}
+        # W x (this rank's share of each mean over all ranks): DDP/FSDP's gradient averaging gives the global mean
+        total = sum(self.world_size * term / max(counts[name], 1.0) for name, term in terms.items())
+        parts = {PART_NAMES[n]: float(v.detach()) / max(local[n], 1.0) for n, v in sums.items()}  # this rank's
+        parts["masked_tokens"] = int(local["masked"])
+        return LossOutput(total, int(local["pairs"]), reduction="terms", parts=parts, terms=terms)
 
-    return fn
+
+PART_NAMES = {"masked": "mlm", "pairs": "itm", "answers": "qa"}  # how each LXMERT term is logged
+
+
+def _sum_over_ranks(values: list[float], device, world_size: int) -> list[float]:
+    """Sum numbers over the ranks (one collective; no-op for one)."""
+    if world_size == 1:
+        return values
+    import torch.distributed as dist
+
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()

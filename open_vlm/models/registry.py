@@ -10,7 +10,6 @@ import torch
 import torch.nn as nn
 
 from open_vlm.config.schema import ModelConfig
-from open_vlm.models.attention import packed_attention_mask
 from open_vlm.names import lookup
 
 log = logging.getLogger(__name__)
@@ -26,11 +25,15 @@ LM_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "pixel_values", "p
 def lm_forward(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> Outputs:
     """Forward of a (vision-)language model: the batch's model inputs in, `{"logits": ...}` out.
 
-    Packed rows (`document_ids`) get their block-diagonal mask in the form the model's attention implementation
-    reads (`models/attention.py`), and their restarting `position_ids`."""
+    Packed rows (`document_ids`) reach the model as their restarting `position_ids` alone, without an attention
+    mask: transformers then finds the documents from the positions (`masking_utils.find_packed_sequence_indices`)
+    and builds each layer's own mask from them, for every attention implementation, sliding windows included
+    (Mistral, Gemma 2/3, hence PaliGemma 2). A ready 4-D mask would be used as is, dropping the window."""
     inputs = {k: batch[k] for k in LM_INPUTS if k in batch}
     if "document_ids" in batch:
-        inputs["attention_mask"] = packed_attention_mask(model, batch["document_ids"])
+        inputs.pop("attention_mask", None)  # the collator's 4-D mask knows no sliding window
+        if "position_ids" not in inputs:
+            raise ValueError("packed rows (document_ids) need their position_ids")
     # No KV cache in training/eval forwards: it costs memory, and recomputed (checkpointed) layers would
     # append to it twice (and with a cache, transformers ignores packed position ids).
     return {"logits": model(**inputs, use_cache=False).logits}

@@ -58,9 +58,17 @@ def stock_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def contrastive_forward(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> Outputs:
-    """Normalised image/text embeddings, the exponentiated scale and (SigLIP) the bias the contrastive losses take."""
+    """Normalised image/text embeddings, the exponentiated scale and (SigLIP) the bias the contrastive losses take.
+
+    The scale and bias reach the loss in fp32 with their exact values under every strategy (`_fp32_logit_params`)."""
     core = getattr(model, "module", model)  # DDP wraps; FSDP2 keeps the module itself
+    if hasattr(core, "set_reshard_after_forward"):
+        # FSDP2 root: a forward without backward (evaluation) leaves its parameters gathered; shard them again so
+        # that the clamp and the fp32 read below act on the fp32 parameters, not on a bf16 copy.
+        core.reshard()
     clamp_logit_scale(core)
+    names = [n for n in ("logit_scale", "logit_bias") if getattr(core, n, None) is not None]
+    exact = {n: _full_fp32(getattr(core, n)) for n in names}
     if hasattr(core, "set_reshard_after_forward"):
         # FSDP2 root: the scale and bias are read after the forward, so they must still be gathered then
         # (FSDP2's own default for a root; train.reshard_after_forward sets every unit's explicitly).
@@ -68,14 +76,33 @@ def contrastive_forward(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> 
     out = model(
         input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], attention_mask=batch.get("attention_mask")
     )
+    params = {n: _fp32_logit_param(getattr(core, n), exact[n]) for n in names}
     outputs = {
         "image_features": out.image_embeds,
         "text_features": out.text_embeds,
-        "logit_scale": core.logit_scale.exp().squeeze(),
+        "logit_scale": params["logit_scale"].exp().squeeze(),
     }
-    if getattr(core, "logit_bias", None) is not None:
-        outputs["logit_bias"] = core.logit_bias.squeeze()
+    if "logit_bias" in params:
+        outputs["logit_bias"] = params["logit_bias"].squeeze()
     return outputs
+
+
+def _full_fp32(param: torch.Tensor) -> torch.Tensor:
+    """The whole value of a parameter as stored (an FSDP2 shard is gathered), without gradient."""
+    with torch.no_grad():
+        return (param.full_tensor() if hasattr(param, "full_tensor") else param.detach()).float()
+
+
+def _fp32_logit_param(used: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+    """The parameter the forward used (under FSDP2 with bf16, its bf16 copy) carrying the stored fp32 value.
+
+    FSDP2's mixed precision casts every parameter, the scale and bias too: -10.03 would reach the loss as -10.0
+    (bf16 spacing near 10 is 0.0625, so small bias updates would never show). The value is the fp32 one, the
+    gradient still flows to the copy FSDP2 reduces (so it is rounded to bf16 there, like every gradient)."""
+    if used.dtype == exact.dtype:
+        return used
+    used32 = used.float()
+    return used32 + (exact - used32).detach()
 
 
 def bundle(model) -> ModelBundle:

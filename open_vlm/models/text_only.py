@@ -4,7 +4,8 @@ A batch without `pixel_values` (a text source of a mixture, or a batch whose row
 tokens and trains the language model alone. Two things make that safe:
 
 - PaliGemma builds its attention from `token_type_ids`; without them its SDPA path is not causal (transformers
-  5.x), so a text-only call that carries none gets token type 1 (causal) everywhere.
+  5.x), so a call that carries none gets token type 1 (causal) everywhere: text-only rows, and every row of the
+  `causal_lm` and `chat_lm` tasks (their batches have no token types; images included).
 - DDP wants a gradient for every trainable parameter at every step (it fails on the next step otherwise). So in
   training the vision tower and projector still run, on one blank image, and enter the output at weight zero:
   their gradients are exactly 0 and the loss is unchanged. (FSDP2 would tolerate the unused tower; the tie runs
@@ -42,14 +43,20 @@ def needs_vision_tie(module: nn.Module, vision_modules: Iterable[nn.Module], kwa
 
 
 def paligemma_text_only(module: nn.Module, args: tuple, kwargs: dict):
-    """Forward pre-hook of a PaliGemmaForConditionalGeneration: causal token types and the vision tie (above)."""
+    """Forward pre-hook of a PaliGemmaForConditionalGeneration: causal token types and the vision tie (above).
+
+    Every call without `token_type_ids` (text-only rows, and the `causal_lm` / `chat_lm` tasks, whose batches carry
+    none, with or without images) gets token type 1 (causal) everywhere: transformers' PaliGemma is otherwise not
+    causal under SDPA. Cached generation steps are left alone (their first call carried the types)."""
     ids = kwargs.get("input_ids")
-    if args or ids is None or kwargs.get("pixel_values") is not None or kwargs.get("past_key_values") is not None:
+    if args or ids is None or kwargs.get("past_key_values") is not None:
         return None
     if kwargs.get("token_type_ids") is None:
         kwargs["token_type_ids"] = torch.ones_like(ids)
     inner = module.model
-    if needs_vision_tie(module, [inner.vision_tower, inner.multi_modal_projector], kwargs):
+    if kwargs.get("pixel_values") is None and needs_vision_tie(
+        module, [inner.vision_tower, inner.multi_modal_projector], kwargs
+    ):
         size = module.config.vision_config.image_size
         tie = zero_weight_vision(lambda px: inner.get_image_features(px).pooler_output, size, ids)
         embeds = module.get_input_embeddings()(ids)

@@ -87,8 +87,9 @@ class PackedCausalLMCollator:
       that restart per document (and flash attention uses them as varlen boundaries); call the model with
       `use_cache=False`, since transformers ignores packed position ids when it holds a cache.
     Padding is one more block that attends only to itself, so no attention row is empty.
-    `open_vlm.models.registry.lm_forward` rebuilds the mask from `document_ids` in the form the model's attention
-    implementation reads, so `mask` matters only to callers that feed models themselves.
+    `open_vlm.models.registry.lm_forward` leaves the mask out and hands the model the position ids (transformers
+    derives each layer's mask from them, a sliding window included), so `mask` matters only to callers that feed
+    models themselves.
     Invalid documents are left out; when none is valid, the first one makes a single row marked invalid (labels
     IGNORE), so the forward still runs and the loss is 0.
     """

@@ -17,6 +17,7 @@ A text document (no prompt) is BOS (token type 0) + text + EOS (token type 1: ca
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -45,7 +46,7 @@ class PrefixLMProcessor:
         if None in (self.image_token_id, self.bos_id, self.eos_id, self.pad_id):
             raise ValueError("tokenizer needs <image>, bos, eos and pad tokens")
         self.text = SampleText(tok)
-        self.sep_ids = self._ids(self.separator)  # only used when a cut prefix needs its separator back
+        self.min_prefix = len(self.prefix_ids(""))  # BOS + separator: a prefix is never cut below it
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -67,7 +68,7 @@ class PrefixLMProcessor:
         suffix_ids = [] if suffix is None else [*self.text.ids(suffix), self.eos_id]
         budget = self.max_text_len
         if len(prefix_ids) + len(suffix_ids) > budget:
-            floor = 1 if prefix is None else 1 + len(self.sep_ids)  # never below BOS (+ separator)
+            floor = 1 if prefix is None else self.min_prefix  # never below BOS (+ separator)
             if keep_answer:
                 prefix_ids = self._cut_prefix(prefix, prefix_ids, max(budget - len(suffix_ids), floor))
             suffix_ids = suffix_ids[: max(budget - len(prefix_ids), 1)]  # a cut answer keeps no EOS
@@ -83,11 +84,28 @@ class PrefixLMProcessor:
         }
 
     def _cut_prefix(self, prefix: str | None, prefix_ids: list[int], keep: int) -> list[int]:
-        """`prefix_ids` cut to `keep` tokens, its start kept and the separator put back."""
+        """`prefix_ids` cut to at most `keep` tokens: the encoding of the prompt's longest start that fits.
+
+        The shorter prompt is encoded as `PaliGemmaProcessor` would encode it (BOS + text + separator as one
+        string), so the separator is the same token(s) as in an uncut prompt (never `▁ \\n` for `\\n`)."""
         if len(prefix_ids) <= keep or prefix is None:
             return prefix_ids
-        cut = self._ids(self.tokenizer.bos_token + self.text.plain(prefix))[: keep - len(self.sep_ids)]
-        return [*cut, *self.sep_ids]
+        text = self.text.plain(prefix)
+        ends = [end for end in self._cut_points(text) if end < len(text)]
+        # A start of k tokens costs about k + min_prefix; try one more first (the separator may join the last one).
+        k = keep - self.min_prefix + 2
+        for end in reversed(ends[: max(k, 0)]):  # the longest start first: usually the first or second try fits
+            ids = self.prefix_ids(text[:end].rstrip())
+            if len(ids) <= keep:
+                return ids
+        return self.prefix_ids("")
+
+    def _cut_points(self, text: str) -> list[int]:
+        """Where `text` may be cut: after each of its tokens (fast tokenizers), else after each word."""
+        if getattr(self.tokenizer, "is_fast", False):
+            offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+            return sorted({end for _, end in offsets if end > 0})
+        return [m.end() for m in re.finditer(r"\S+", text)]
 
     def __call__(self, sample: dict, source=None) -> dict:
         pair = prefix_lm_exchange(sample, self.prompt)

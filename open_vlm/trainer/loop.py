@@ -27,7 +27,7 @@ from open_vlm.config.schema import RunConfig
 from open_vlm.data.build import batch_to_device, build_model_loader
 from open_vlm.data.version import DataVersionError
 from open_vlm.models.freeze import check_frozen_dtype
-from open_vlm.models.losses import build_loss
+from open_vlm.models.losses import build_loss, term_counts
 from open_vlm.models.registry import build_model
 from open_vlm.tokenize.tokenizers import load_tokenizer
 from open_vlm.tracking.base import data_inputs
@@ -247,7 +247,13 @@ class Trainer:
         """One optimizer step; sum-reduced losses are divided by the global count (exact under accumulation)."""
         strategy, scaler = self.strategy, self.scaler
         accum = len(micro_batches)
-        normalizer = all_reduce_sum(sum(b["num_supervised"] for b in micro_batches), self.info.device)
+        # Denominators of the step, summed over micro-batches and ranks in one collective: the supervised tokens
+        # of sum-reduced losses, and the counts of each term of "terms"-reduced ones (`LossOutput`).
+        names, local = term_counts(self.loss_fn, micro_batches)
+        normalizer, *counts = all_reduce_sums(
+            [sum(b["num_supervised"] for b in micro_batches), *local], self.info.device
+        )
+        term_totals = dict(zip(names, counts))
         total = torch.zeros((), device=self.info.device, dtype=torch.float64)
         for i, batch in enumerate(micro_batches):
             batch = batch_to_device(batch, self.info.device)
@@ -256,6 +262,10 @@ class Trainer:
             if out.reduction == "sum":
                 loss = out.loss * strategy.grad_divisor / max(normalizer, 1.0)
                 total += out.loss.detach().double() / max(normalizer, 1.0)
+            elif out.reduction == "terms":
+                share = sum(term / max(term_totals[name], 1.0) for name, term in out.terms.items())
+                loss = share * strategy.grad_divisor
+                total += share.detach().double()
             else:
                 loss = out.loss / accum
                 total += out.loss.detach().double() / accum / self.info.world

@@ -300,3 +300,34 @@ def test_a_data_state_from_before_data_order_v2_is_refused_with_the_way_out(tmp_
     assert "Traceback" not in out.stderr
     train(config, "--train.max_steps", "4", "--checkpoint.reset_data", "true")  # the way out it names works
     assert steps_of(str(ckdir)) == [2, 4]
+
+
+def test_clip_checkpoint_with_a_0d_logit_scale_loads_and_resumes(tmp_path):
+    """The `clip` kind holds `logit_scale` as (1,) (FSDP2 refuses 0-D parameters); checkpoints written before that
+    hold it (and its Adam moments) 0-D, as transformers does. They still load for inference / init_from and resume
+    (DCP refused the shape change: 'Size mismatch between saved torch.Size([]) and current: torch.Size([1])')."""
+    import torch.nn as nn
+
+    from open_vlm.checkpoint.dcp_io import load_model_and_optimizer, load_model_weights, save_model_and_optimizer
+    from open_vlm.models.registry import build_model
+
+    config = ModelConfig(kind="clip", config=str(REPO / "configs/models/clip_tiny.yaml"))
+    old = build_model(config).model
+    old.logit_scale = nn.Parameter(torch.tensor(3.3))  # as the clip kind held it before
+    optimizer = torch.optim.AdamW(old.parameters())
+    (old.logit_scale * 2.0).backward()
+    optimizer.step()
+    saved_scale = float(old.logit_scale.detach())
+    saved_moment = float(optimizer.state[old.logit_scale]["exp_avg"])
+    save_model_and_optimizer(str(tmp_path / "ckpt"), old, optimizer)
+
+    weights = build_model(config).model
+    load_model_weights(str(tmp_path / "ckpt"), weights)
+    assert weights.logit_scale.shape == (1,) and float(weights.logit_scale.detach()[0]) == saved_scale
+
+    resumed = build_model(config).model
+    resumed_optimizer = torch.optim.AdamW(resumed.parameters())
+    load_model_and_optimizer(str(tmp_path / "ckpt"), resumed, resumed_optimizer)
+    assert float(resumed.logit_scale.detach()[0]) == saved_scale
+    moment = resumed_optimizer.state[resumed.logit_scale]["exp_avg"]
+    assert moment.shape == (1,) and float(moment[0]) == saved_moment

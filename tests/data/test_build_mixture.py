@@ -125,3 +125,10 @@ def test_sample_mixing_of_different_tasks_is_refused_at_config_load(tmp_path):
 def test_bad_source_tasks_exit_at_config_load(tmp_path, source, message):
     with pytest.raises(ConfigError, match=message):
         load_run_config(["--config", write(tmp_path, {"sources": [source]})])
+
+
+def test_a_chat_budget_the_template_exceeds_is_refused(mixture_dir):
+    """Issue 20 follow-up: the demo tokenizer spends 9 + 13 tokens on `<|user|>` / `<|assistant|>`, so
+    `data.max_text_len 16` leaves every chat sample 0 supervised tokens: refused when the loader is built (exit 2)."""
+    with pytest.raises(ConfigError, match=r"data.max_text_len 16 leaves no room for an answer.*at least \d+"):
+        loader(mixture_dir, task="chat_lm", max_text_len=16)

@@ -176,3 +176,30 @@ def test_contrastive_losses_compute_in_fp32(name):
     got = build_loss(name)(out, {}).loss
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, build_loss(name)(exact, {}).loss, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_contrastive_loss_is_fp32_inside_the_trainers_autocast(kind):
+    """contrastive_losses.py: 'Logits and losses are computed in fp32 whatever the features' dtype'. The trainer
+    calls the loss inside `strategy.autocast()` (single / DDP with `train.precision bf16`), where the `.float()`
+    casts are undone: the logit matmuls run in bf16. Same fp32 features in, the loss moves by 4e-4 (relative) and
+    the feature gradients by 1.1% (clip) / 0.4% (siglip) vs the same call without autocast (= open_clip fp32)."""
+    from open_vlm.models.losses import build_loss
+
+    g = torch.Generator().manual_seed(0)
+    image = torch.nn.functional.normalize(torch.randn(64, 32, generator=g), dim=-1)
+    text = torch.nn.functional.normalize(image + 0.5 * torch.randn(64, 32, generator=g), dim=-1)
+    loss_fn = build_loss(kind)
+
+    def run(autocast: bool):
+        a, b = image.clone().requires_grad_(), text.clone().requires_grad_()
+        outputs = {"image_features": a, "text_features": b, "logit_scale": torch.tensor(100.0)}
+        outputs["logit_bias"] = torch.tensor(-10.0)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = loss_fn(outputs, {"valid": torch.ones(64, dtype=torch.bool)}).loss
+        loss.backward()
+        return float(loss.detach()), torch.cat([a.grad.flatten(), b.grad.flatten()])
+
+    (loss32, grad32), (loss_auto, grad_auto) = run(False), run(True)
+    assert abs(loss_auto - loss32) <= 1e-6 * loss32, (loss_auto, loss32)
+    assert float((grad_auto - grad32).norm() / grad32.norm()) < 1e-5

@@ -95,3 +95,40 @@ def test_text_only_training_keeps_vision_gradients_at_zero(kind):
     assert grads and all(g is not None and not g.any() for g in grads)
     language = model.language_model if kind == "vlm" else model.model.language_model
     assert any(p.grad is not None and p.grad.any() for p in language.parameters())
+
+
+@pytest.mark.parametrize("task", ["causal_lm", "chat_lm"])
+def test_paligemma_on_tasks_without_token_types_stays_causal(task):
+    """`data.task` may name `causal_lm` or `chat_lm` for `model.kind paligemma` (nothing refuses it). Their
+    batches carry no `token_type_ids`; PaliGemma's config turns on `use_bidirectional_attention`, and without
+    token types transformers builds no mask under SDPA (the default), so every token attends to the future:
+    changing the last text token changes the logits of every earlier position. Eager attention (and the same
+    rows with token_type_ids = 1) stay causal."""
+    from open_vlm.config.schema import ModelConfig
+    from open_vlm.data.build import batch_to_device
+    from open_vlm.models.registry import build_model
+    from open_vlm.tokenize.registry import build_processor
+    from tests.models.conftest import CONFIGS
+    from tests.tokenize.conftest import make_word_tokenizer, word_id
+
+    tok = make_word_tokenizer()
+    torch.manual_seed(0)
+    bundle = build_model(ModelConfig(kind="paligemma", config=str(CONFIGS / "paligemma_tiny.yaml")), tok)
+    model = bundle.model.train()
+    assert bundle.model.config.text_config._attn_implementation == "sdpa"
+    options = {"max_len": 32} if task == "causal_lm" else {"max_len": 32, "num_image_tokens": bundle.num_image_tokens}
+    processor, collate = build_processor(task, tok, **options)
+    image = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+    def logits(text):
+        batch = batch_to_device(collate([processor({"text": text, "image": image, "__key__": "k"})]), "cpu")
+        assert "token_type_ids" not in batch
+        with torch.no_grad():
+            return bundle.forward(model, batch)["logits"][0], batch["input_ids"][0]
+
+    a, ids_a = logits("a red square on the left")
+    b, ids_b = logits("a red square on the right")
+    changed = int((ids_a != ids_b).nonzero()[0])
+    assert ids_a[changed] == word_id("left") and ids_b[changed] == word_id("right")
+    leak = float((a[:changed] - b[:changed]).abs().max())
+    assert leak == 0.0, f"positions before the changed token moved by {leak}"

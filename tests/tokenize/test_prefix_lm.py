@@ -135,3 +135,22 @@ def test_loss_matches_transformers_paligemma(word_tokenizer):
     ours = next_token_loss_sum(out.logits, batch["labels"]) / batch["num_supervised"]
     assert batch["num_supervised"] == sum(len(t.split()) + 1 for t in texts)
     torch.testing.assert_close(ours, out.loss, atol=1e-5, rtol=1e-5)
+
+
+CUT_PROMPT = "what is it on the left"
+
+
+@pytest.mark.parametrize("max_len", [5, 6, 7, 8, 9])
+def test_a_cut_prompt_keeps_the_separator_of_the_uncut_one(tmp_path, max_len):
+    """Issue 20.7 at truncation: a cut prompt keeps the separator token of the uncut one (`\\n` glued to the prompt,
+    as `PaliGemmaProcessor` has it), not a separator tokenized alone (`<bos> ▁what ▁is ▁ \\n ▁blue` before the fix,
+    which also lost one more real token to the extra `▁`)."""
+    tok = bpe_tokenizer("metaspace", tmp_path)
+    full = PrefixLMProcessor(tok, 0, max_text_len=64).prefix_ids(CUT_PROMPT)  # <bos> ... ▁left \n
+    out = PrefixLMProcessor(tok, 0, max_text_len=max_len).encode(CUT_PROMPT, "blue")
+    types = out["token_type_ids"].tolist()
+    cut = out["input_ids"].tolist()[: types.count(0)]
+    assert len(cut) < len(full)  # the prompt was cut
+    tokens = tok.convert_ids_to_tokens(cut)
+    assert cut[-1] == full[-1], tokens  # the same separator token as the uncut prompt
+    assert cut[:-1] == full[: len(cut) - 1], tokens  # the kept prompt is the uncut prompt's start, no lone '▁'

@@ -48,6 +48,29 @@ def write_config(tmp: Path, demo_dir: Path, name: str, **sections) -> Path:
     return path
 
 
+def write_lxmert_config(tmp: Path, demo_dir: Path, name: str, model: dict | None = None, **sections) -> Path:
+    """A tiny LXMERT run on a region-feature shard (written under `tmp`) with the word tokenizer."""
+    from tests.evaluation.test_eval import write_region_shard
+    from tests.tokenize.conftest import make_word_tokenizer
+
+    make_word_tokenizer().save_pretrained(tmp / "word_tokenizer")
+    write_region_shard(tmp / "regions-0.tar", n=16, k=5)
+    source = {"name": "regions", "urls": [str(tmp / "regions-0.tar")], "modality": "region_features"}
+    lxmert = {
+        "kind": "lxmert",
+        "config": str(REPO / "configs/models/lxmert_tiny.yaml"),
+        "tokenizer": str(tmp / "word_tokenizer"),
+    }
+    return write_config(
+        tmp,
+        demo_dir,
+        name,
+        data={"sources": [source], "num_streams": 1, "max_text_len": 12},
+        model={**lxmert, **(model or {})},
+        **{"train": {"loss": "lxmert", "max_steps": 1}, **sections},
+    )
+
+
 def folder(tmp: Path, name: str) -> Path:
     return tmp / "runs" / "t" / name
 

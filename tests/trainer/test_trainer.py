@@ -12,7 +12,7 @@ import torch
 from open_vlm.checkpoint.checkpointer import Checkpointer
 from open_vlm.config.load import load_run_config
 from tests.conftest import REPO
-from tests.trainer.runs import ENV, folder, metrics, write_config
+from tests.trainer.runs import ENV, folder, metrics, write_config, write_lxmert_config
 
 
 def test_fp16_overflow_skips_the_step_and_lowers_the_scale(tmp_path, demo_dir):
@@ -87,3 +87,53 @@ def test_evaluation_runs_in_the_training_precision(tmp_path, demo_dir):
     with torch.autocast(device.type, dtype=torch.bfloat16):
         bf16 = trainer.evaluator.evaluate(trainer.model, device)["eval_loss"]
     assert got == bf16 and bf16 != fp32
+
+
+@pytest.mark.parametrize(
+    ("task", "shards", "modality"),
+    [("chat_lm", "demo-{000000..000001}.tar", "image_text"), ("causal_lm", "text/text-{000000..000001}.tar", "text")],
+)
+def test_paligemma_trained_on_tasks_without_token_types_is_causal(tmp_path, mixture_dir, task, shards, modality):
+    """Issue 20 follow-up, through the trainer: `data.task chat_lm | causal_lm` on `model.kind paligemma` gives batches
+    without token types; the model the trainer built must still not look ahead (SDPA, transformers' default)."""
+    from open_vlm.data.build import batch_to_device
+    from open_vlm.trainer.loop import Trainer
+
+    source = {"name": "s", "urls": [str(mixture_dir / shards)], "weight": 1.0, "modality": modality}
+    config = write_config(
+        tmp_path,
+        mixture_dir,
+        task,
+        data={"sources": [source], "task": task, "max_text_len": 40, "batch_size": 2, "num_streams": 8},
+        train={"max_steps": 1},
+    )
+    trainer = Trainer(load_run_config(["--config", str(config)]), folder(tmp_path, task))
+    batch = batch_to_device(next(iter(trainer.loader)), trainer.info.device)
+    assert "token_type_ids" not in batch
+    last = int(batch["attention_mask"][0].sum()) - 1  # row 0's last real token
+    changed = {**batch, "input_ids": batch["input_ids"].clone()}
+    changed["input_ids"][0, last] = (int(batch["input_ids"][0, last]) + 1) % 60 + 5
+    trainer.model.eval()  # no dropout: both calls must meet the same function
+    with torch.no_grad(), trainer.strategy.autocast():
+        before = trainer.bundle.forward(trainer.model, batch)["logits"][0, :last]
+        after = trainer.bundle.forward(trainer.model, changed)["logits"][0, :last]
+    assert float((before - after).abs().max()) == 0.0
+
+
+def test_lxmert_loss_is_normalised_over_the_whole_step(tmp_path, demo_dir):
+    """LXMERT's terms are means over what they supervise; under gradient accumulation the denominators are those of
+    the whole step: a micro-batch of invalid rows (the loader's stand-ins) changes neither the loss nor the gradient.
+    (A per-micro-batch mean divided by the accumulation steps halved both.)"""
+    from open_vlm.trainer.loop import Trainer
+
+    config = write_lxmert_config(tmp_path, demo_dir, "lxaccum")
+    trainer = Trainer(load_run_config(["--config", str(config)]), folder(tmp_path, "lxaccum"))
+    trainer.model.eval()  # no dropout: both steps must meet the same function
+    good = next(iter(trainer.loader))
+    invalid = {**good, "valid": torch.zeros_like(good["valid"])}
+    start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    alone = trainer.train_step([good])
+    trainer.model.load_state_dict(start)
+    with_invalid = trainer.train_step([good, invalid])
+    assert with_invalid.loss == pytest.approx(alone.loss, rel=1e-6)
+    assert float(with_invalid.grad_norm) == pytest.approx(float(alone.grad_norm), rel=1e-5)
