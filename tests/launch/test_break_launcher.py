@@ -11,6 +11,7 @@ import boto3
 import pytest
 import s3fs
 
+from launch.instances import LaunchError
 from launch.plan import LaunchConfig, make_plan
 from launch.preflight import role_needs
 from launch.sagemaker import main
@@ -268,3 +269,111 @@ def test_break_ddp_on_a_one_gpu_instance_is_launched_and_the_job_fails(run_confi
         timeout=300,
     )
     assert job.returncode == 0, [line for line in job.stderr.splitlines() if "ERROR" in line][:2]
+
+
+def test_break_user_model_module_is_neither_shipped_nor_refused(run_config, aws_env, tmp_path, monkeypatch):
+    """Claim (README 'Your own model'): `model.module: my_package.my_models` anywhere on PYTHONPATH is imported
+    before the model is built, and a module that cannot be imported exits 2. The launcher ships only open_vlm/,
+    launch/, configs/, tools/: a lab module that imports fine here is not in the job's source, so the job exits
+    2 ('model.module: cannot import ...') after its instances start. The launcher neither ships nor refuses it."""
+    from launch.sagemaker import stage_source
+
+    lab = tmp_path / "lab"
+    (lab / "my_lab_models_3f9c").mkdir(parents=True)
+    (lab / "my_lab_models_3f9c" / "__init__.py").write_text("# registers a model kind\n")
+    monkeypatch.syspath_prepend(str(lab))
+    opts = LaunchConfig(
+        config=str(run_config),
+        instance_type="ml.g5.12xlarge",
+        role=ROLE,
+        overrides=["--model.module", "my_lab_models_3f9c"],
+    )
+    try:
+        plan = make_plan(opts, lambda account, region: IMAGE, REPO)
+    except (LaunchError, ConfigError):  # refusing it is one acceptable outcome
+        return
+    source = stage_source(plan, tmp_path / "staged" / "source")
+    assert (source / "my_lab_models_3f9c" / "__init__.py").exists(), "the job cannot import model.module"
+
+
+def test_break_existence_check_is_a_key_prefix_match(submit_env, aws_hooks, s3_bucket, run_config, capsys):
+    """Claim: 'every S3 location the job reads holds something' is checked (a typo found now, not after the
+    instances start). check_data_exists lists with Prefix=<the URL's key>, so a tokenizer folder 's3://b/models/tok'
+    passes when only 's3://b/models/tokenizer/...' exists; the job then finds no folder 'models/tok' and exits 2."""
+    from tests.launch.conftest import publish
+
+    publish(submit_env, s3_bucket, ["models/tokenizer/tokenizer.json"], image_tag=None)
+    args = ["--config", str(run_config), "--instance-type", "ml.g5.12xlarge", "--role", ROLE, "--image", IMAGE]
+    typo = f"s3://{s3_bucket}/models/tok"  # the folder is models/tokenizer
+    code = main([*args, "--s3-root", f"s3://{s3_bucket}/jobs", "--", "--model.tokenizer", typo])
+    capsys.readouterr()
+    assert code == 2 and aws_hooks.sent["CreateTrainingJob"] == [], f"submitted with model.tokenizer {typo}"
+
+
+def test_break_wandb_online_without_a_key_in_the_job(run_config, aws_env, monkeypatch, capsys):
+    """Claim: a config the job rejects at start is refused before submitting. The user's environment config
+    (`open-vlm config set wandb_mode online`, or OPEN_VLM_WANDB_MODE) is resolved into the shipped config, but
+    the user's wandb login (~/.netrc, WANDB_API_KEY here) does not travel: rank 0's wandb.init raises
+    'UsageError: No API key configured' in the job (no tty), after the instances start."""
+    monkeypatch.setenv("OPEN_VLM_WANDB_MODE", "online")
+    code, out, err = dry(capsys, *base(run_config))
+    shipped = json.loads(out)["RunConfig"] if code == 0 else {}
+    env = json.loads(out)["CreateTrainingJob"]["Environment"] if code == 0 else {}
+    assert code == 2 or "WANDB_API_KEY" in env, (
+        f"shipped logging.wandb.mode={shipped['logging']['wandb']['mode']} with no WANDB_API_KEY in {sorted(env)}"
+    )
+
+
+@pytest.mark.slow
+def test_break_spot_job_with_explicit_resume_rewinds_on_every_interruption(
+    run_config, aws_env, capsys, demo_dir, tmp_path
+):
+    """Claim (README 'Spot instances and resuming'): when SageMaker restarts an interrupted spot job, the trainer
+    continues from the newest committed checkpoint under <job-name>/checkpoints. The launcher keeps a
+    `--checkpoint.resume` given after `--` (none, or a path) and says nothing, even with --spot. Every spot
+    restart runs the same config: with `none` it starts at step 0 and moves the job's own checkpoints aside
+    ('another timeline'), with a path it rewinds to that path. Issue 21's 'restarts from step 0, can loop until
+    MaxWait runs out' again, through a documented option."""
+    from tests.trainer.runs import train, write_config
+
+    code, out, err = dry(capsys, *base(run_config), "--spot", "--", "--checkpoint.resume", "none")
+    shipped = json.loads(out)["RunConfig"]["checkpoint"] if code == 0 else {}
+    if code == 0:
+        assert shipped["resume"] == "none" and "resume" not in err  # shipped as is, no note
+    # The job, interrupted after step 4 (its SIGTERM save) and restarted by SageMaker with the same config:
+    config = write_config(
+        tmp_path,
+        demo_dir,
+        "spot",
+        train={"max_steps": 4, "global_batch_size": 2},
+        checkpoint={"every_steps": 0, "resume": "none", "dir": str(tmp_path / "ck")},
+    )
+    train(config)  # first attempt: reaches step 4, saves it
+    restart = train(config)  # the spot restart
+    started = [line for line in restart.stderr.splitlines() if "starting at" in line]
+    aside = sorted(p.name for p in (tmp_path / "ck").glob("abandoned/*"))
+    assert code == 2 or not aside, f"the restart: {started}; the job's own checkpoints moved aside: {aside}"
+
+
+def test_break_channel_named_like_an_sdk_channel_in_another_case(aws_env, tmp_path, capsys):
+    """Claim (limits.check_channel_names): channel names must not be the SDK's own ('code', 'sm_drivers') and must
+    not differ only in case ('clash in SM_CHANNEL_*'). The case rule is applied among the data channels only:
+    sources named 'Code' / 'SM_DRIVERS' are accepted, next to the SDK's 'code' / 'sm_drivers', and the SDK's
+    environment.py then exports SM_CHANNEL_CODE / SM_CHANNEL_SM_DRIVERS once, for whichever comes last."""
+    import yaml
+
+    cfg = {
+        "data": {
+            "sources": [
+                {"name": "Code", "urls": ["s3://shards/a/x-{0..3}.tar"]},
+                {"name": "SM_DRIVERS", "urls": ["s3://shards/b/x-{0..3}.tar"]},
+            ]
+        },
+        "model": {"kind": "paligemma", "config": "configs/models/paligemma_tiny.yaml", "tokenizer": "s3://shards/tok"},
+        "train": {"strategy": "ddp"},
+    }
+    path = tmp_path / "chan.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    code, out, err = dry(capsys, *base(path), "--channel", "Code", "--channel", "SM_DRIVERS")
+    names = [c["ChannelName"] for c in json.loads(out)["CreateTrainingJob"]["InputDataConfig"]] if code == 0 else []
+    assert code == 2, f"channels {names} clash in SM_CHANNEL_*"
