@@ -26,11 +26,14 @@ def launched_by_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ
 
 
-def watch_launcher(always: bool = False) -> threading.Thread | None:
-    """Under torchrun (or `always`), exit when the parent process dies; returns the watching thread or None."""
+def watch_launcher(always: bool = False, parent: int | None = None) -> threading.Thread | None:
+    """Under torchrun (or `always`), exit when the parent process dies; returns the watching thread or None.
+
+    `parent`: the parent pid as read first thing at start (default: now). Read after a second of imports, it may
+    already be init's, the launcher having died meanwhile."""
     if not (always or launched_by_torchrun()):
         return None  # a plain `python -m open_vlm.train` may outlive its shell (nohup), as it should
-    parent = os.getppid()
+    parent = os.getppid() if parent is None else parent
     thread = threading.Thread(target=_exit_after, args=(parent,), name="launcher-watch", daemon=True)
     thread.start()
     return thread
@@ -45,6 +48,8 @@ def wait_for_exit(pid: int) -> None:
             time.sleep(POLL_SECONDS)
         return
     try:
+        if os.getppid() != pid:  # re-parented already: `pid` ended (and may now be another process's)
+            return
         select.select([fd], [], [])  # a pidfd becomes readable when its process ends
     finally:
         os.close(fd)
