@@ -14,6 +14,8 @@ import pytest
 from launch.sagemaker_entry import children
 from open_vlm.lifeline import watch_launcher
 from tests.conftest import REPO
+from tests.launch.jobs import ENV as NODE_ENV
+from tests.launch.jobs import local_config, ranks, wait_for
 from tests.trainer.runs import ENV, TORCHRUN, folder, kill_tree, write_config
 
 GONE_WITHIN_S = 30  # generous: the watch wakes at once, but this machine is shared and loaded
@@ -88,6 +90,42 @@ def test_torchrun_workers_exit_when_the_agent_is_killed(demo_dir, tmp_path):
         os.kill(agent.pid, signal.SIGKILL)  # the agent only: its workers live in sessions of their own
         agent.wait()
         assert wait_gone(workers, GONE_WITHIN_S) == [], "torchrun's workers outlived it"
+    finally:
+        kill_tree(agent.pid)
+        for pid in workers:
+            kill_tree(pid)
+
+
+@pytest.mark.slow
+def test_rank_started_just_before_the_agent_dies_exits(demo_dir, tmp_path):
+    """A rank whose agent is killed while the rank still imports exits too: it reads its launcher's pid first thing,
+    not after `import open_vlm.train`, so it does not watch init instead."""
+    config = local_config(demo_dir, tmp_path)
+    agent = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=1",
+            "-m",
+            "open_vlm.train",
+            "--config",
+            str(config),
+        ],
+        cwd=REPO,
+        env={**os.environ, **NODE_ENV, "XDG_CONFIG_HOME": str(tmp_path / "xdg")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    workers = []
+    try:
+        workers = wait_for(lambda: ranks(agent.pid), 120)
+        os.kill(agent.pid, signal.SIGKILL)  # the rank is still importing
+        agent.wait()
+        survivors = wait_gone(workers, 30)
+        assert survivors == [], f"rank(s) {survivors} outlived the agent by 30 s"
     finally:
         kill_tree(agent.pid)
         for pid in workers:

@@ -38,7 +38,7 @@ from open_vlm.trainer.parallel import (
     build_strategy,
     init_distributed,
 )
-from open_vlm.trainer.signals import StopRequest
+from open_vlm.trainer.signals import StopRequest, stop_grace
 
 log = logging.getLogger(__name__)
 
@@ -330,12 +330,7 @@ class Trainer:
     def _report_stop_time(self, stop: StopRequest) -> None:
         took = time.monotonic() - stop.at
         log.info("checkpoint committed %.1fs after %s", took, stop.reason)
-        launcher_grace = os.environ.get("OPEN_VLM_STOP_GRACE_S")  # set by launchers that signal us themselves
-        if launcher_grace:  # e.g. launch/sagemaker_entry.py: SageMaker's SIGKILL comes 120 s after its SIGTERM
-            grace, fix = float(launcher_grace), "make steps or saves shorter (e.g. checkpoint.async true)"
-        else:
-            grace = float(os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "30"))
-            fix = "raise torchrun --shutdown-timeout or make steps/saves shorter"
+        grace, fix = stop_grace()
         if took > 0.8 * grace:
             log.warning("stopping took %.0fs of the %.0fs grace before SIGKILL: %s", took, grace, fix)
 
