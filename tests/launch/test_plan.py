@@ -313,3 +313,8 @@ def test_ddp_config_runs_on_a_one_gpu_instance(run_config, aws_env, capsys, demo
         timeout=300,
     )
     assert job.returncode == 0, [line for line in job.stderr.splitlines() if "ERROR" in line][:2]
+
+
+def test_a_malformed_override_after_the_separator_is_one_line(run_config, aws_env, capsys):
+    err = refused(capsys, *base(run_config), "--", "--train.max_steps")
+    assert err.startswith("error: bad override: argument --train.max_steps: expected one argument")
