@@ -15,7 +15,8 @@ Outside a PID namespace of its own (`docker run --init`, by hand) torchrun is ki
 its workers follow it (open_vlm/lifeline.py), so nothing trains on unwatched.
 
 What the workers learn from their environment: OPEN_VLM_STOP_GRACE_S (seconds from SIGTERM to SIGKILL here,
-SageMaker's 120, which the trainer measures its stop against) and OPEN_VLM_FAILURE_FILE.
+SageMaker's 120, which the trainer measures its stop against), OPEN_VLM_FAILURE_FILE, and OPEN_VLM_WATCH_PID (this
+process: they exit when it dies, even when torchrun is gone before they could watch it).
 
 Only the standard library here: it runs before anything else and must not hold a GPU.
 """
@@ -52,7 +53,8 @@ def torchrun_command(args: list[str], env: dict[str, str]) -> list[str]:
 
 def worker_environment(env: dict[str, str]) -> dict[str, str]:
     """torchrun's (and so its workers') environment: what the trainer needs to know about this container."""
-    out = {**env, "OPEN_VLM_STOP_GRACE_S": str(SIGKILL_AFTER_S)}
+    # OPEN_VLM_WATCH_PID: the workers exit when this process dies, even if torchrun dies first (open_vlm/lifeline.py)
+    out = {**env, "OPEN_VLM_STOP_GRACE_S": str(SIGKILL_AFTER_S), "OPEN_VLM_WATCH_PID": str(os.getpid())}
     if "SM_NETWORK_INTERFACE_NAME" in env:  # NCCL's bootstrap network, as SageMaker's own driver sets it
         out.setdefault("NCCL_SOCKET_IFNAME", env["SM_NETWORK_INTERFACE_NAME"])
     if FAILURE_FILE.parent.is_dir():

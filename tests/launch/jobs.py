@@ -56,7 +56,7 @@ def start_container(config: Path, tmp: Path) -> tuple[subprocess.Popen, Path]:
     container = subprocess.Popen(
         ["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", mounts, str(opt_ml), "/bin/bash", "-c", node],
         cwd=REPO,
-        env={**os.environ, **ENV, "XDG_CONFIG_HOME": str(tmp / "xdg"), "OPEN_VLM_CACHE": str(tmp / "cache")},
+        env={**job_env(tmp), "OPEN_VLM_CACHE": str(tmp / "cache")},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -84,3 +84,38 @@ def wait_for(predicate, seconds: float):
             return value
         time.sleep(0.02)
     raise AssertionError("timed out")
+
+
+def torchrun_argv(config: Path) -> list[str]:
+    """One rank of `open_vlm.train` under torchrun, as a 1-GPU node runs it."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", *train_argv(config)]
+
+
+def entry_argv(config: Path) -> list[str]:
+    """The node command without its `exec`: the entry, running torchrun for one rank."""
+    return [
+        sys.executable,
+        "-m",
+        "launch.sagemaker_entry",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "1",
+        *train_argv(config),
+    ]
+
+
+def train_argv(config: Path) -> list[str]:
+    return ["-m", "open_vlm.train", "--config", str(config)]
+
+
+def job_env(tmp: Path) -> dict[str, str]:
+    """The job's environment: this one, the repository on the path, user settings of its own."""
+    return {**os.environ, **ENV, "XDG_CONFIG_HOME": str(tmp / "xdg")}
+
+
+def start_node(argv: list[str], tmp: Path) -> subprocess.Popen:
+    """`argv` in a session of its own (so that a test can kill its whole tree), output discarded."""
+    return subprocess.Popen(
+        argv, cwd=REPO, env=job_env(tmp), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )

@@ -286,28 +286,17 @@ def test_ddp_config_runs_on_a_one_gpu_instance(run_config, aws_env, capsys, demo
     """A ddp config is accepted for a 1-GPU instance, and the job runs it: torchrun --nproc_per_node 1 with
     train.strategy ddp trains (a process group of one)."""
     import subprocess
-    import sys
 
-    from tests.launch.jobs import ENV, local_config
+    from tests.launch.jobs import job_env, local_config, torchrun_argv
 
     code, out, err = dry(capsys, *base(run_config, "ml.g5.2xlarge"))
     assert code == 0 and json.loads(out)["RunConfig"]["train"]["strategy"] == "ddp"  # accepted as is
     config = local_config(demo_dir, tmp_path, max_steps=2)
     config.write_text(config.read_text().replace("strategy: fsdp", "strategy: ddp"))
     job = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=1",
-            "-m",
-            "open_vlm.train",
-            "--config",
-            str(config),
-        ],
+        torchrun_argv(config),
         cwd=REPO,
-        env={**__import__("os").environ, **ENV, "XDG_CONFIG_HOME": str(tmp_path / "xdg")},
+        env=job_env(tmp_path),
         capture_output=True,
         text=True,
         timeout=300,

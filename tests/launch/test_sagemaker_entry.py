@@ -22,7 +22,7 @@ from launch.sagemaker import main
 from launch.sagemaker_entry import children, torchrun_command
 from tests.conftest import REPO
 from tests.launch.conftest import IMAGE, ROLE
-from tests.launch.jobs import ENV, local_config, ranks, start_container, wait_for
+from tests.launch.jobs import entry_argv, local_config, ranks, start_container, start_node, wait_for
 from tests.test_lifeline import alive, wait_gone
 from tests.trainer.runs import kill_tree
 
@@ -180,26 +180,7 @@ def test_torchrun_and_its_ranks_exit_when_the_entry_is_killed(demo_dir, tmp_path
     """Outside PID 1 (docker run --init, by hand) kill -9 of the entry ends torchrun (parent-death signal), and its
     ranks follow."""
     config = local_config(demo_dir, tmp_path)
-    entry = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "launch.sagemaker_entry",
-            "--nnodes",
-            "1",
-            "--nproc_per_node",
-            "1",
-            "-m",
-            "open_vlm.train",
-            "--config",
-            str(config),
-        ],
-        cwd=REPO,
-        env={**os.environ, **ENV, "XDG_CONFIG_HOME": str(tmp_path / "xdg")},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    entry = start_node(entry_argv(config), tmp_path)
     torchrun, workers = None, []
     try:
         torchrun = wait_for(lambda: (children(entry.pid) or [None])[0], 60)
