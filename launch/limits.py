@@ -5,6 +5,7 @@ against the API model botocore ships (lengths, patterns, enums, counts), so noth
 
 from __future__ import annotations
 
+import difflib
 import functools
 import re
 
@@ -24,6 +25,33 @@ PRIVATE_ECR = re.compile(
     r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(\.cn)?/"
     r"(?P<repository>[a-z0-9][a-z0-9._/-]*)(:(?P<tag>[\w][\w.-]{0,127})|@(?P<digest>sha256:[0-9a-f]{64}))$"
 )
+
+
+def check_region(region: str, partition: str) -> None:
+    """`region` is one SageMaker runs in (botocore's endpoint data), in the role's partition (aws, aws-cn...)."""
+    regions = _sagemaker_regions()
+    if region not in regions:
+        close = difflib.get_close_matches(region, list(regions), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise LaunchError(f"region '{region}': SageMaker does not run there{hint} (give --region or AWS_REGION)")
+    if regions[region] != partition:
+        raise LaunchError(
+            f"region {region} is in the {regions[region]} partition but the role is in {partition}; "
+            f"pass a role of the {regions[region]} partition (arn:{regions[region]}:iam::...)"
+        )
+
+
+@functools.cache
+def _sagemaker_regions() -> dict[str, str]:
+    """region -> partition, for every region botocore knows SageMaker in."""
+    import botocore.session
+
+    session = botocore.session.get_session()
+    return {
+        region: partition
+        for partition in session.get_available_partitions()
+        for region in session.get_available_regions("sagemaker", partition_name=partition)
+    }
 
 
 def check_max_run(seconds: int) -> None:
@@ -57,10 +85,10 @@ def check_environment(env: dict[str, str]) -> None:
 def check_channel_names(names: list[str]) -> None:
     """Data channel names: the API's pattern, bash-safe, distinct from the SDK's own channels and each other."""
     for name in names:
-        if name in SDK_CHANNELS:
+        if name.lower() in SDK_CHANNELS:  # SM_CHANNEL_<NAME> is upper case: 'Code' clashes with 'code'
             raise LaunchError(
-                f"--channel {name}: '{name}' is the SageMaker SDK's own channel; rename the data source "
-                f"(data.sources[].name)"
+                f"--channel {name}: clashes with the SageMaker SDK's own channel '{name.lower()}' (SM_CHANNEL_* "
+                "names are upper case); rename the data source (data.sources[].name)"
             )
         if not CHANNEL_NAME.match(name):
             raise LaunchError(

@@ -6,6 +6,7 @@ exactly the plan a submission sends (`launch/request.py` turns it into the Creat
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Callable
@@ -14,15 +15,26 @@ from pathlib import Path
 
 import yaml
 
+from launch.constraints import CONSTRAINTS, read_pins
+from launch.inputs import S3Read, check_local_reads, s3_reads, user_module
 from launch.instances import LaunchError, efa_environment, gpus_per_node
-from launch.limits import check_channel_names, check_environment, check_image, check_max_run, parse_env
-from open_vlm.config.load import IGNORED_SECTIONS, ConfigError, dump_config, load_run_config
+from launch.limits import (
+    check_channel_names,
+    check_environment,
+    check_image,
+    check_max_run,
+    check_region,
+    parse_env,
+)
+from launch.sdk_config import job_settings, load_sdk_config
+from open_vlm.config.env import load_env_config
+from open_vlm.config.load import IGNORED_SECTIONS, ConfigError, dump_config, given_keys, load_run_config
 from open_vlm.config.schema import RunConfig
+from open_vlm.config.validate import check_batch
 from open_vlm.storage import is_remote
 
 CONFIG_IN_SOURCE = "job/run_config.yaml"  # where the resolved config lies in the uploaded source
 ENTRY_MODULE = "launch.sagemaker_entry"  # the container's first process: torchrun, with SIGTERM passed on
-SHIPPED = ("open_vlm", "launch", "configs", "tools", "setup.py", "requirements.txt", "README.md")
 CONTAINER_DATA = "/opt/ml/input/data"  # where SageMaker mounts input channels
 CONTAINER_RUNS = "/opt/ml/output/data"  # uploaded by SageMaker as output.tar.gz when the job ends
 ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::(\d{12}):role/\S+$")
@@ -31,6 +43,7 @@ MAX_JOB_NAME = 48  # SageMaker allows 63; the SDK appends "-YYYYmmddHHMMSS"
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 SPOT_SAVE_MINUTES = 30.0  # a spot job's save cadence when the config sets none: at most this much work is redone
+SPOT_KEEP_LAST = 3  # with that cadence, the checkpoints kept (else a 5-day job leaves 240 of them in S3)
 
 
 @dataclass
@@ -77,11 +90,18 @@ class JobPlan:
     output_path: str
     environment: dict[str, str]
     channels: dict[str, str]  # channel name -> S3 prefix (FastFile)
-    reads: dict[str, str]  # config key -> the s3:// URL the job reads there (a first shard, a folder)
+    reads: list[S3Read]  # what the job reads (and writes) on S3, as `open_vlm.config.validate.reads` lists it
     volume_gb: int
     run_config: RunConfig
     config_yaml: str
     notes: list[str] = field(default_factory=list)  # what the launcher chose for the user, said when launching
+    module_source: Path | None = None  # model.module's package, shipped beside open_vlm/
+    sdk_settings: dict = field(default_factory=dict)  # CreateTrainingJob fields from the SDK's config files
+
+    @property
+    def partition(self) -> str:
+        """The AWS partition (aws, aws-cn, aws-us-gov) of the role, and so of every ARN the job uses."""
+        return self.role.split(":")[1]
 
     def command(self) -> str:
         """What every node runs; `exec` makes the entry the container's first process, which gets SIGTERM.
@@ -153,32 +173,54 @@ def _mount_channels(cfg: RunConfig, names: list[str]) -> dict[str, str]:
     return channels
 
 
-def _remote_reads(cfg: RunConfig) -> dict[str, str]:
-    """What the job will read from S3, by config key: each source's first shard, the model's files."""
-    from open_vlm.data.shards import expand_urls
-
-    reads = {}
-    for i, source in enumerate(cfg.data.sources):
-        urls = expand_urls(source.urls)
-        if urls and urls[0].startswith("s3://"):
-            reads[f"data.sources[{i}] ({source.name})"] = urls[0]
-    for key in ("config", "pretrained", "tokenizer"):
-        value = getattr(cfg.model, key)
-        if value and value.startswith("s3://"):
-            reads[f"model.{key}"] = value
-    return reads
-
-
-def _spot_cadence(cfg: RunConfig, spot: bool) -> list[str]:
-    """A spot job saves every SPOT_SAVE_MINUTES unless the config sets a cadence; returns the note to show."""
-    if not spot or cfg.checkpoint.every_steps or cfg.checkpoint.every_minutes:
+def _spot_checkpoints(cfg: RunConfig, given: set[str]) -> list[str]:
+    """A spot job resumes from its own newest checkpoint and saves often enough; returns the notes to show."""
+    ck = cfg.checkpoint
+    if ck.resume != "latest":  # each restart would run this config again: rewind to `resume`, or start afresh
+        start = "at step 0, setting the job's own checkpoints aside" if ck.resume == "none" else f"from {ck.resume}"
+        fix = (
+            "to start afresh, use a new --job-name (its checkpoint folder is empty)"
+            if ck.resume == "none"
+            else f"to start from its weights use -- --checkpoint.init_from {ck.resume}, or copy it into "
+            f"{ck.dir}/ to continue it"
+        )
+        raise ConfigError(
+            f"checkpoint.resume {ck.resume}: with --spot every restart after an interruption would start {start}; "
+            f"leave checkpoint.resume unset (latest: the job's newest checkpoint); {fix}"
+        )
+    if ck.every_steps or ck.every_minutes:
         return []
-    cfg.checkpoint.every_minutes = SPOT_SAVE_MINUTES
-    return [
+    if "checkpoint.every_minutes" in given:  # an explicit 0: honoured, and said
+        return [
+            "--spot with checkpoint.every_minutes 0 and no every_steps, as given: only the save on SageMaker's stop "
+            "signal protects the work; an interruption without time to save restarts from the last checkpoint"
+        ]
+    ck.every_minutes = SPOT_SAVE_MINUTES
+    notes = [
         f"--spot: checkpoint.every_minutes set to {SPOT_SAVE_MINUTES:g} (the config sets no save cadence), so an "
         f"interruption redoes at most ~{SPOT_SAVE_MINUTES:g} min of training; choose with "
         "-- --checkpoint.every_minutes N or --checkpoint.every_steps N"
     ]
+    if ck.keep_last == 0 and "checkpoint.keep_last" not in given:
+        ck.keep_last = SPOT_KEEP_LAST
+        notes.append(
+            f"--spot: checkpoint.keep_last set to {SPOT_KEEP_LAST}, so timed saves do not pile up in S3; "
+            "-- --checkpoint.keep_last 0 keeps them all"
+        )
+    return notes
+
+
+def _check_job_config(cfg: RunConfig, world: int, environment: dict[str, str]) -> None:
+    """What the job would refuse at start, refused now: the batch for its world size, wandb without a login."""
+    try:
+        check_batch(cfg, world)
+    except ConfigError as err:
+        raise ConfigError(f"{err} (this job runs {world} processes)") from None
+    if cfg.logging.wandb.mode == "online" and "WANDB_API_KEY" not in environment:
+        raise ConfigError(
+            "logging.wandb.mode online: your wandb login does not travel to the job; pass --env WANDB_API_KEY=<key> "
+            "(visible in the job's description) or -- --logging.wandb.mode offline (then `wandb sync` the run)"
+        )
 
 
 def shipped_config(cfg: RunConfig) -> str:
@@ -187,26 +229,6 @@ def shipped_config(cfg: RunConfig) -> str:
     for section in IGNORED_SECTIONS["train"]:
         values.pop(section, None)
     return yaml.safe_dump(values, sort_keys=False)
-
-
-def _check_reachable(cfg: RunConfig, source_root: Path) -> None:
-    """Every file the run reads must be on S3, in a channel, or inside the shipped source."""
-    paths = [("model.config", cfg.model.config), ("model.pretrained", cfg.model.pretrained)]
-    paths.append(("model.tokenizer", cfg.model.tokenizer))
-    for i, source in enumerate(cfg.data.sources):
-        paths += [(f"data.sources[{i}].urls", url) for url in source.urls]
-        paths.append((f"data.sources[{i}].manifest", source.manifest))
-    for key, value in paths:
-        if value is None or is_remote(value) or value.startswith("/opt/ml/"):
-            continue
-        local = value.split("{")[0] if "{" in value else value
-        target = source_root / (local.rsplit("/", 1)[0] if "{" in value else local)
-        shipped = Path(local).parts[:1] and Path(local).parts[0] in SHIPPED
-        if Path(value).is_absolute() or not shipped or not target.exists():
-            raise LaunchError(
-                f"{key}: '{value}' is a local path the job cannot read; put it on S3 "
-                f"(only {', '.join(SHIPPED)} are shipped)"
-            )
 
 
 def make_plan(opts: LaunchConfig, image_for: Callable[[str, str], str], source_root: Path) -> JobPlan:
@@ -227,9 +249,12 @@ def make_plan(opts: LaunchConfig, image_for: Callable[[str, str], str], source_r
             raise LaunchError(f"--max-wait ({max_wait}s) must be >= --max-run ({max_run}s)")
     environment = {"PYTHONUNBUFFERED": "1", **efa_environment(opts.instance_type), **parse_env(opts.env)}
     check_environment(environment)
-    cfg = load_run_config(["--config", opts.config, *opts.overrides])
+    argv = ["--config", opts.config, *opts.overrides]
+    # The user's s3_endpoint (a MinIO, say) is for this machine's S3 reads: the job and these checks use AWS.
+    cfg = load_run_config(argv, env=dataclasses.replace(load_env_config(), s3_endpoint=None))
     region = resolve_region(opts)
     role, account = resolve_role(opts)
+    check_region(region, role.split(":")[1])
     if opts.image:
         check_image(opts.image, region)
     job_name = opts.job_name or default_job_name(cfg)
@@ -241,6 +266,7 @@ def make_plan(opts: LaunchConfig, image_for: Callable[[str, str], str], source_r
             f"train.strategy: 'single' runs one process but this job starts {world} "
             f"({opts.instance_count} x {processes} GPUs); add -- --train.strategy ddp (or fsdp)"
         )
+    _check_job_config(cfg, world, environment)
     s3_root = (opts.s3_root or f"s3://sagemaker-{region}-{account}/open_vlm").rstrip("/")
     if not s3_root.startswith("s3://"):
         raise LaunchError(f"--s3-root: expected s3://bucket[/prefix], got '{opts.s3_root}'")
@@ -254,12 +280,18 @@ def make_plan(opts: LaunchConfig, image_for: Callable[[str, str], str], source_r
         )
     if "checkpoint.resume" not in set_by_user and cfg.checkpoint.resume == "none":
         cfg.checkpoint.resume = "latest"  # a spot restart or a relaunch picks up where the job stood
-    notes = _spot_cadence(cfg, opts.spot)
+    notes = _spot_checkpoints(cfg, given_keys(argv)) if opts.spot else []
+    if load_env_config().s3_endpoint:
+        notes.append("your s3_endpoint setting is not used: the job and the launcher's checks read AWS S3")
     if "run.output_dir" not in set_by_user:
         cfg.run.output_dir = CONTAINER_RUNS
-    reads = _remote_reads(cfg)
+    reads = s3_reads(cfg)
     channels = _mount_channels(cfg, opts.channels)
-    _check_reachable(cfg, source_root)
+    check_local_reads(cfg, source_root)
+    module_source = user_module(cfg, set(read_pins(CONSTRAINTS)), default_image=opts.image is None)
+    if module_source is not None:
+        notes.append(f"model.module: shipping {module_source} with the job's source")
+    sdk_settings = job_settings(load_sdk_config())
     return JobPlan(
         job_name=job_name,
         region=region,
@@ -282,4 +314,6 @@ def make_plan(opts: LaunchConfig, image_for: Callable[[str, str], str], source_r
         run_config=cfg,
         config_yaml=shipped_config(cfg),
         notes=notes,
+        module_source=module_source,
+        sdk_settings=sdk_settings,
     )

@@ -124,32 +124,51 @@ def check_image(plan: JobPlan, session, default: bool) -> None:
         ) from err
 
 
-def check_data_exists(plan: JobPlan, session) -> None:
-    """Each S3 location the job reads holds something (a typo found now, not after the instances start)."""
-    s3 = session.client("s3")
-    for key, url in plan.reads.items():
-        bucket, prefix = split_s3(url)
+def check_data_exists(plan: JobPlan) -> None:
+    """Each S3 location the job reads at start is there, checked as the job checks it (`open_vlm.config.validate`):
+    every shard of every URL pattern, a folder as a folder (not a key prefix), the checkpoint bucket. Locations
+    these credentials may not read are left to `check_role_access` (the job reads them as its role)."""
+    import fsspec
+
+    from open_vlm.config.validate import PATHS, check_shards, require_bucket, require_path
+    from open_vlm.errors import DataError
+
+    fsspec.filesystem("s3").invalidate_cache()  # listings cached earlier in this process may be stale
+    for read in plan.reads:
         try:
-            found = s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("KeyCount", 0)
-        except ClientError as err:
-            if is_access_denied(err):  # the role, not us, reads it in the job: check_role_access covers that
-                log.info("could not list %s with these credentials", url)
+            if read.kind in ("file", "folder"):
+                require_path(read.key, read.urls[0], *PATHS[read.key])
+            elif read.kind == "shards":
+                check_shards(read.key, list(read.urls))
+            elif read.kind == "checkpoints":
+                require_bucket(read.key, read.urls[0])
+        except DataError as err:
+            if isinstance(err.__cause__, PermissionError):
+                log.info("could not look at %s with these credentials (the role's access is checked next)", read.key)
                 continue
-            if error_code(err) == "NoSuchBucket":
-                raise LaunchError(f"{key}: bucket {bucket} of {url} does not exist; fix the URL") from err
-            raise LaunchError(f"{key}: cannot check {url}: {one_line(err)}") from err
-        if not found:
-            raise LaunchError(f"{key}: nothing at {url}; fix the URL or upload the data")
+            raise LaunchError(str(err)) from err
 
 
 def role_needs(plan: JobPlan) -> dict[str, list[str]]:
-    """S3 action -> resource ARNs the job's role must be allowed: read every input, write the checkpoints."""
-    reads = [f"arn:aws:s3:::{url.removeprefix('s3://')}" for url in plan.reads.values()]
+    """S3 action -> resource ARNs the job's role must be allowed: list the buckets it reads, read every input (the
+    objects under a folder, a shard range's ends, the manifest beside the shards, the channels), and read, write
+    and delete (pruning, setting aside) under the checkpoint folder."""
+    arn = f"arn:{plan.partition}:s3:::"
+    reads, buckets, checkpoints = [], [], []
+    for read in plan.reads:
+        buckets += read.buckets()
+        reads += read.objects()
+        if read.kind == "checkpoints":
+            checkpoints += read.objects()
     for uri in plan.channels.values():
-        reads.append(f"arn:aws:s3:::{uri.removeprefix('s3://').rstrip('/')}/*")
-    needs = {"s3:GetObject": reads}
-    if plan.checkpoint_dir.startswith("s3://"):
-        needs["s3:PutObject"] = [f"arn:aws:s3:::{plan.checkpoint_dir.removeprefix('s3://').rstrip('/')}/*"]
+        buckets.append(split_s3(uri)[0])
+        reads.append(f"{uri.removeprefix('s3://').rstrip('/')}/*")
+    needs = {
+        "s3:ListBucket": [arn + bucket for bucket in dict.fromkeys(buckets)],
+        "s3:GetObject": [arn + path for path in dict.fromkeys(reads)],
+        "s3:PutObject": [arn + path for path in checkpoints],
+        "s3:DeleteObject": [arn + path for path in checkpoints],
+    }
     return {action: arns for action, arns in needs.items() if arns}
 
 

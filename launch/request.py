@@ -29,9 +29,9 @@ def _channel(name: str, uri: str, mode: str) -> dict:
     return {"ChannelName": name, "DataSource": {"S3DataSource": source}, "InputMode": mode}
 
 
-def training_job_request(plan: JobPlan) -> dict:
-    """CreateTrainingJob's parameters, as the SDK sends them for `plan`."""
-    name = job_name_with_timestamp(plan)
+def training_job_request(plan: JobPlan, name: str | None = None) -> dict:
+    """CreateTrainingJob's parameters, as the SDK sends them for `plan` (as job `name`: default the placeholder)."""
+    name = name or job_name_with_timestamp(plan)
     upload = f"{plan.s3_root}/{plan.job_name}/{name}/input"  # where the SDK uploads the source and its scripts
     stopping = {"MaxRuntimeInSeconds": plan.max_run_s}
     if plan.max_wait_s is not None:
@@ -59,6 +59,7 @@ def training_job_request(plan: JobPlan) -> dict:
         },
         "StoppingCondition": stopping,
         "Environment": plan.environment,
+        **plan.sdk_settings,  # from the SDK's config files (launch/sdk_config.py)
     }
     if plan.spot:
         request["EnableManagedSpotTraining"] = True

@@ -20,9 +20,10 @@ import tempfile
 from pathlib import Path
 
 from launch.image import REPO_ROOT, build_and_push, default_image
+from launch.inputs import SHIPPED
 from launch.instances import LaunchError
 from launch.limits import check_request
-from launch.plan import CONFIG_IN_SOURCE, SHIPPED, JobPlan, LaunchConfig, make_plan
+from launch.plan import CONFIG_IN_SOURCE, JobPlan, LaunchConfig, make_plan
 from launch.preflight import (
     check_channel_regions,
     check_data_exists,
@@ -87,13 +88,13 @@ def parse_args(argv: list[str]) -> LaunchConfig:
 
 
 def stage_source(plan: JobPlan, into: Path) -> Path:
-    """The source folder SageMaker uploads: the package, configs and the resolved run config."""
-    for name in SHIPPED:
-        src = REPO_ROOT / name
+    """The source folder SageMaker uploads: the package, configs, the user's model.module and the resolved config."""
+    sources = [REPO_ROOT / name for name in SHIPPED]
+    for src in [*sources, *([plan.module_source] if plan.module_source else [])]:
         if src.is_dir():
-            shutil.copytree(src, into / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            shutil.copytree(src, into / src.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         elif src.exists():
-            shutil.copy2(src, into / name)
+            shutil.copy2(src, into / src.name)
     (into / CONFIG_IN_SOURCE).parent.mkdir(parents=True, exist_ok=True)
     (into / CONFIG_IN_SOURCE).write_text(plan.config_yaml)
     (into / CONFIG_IN_SOURCE).with_name("job.json").write_text(json.dumps(job_definition(plan), indent=1))
@@ -121,18 +122,38 @@ def use_our_start_command(params: dict, **_) -> None:
     spec["ContainerEntrypoint"], spec["ContainerArguments"] = CONTAINER_ENTRYPOINT, CONTAINER_ARGUMENTS
 
 
+def send_the_dry_run(plan: JobPlan):
+    """botocore hook on CreateTrainingJob: our start command, then the request must be the one `--dry-run` prints
+    (with the real job name): whatever the SDK added on its own (a default from a config file, a new SDK's field)
+    stops the launch, naming it, rather than being sent unseen."""
+
+    def hook(params: dict, **kwargs) -> None:
+        use_our_start_command(params, **kwargs)
+        expected = training_job_request(plan, name=params.get("TrainingJobName"))
+        differ = sorted(key for key in {*params, *expected} if params.get(key) != expected.get(key))
+        if differ:
+            sent = {key: params.get(key) for key in differ}
+            raise LaunchError(
+                f"the SageMaker SDK would send {json.dumps(sent, default=str)} where --dry-run shows "
+                f"{json.dumps({key: expected.get(key) for key in differ}, default=str)}; nothing was submitted (a "
+                "default in the SDK's config files? see launch/sdk_config.py)"
+            )
+
+    return hook
+
+
 def submit(plan: JobPlan, source_dir: Path, session) -> str:
     """Create the training job; returns its name."""
     from sagemaker.core.helper.session_helper import Session
     from sagemaker.core.shapes import Channel, DataSource, S3DataSource
-    from sagemaker.core.training.configs import Compute, OutputDataConfig, SourceCode, StoppingCondition
+    from sagemaker.core.training.configs import Compute, Networking, OutputDataConfig, SourceCode, StoppingCondition
     from sagemaker.train import ModelTrainer
 
     logging.getLogger("sagemaker.config").setLevel(logging.WARNING)  # "Not applying SDK defaults from ..."
     # The SDK's client warns "No region provided" although it uses our session's region.
     logging.getLogger("sagemaker.core.utils.utils").addFilter(lambda r: "No region provided" not in r.getMessage())
 
-    session.events.register("provide-client-params.sagemaker.CreateTrainingJob", use_our_start_command)
+    session.events.register("provide-client-params.sagemaker.CreateTrainingJob", send_the_dry_run(plan))
     bucket, _, prefix = plan.s3_root.removeprefix("s3://").partition("/")
     sm_session = Session(boto_session=session, default_bucket=bucket, default_bucket_prefix=prefix or None)
     wait = {"max_wait_time_in_seconds": plan.max_wait_s} if plan.max_wait_s is not None else {}
@@ -149,6 +170,14 @@ def submit(plan: JobPlan, source_dir: Path, session) -> str:
         )
         for name, uri in plan.channels.items()
     ]
+    sdk = plan.sdk_settings  # passed explicitly, so that the SDK does not resolve them again its own way
+    vpc = sdk.get("VpcConfig", {})
+    networking = Networking(
+        subnets=vpc.get("Subnets"),
+        security_group_ids=vpc.get("SecurityGroupIds"),
+        enable_network_isolation=sdk.get("EnableNetworkIsolation"),
+        enable_inter_container_traffic_encryption=sdk.get("EnableInterContainerTrafficEncryption"),
+    )
     trainer = ModelTrainer(
         sagemaker_session=sm_session,
         role=plan.role,
@@ -166,6 +195,7 @@ def submit(plan: JobPlan, source_dir: Path, session) -> str:
         output_data_config=OutputDataConfig(s3_output_path=plan.output_path),
         environment=plan.environment,
         input_data_config=channels or None,
+        networking=networking if sdk else None,
     )
     trainer.train(wait=False, logs=False)
     return trainer._latest_training_job.training_job_name
@@ -186,7 +216,7 @@ def launch(opts: LaunchConfig) -> int:
         build_and_push(plan.image, session, check=opts.check)
     else:
         check_image(plan, session, default=opts.image is None)
-    check_data_exists(plan, session)
+    check_data_exists(plan)
     check_role_access(plan, session)
     with tempfile.TemporaryDirectory(prefix="open_vlm_job_") as tmp:
         source_dir = stage_source(plan, Path(tmp) / "source")

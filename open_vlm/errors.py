@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 DEBUG_ENV = "OPEN_VLM_DEBUG"
+FAILURE_FILE_ENV = "OPEN_VLM_FAILURE_FILE"  # set by launch/sagemaker_entry.py: SageMaker's failure reason file
 
 
 class OpenVLMError(Exception):
@@ -74,6 +75,21 @@ def _log_to_files(err: BaseException, line: str) -> None:
         handler.handle(record)
 
 
+def report_failure(line: str) -> None:
+    """Leave `line` in $OPEN_VLM_FAILURE_FILE (on SageMaker, the job's FailureReason) unless a process, another rank
+    say, wrote its reason first: the first failure is usually the cause, the later ones its echoes."""
+    path = os.environ.get(FAILURE_FILE_ENV)
+    if not path:
+        return
+    rank = os.environ.get("RANK")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError:  # written already (or the folder is gone)
+        return
+    with os.fdopen(fd, "w") as out:
+        out.write(f"{f'rank {rank}: ' if rank else ''}{line}\n")
+
+
 def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """Run an entry point's `main(argv)`; any exception becomes one `error: ...` line and an exit status."""
     try:
@@ -86,5 +102,6 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
         if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
             traceback.print_exc()
         _log_to_files(err, line)
+        report_failure(line)
         print(f"error: {line}", file=sys.stderr)
         return exit_code(err)

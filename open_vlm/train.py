@@ -6,19 +6,43 @@ import logging
 import os
 import sys
 
-from open_vlm.config.load import ignored_keys, load_run_config
-from open_vlm.config.validate import check_inputs
-from open_vlm.data.version import DataVersionError
-from open_vlm.errors import run_main
+from open_vlm.errors import report_failure, run_main
 from open_vlm.lifeline import watch_launcher
-from open_vlm.runfolder import run_dir, setup_logging
+from open_vlm.trainer.signals import StopRequest
+
+# First thing, before the heavier imports in main(): who launched this process (a launcher killed while we import
+# would otherwise go unnoticed by the watch, which would then watch init) and, run as a program, the stop handler
+# (a SIGTERM while starting would kill the process outright and fail the job; the trainer honours it instead).
+LAUNCHER_PID = os.getppid()
+STOP_AT_START = StopRequest().install() if __name__ == "__main__" else None
 
 log = logging.getLogger("open_vlm.train")
 
 
+def failed(err: Exception, code: int) -> int:
+    """An error the trainer explains: logged, left as the job's failure reason, and exit status `code`."""
+    log.error("%s", err)
+    report_failure(str(err))
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    watch_launcher()  # under torchrun: exit when the agent dies, instead of hanging on as an orphan
+    watch_launcher(parent=LAUNCHER_PID)  # under torchrun: exit when the agent dies, instead of hanging on as an orphan
+    stop = STOP_AT_START or StopRequest().install()
+    try:
+        return train(argv, stop)
+    finally:
+        if stop is not STOP_AT_START:  # called in-process (`open-vlm train`, tests): give the signals back
+            stop.uninstall()
+
+
+def train(argv: list[str], stop: StopRequest) -> int:
+    from open_vlm.config.load import ignored_keys, load_run_config
+    from open_vlm.config.validate import check_inputs
+    from open_vlm.data.version import DataVersionError
+    from open_vlm.runfolder import run_dir, setup_logging
+
     cfg = load_run_config(argv)
     check_inputs(cfg, "train", world=int(os.environ.get("WORLD_SIZE", "1")))
     folder = run_dir(cfg.run.output_dir, cfg.run.project, cfg.run.name)
@@ -37,22 +61,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trainer = Trainer(cfg, folder)
     except (NotImplementedError, ValueError) as err:  # config values the components reject
-        log.error("%s", err)
-        return 2
+        return failed(err, 2)
     try:
-        reason = trainer.fit()
+        reason = trainer.fit(stop)
     except (ResumeRefused, DataVersionError) as err:  # resuming on changed config/data: refused before any step
-        log.error("%s", err)
-        return 2
+        return failed(err, 2)
     except (UnsafeCheckpoint, CheckpointError, CheckpointDamaged) as err:  # must not read, cannot read or write
-        log.error("%s", err)
-        return 1
+        return failed(err, 1)
     except RuntimeError as err:  # another rank died (kill -9, OOM): say so instead of gloo's words
         lost = peer_lost(err)
         if lost is None:
             raise
-        log.error("%s", lost)
-        return 1
+        return failed(RuntimeError(lost), 1)
     finally:
         shutdown_distributed()
     log.info("stopped (%s) at step %d, %d samples seen", reason, trainer.step, trainer.samples_seen)

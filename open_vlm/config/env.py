@@ -18,7 +18,7 @@ from open_vlm.errors import ConfigError
 @dataclass
 class EnvConfig:
     output_root: str | None = None  # default for run.output_dir
-    s3_endpoint: str | None = None  # S3-compatible endpoint URL (sets AWS_ENDPOINT_URL)
+    s3_endpoint: str | None = None  # S3-compatible endpoint URL (sets AWS_ENDPOINT_URL_S3: S3 calls only)
     wandb_project: str | None = None  # default for logging.wandb.project
     wandb_mode: str | None = None  # default for logging.wandb.mode
 
@@ -102,6 +102,9 @@ def run_defaults(env: EnvConfig) -> dict:
 
 
 def apply_process_env(env: EnvConfig) -> None:
-    """Export settings that libraries read from the process environment (fsspec/s3fs, workers)."""
-    if env.s3_endpoint and not os.environ.get("AWS_ENDPOINT_URL"):
-        os.environ["AWS_ENDPOINT_URL"] = env.s3_endpoint
+    """Export settings that libraries read from the process environment (fsspec/s3fs, workers).
+
+    The S3 endpoint goes to `AWS_ENDPOINT_URL_S3`, which botocore applies to S3 clients only: a MinIO setting must
+    not send this process's other AWS calls (SageMaker, IAM, STS) there. An endpoint already exported wins."""
+    if env.s3_endpoint and not (os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")):
+        os.environ["AWS_ENDPOINT_URL_S3"] = env.s3_endpoint

@@ -6,6 +6,7 @@ status 2) naming the key; the entry point's wrapper (`open_vlm.errors.run_main`)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import io
@@ -203,14 +204,18 @@ IGNORED_SECTIONS = {
 }
 
 
-def ignored_keys(argv: list[str], command: str) -> list[str]:
-    """The keys given in the config file or on the command line that `command` does not read."""
+def given_keys(argv: list[str]) -> set[str]:
+    """The `section.key`s the config file or the command line set (a default is not given, an explicit 0 is)."""
     config_path, overrides = split_args(argv)
     values = read_yaml(config_path) if config_path else {}
-    given = [f"{section}.{key}" for section, body in values.items() if isinstance(body, dict) for key in body]
-    given += [a[2:].split("=", 1)[0] for a in overrides if a.startswith("--")]
+    given = {f"{section}.{key}" for section, body in values.items() if isinstance(body, dict) for key in body}
+    return given | {RENAMES.get(k, k) for k in (a[2:].split("=", 1)[0] for a in overrides if a.startswith("--"))}
+
+
+def ignored_keys(argv: list[str], command: str) -> list[str]:
+    """The keys given in the config file or on the command line that `command` does not read."""
     skip = IGNORED_SECTIONS.get(command, ())
-    return sorted({key for key in given if key.split(".", 1)[0] in skip})
+    return sorted({key for key in given_keys(argv) if key.split(".", 1)[0] in skip})
 
 
 def load_run_config(argv: list[str], env: EnvConfig | None = None) -> RunConfig:
@@ -228,15 +233,30 @@ def load_run_config(argv: list[str], env: EnvConfig | None = None) -> RunConfig:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as tmp:
         yaml.safe_dump(merged, tmp)
     try:
-        cfg = draccus.parse(config_class=RunConfig, config_path=tmp.name, args=overrides)
-    except draccus.utils.DecodingError as err:
-        raise ConfigError(f"{err} (expected type: {_expected_type(str(err))})") from err
+        cfg = _parse(tmp.name, overrides)
     finally:
         os.unlink(tmp.name)
     _resolve_datasets(cfg)
     _check_choices(cfg)
     check_values(cfg)
     return cfg
+
+
+def _parse(config_path: str, overrides: list[str]) -> RunConfig:
+    """draccus over the merged YAML; its argparse errors (a missing value, a stray word) become one line, not the
+    ~70-line usage it prints."""
+    usage = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(usage):
+            return draccus.parse(config_class=RunConfig, config_path=config_path, args=overrides)
+    except draccus.utils.DecodingError as err:
+        raise ConfigError(f"{err} (expected type: {_expected_type(str(err))})") from err
+    except SystemExit as err:
+        if not err.code:  # --help printed the usage (to stdout), as asked
+            raise
+        lines = [line for line in usage.getvalue().splitlines() if "error: " in line]
+        why = lines[-1].split("error: ", 1)[1] if lines else "cannot parse the overrides"
+        raise ConfigError(f"bad override: {why}; give each as --section.key VALUE (or --section.key=VALUE)") from None
 
 
 def _resolve_datasets(cfg: RunConfig) -> None:

@@ -250,10 +250,19 @@ def check_model_inputs(checkpoint: str, images: list[str] | None, key: str = "--
         require_path("--image", image, *IMAGE)
 
 
-def _bucket(key: str, url: str) -> None:
-    """A remote `checkpoint.dir` need not exist yet, but its bucket must (else the first save fails)."""
+def require_bucket(key: str, url: str) -> None:
+    """A remote `checkpoint.dir` need not exist yet, but its bucket must (else the first save fails). Checked by
+    listing it, which the checkpointer does anyway (finding the latest, pruning), so that the check needs no
+    permission the job does not (an S3 HeadBucket, say, which moto holds apart from s3:ListBucket)."""
     protocol, _, rest = url.partition("://")
-    require_path(key, f"{protocol}://{rest.split('/', 1)[0]}", "bucket", "an existing bucket (create it first)")
+    bucket = f"{protocol}://{rest.split('/', 1)[0]}"
+    fs, path = _fs(key, bucket)
+    try:
+        fs.ls(path, detail=False)
+    except FileNotFoundError:
+        raise ConfigError(f"{key}: no bucket at '{bucket}'; give an existing bucket (create it first)") from None
+    except Exception as err:  # credentials, endpoint, network
+        raise _unreachable(key, bucket, err) from err
 
 
 def _indexed(section: str, sources: list[SourceConfig]) -> list[tuple[str, SourceConfig]]:
@@ -297,7 +306,7 @@ def check_inputs(cfg: RunConfig, command: str, world: int = 1) -> None:
         if value and not str(value).startswith("openclip:"):
             require_path(key, value, *PATHS[key])
     if command == "train" and cfg.checkpoint.dir and is_remote(cfg.checkpoint.dir):
-        _bucket("checkpoint.dir", cfg.checkpoint.dir)
+        require_bucket("checkpoint.dir", cfg.checkpoint.dir)
     for key, patterns in [(f"{k}.urls", s.urls) for k, s in inputs.sources] + inputs.shards:
         check_shards(key, patterns)
     if inputs.sources:

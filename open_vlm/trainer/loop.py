@@ -42,7 +42,7 @@ from open_vlm.trainer.parallel import (
     build_strategy,
     init_distributed,
 )
-from open_vlm.trainer.signals import StopRequest
+from open_vlm.trainer.signals import StopRequest, stop_grace
 
 log = logging.getLogger(__name__)
 
@@ -295,20 +295,28 @@ class Trainer:
         )
 
     # --- the loop ----------------------------------------------------------------------------------
-    def fit(self) -> str:
-        """Train to `train.max_steps` (or until a stop signal); returns why it stopped."""
+    def fit(self, stop: StopRequest | None = None) -> str:
+        """Train to `train.max_steps` (or until a stop signal); returns why it stopped.
+
+        `stop`: the handler the entry point installed at process start; a signal that came while starting (model
+        build, checkpoint load) ends the run before its first step: nothing trained, nothing to save."""
         cfg = self.cfg
         if self.info.is_main:
             self.run_folder.mkdir(parents=True, exist_ok=True)
             (self.run_folder / "config.yaml").write_text(dump_config(cfg))
-        self.resume_or_init()
-        self.metrics.start(self.step, self._data_inputs() if self.info.is_main else [])
-        stop = StopRequest().install()
+        own_stop = stop is None
+        stop = StopRequest().install() if own_stop else stop
         every_ckpt, every_log = cfg.checkpoint.every_steps, max(1, cfg.logging.every_steps)
-        batches = iter(self.loader)
-        window, last_save = ThroughputWindow(), time.monotonic()
         reason = "max_steps"
         try:
+            if self._stopped_while_starting(stop):  # before loading a checkpoint for nothing
+                return self._unstarted(stop)
+            self.resume_or_init()
+            if self._stopped_while_starting(stop):
+                return self._unstarted(stop)
+            self.metrics.start(self.step, self._data_inputs() if self.info.is_main else [])
+            batches = iter(self.loader)
+            window, last_save = ThroughputWindow(), time.monotonic()
             while self.step < cfg.train.max_steps:
                 t0 = time.perf_counter()
                 micro = [next(batches) for _ in range(self.loader.accum_steps)]
@@ -357,21 +365,26 @@ class Trainer:
             if stop.at is not None:
                 self._report_stop_time(stop)
         finally:
-            stop.uninstall()
+            if own_stop:
+                stop.uninstall()
             self.metrics.close(failed=sys.exc_info()[0] is not None)
+        return reason
+
+    def _stopped_while_starting(self, stop: StopRequest) -> bool:
+        """Whether any rank got a stop signal before the first step (one collective: every rank decides alike)."""
+        return all_reduce_sum(float(stop.requested), self.info.device) > 0
+
+    def _unstarted(self, stop: StopRequest) -> str:
+        reason = stop.reason or "signal"
+        log.warning("%s while starting: stopping before the first step (nothing new to save)", reason)
         return reason
 
     def _report_stop_time(self, stop: StopRequest) -> None:
         took = time.monotonic() - stop.at
-        grace = float(os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "30"))
         log.info("checkpoint committed %.1fs after %s", took, stop.reason)
+        grace, fix = stop_grace()
         if took > 0.8 * grace:
-            log.warning(
-                "stopping took %.0fs of torchrun's %.0fs grace before SIGKILL: raise torchrun --shutdown-timeout "
-                "or make steps/saves shorter",
-                took,
-                grace,
-            )
+            log.warning("stopping took %.0fs of the %.0fs grace before SIGKILL: %s", took, grace, fix)
 
     def _maybe_evaluate(self) -> dict:
         every = self.cfg.eval.every_steps

@@ -206,6 +206,11 @@ STRATEGIES: dict[str, type[Strategy]] = {"single": Strategy, "ddp": DDPStrategy,
 def build_strategy(cfg: TrainConfig, info: DistInfo) -> Strategy:
     if cfg.strategy == "single" and info.world > 1:
         raise ValueError(f"train.strategy single with {info.world} processes: use ddp or fsdp under torchrun")
+    if cfg.strategy != "single" and not dist.is_initialized():
+        # One process (a 1-GPU node, a plain `python -m`): DDP and FSDP still need a process group, so a config
+        # written for many GPUs runs unchanged on one. A group of one needs no rendezvous.
+        backend = "nccl" if info.device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     return STRATEGIES[cfg.strategy](cfg, info)
 
 

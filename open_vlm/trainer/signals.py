@@ -3,18 +3,35 @@ checkpoint and exit 0; a second Ctrl-C aborts.
 
 torchrun forwards SIGTERM to each rank's whole process group and sends SIGKILL `--shutdown-timeout` seconds
 later (default 30). DataLoader workers run in a process group of their own (`data/loader.py`), so the signal
-reaches the rank alone: it decides, checkpoints, and shuts its workers down itself.
+reaches the rank alone: it decides, checkpoints, and shuts its workers down itself. On SageMaker the container's
+first process (launch/sagemaker_entry.py) signals the ranks itself and SageMaker sends SIGKILL 120 s later; torchrun's
+timeout plays no part there.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
+SAGEMAKER_GRACE_S = 120.0  # SageMaker's SIGTERM -> SIGKILL
+TORCHRUN_GRACE_S = "30"  # torchrun's default --shutdown-timeout
+
 log = logging.getLogger(__name__)
+
+
+def stop_grace() -> tuple[float, str]:
+    """Seconds from the stop signal to SIGKILL for this process, and what to do when stopping takes too long."""
+    shorter = "make steps or saves shorter (e.g. checkpoint.async true)"
+    if os.environ.get("OPEN_VLM_STOP_GRACE_S"):  # set by a launcher that signals the ranks itself
+        return float(os.environ["OPEN_VLM_STOP_GRACE_S"]), shorter
+    if os.environ.get("SM_CURRENT_HOST"):  # inside a SageMaker job, however started
+        return SAGEMAKER_GRACE_S, shorter
+    grace = float(os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", TORCHRUN_GRACE_S))
+    return grace, "raise torchrun --shutdown-timeout or make steps/saves shorter"
 
 
 class StopRequest:

@@ -28,12 +28,18 @@ def test_user_file_then_env_var_then_run_config(tmp_path, monkeypatch):
     assert load_run_config(["--config", str(path), "--run.output_dir", "/cli"]).run.output_dir == "/cli"
 
 
-def test_s3_endpoint_is_exported(monkeypatch):
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+def test_s3_endpoint_is_exported_for_s3_only(monkeypatch):
+    import boto3
+
+    for key in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(key, raising=False)
     env.set_user_value("s3_endpoint", "http://127.0.0.1:1")
     load_run_config([])
-    assert os.environ["AWS_ENDPOINT_URL"] == "http://127.0.0.1:1"
-    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    assert os.environ["AWS_ENDPOINT_URL_S3"] == "http://127.0.0.1:1"
+    session = boto3.Session(aws_access_key_id="x", aws_secret_access_key="y", region_name="us-east-1")
+    assert session.client("s3").meta.endpoint_url == "http://127.0.0.1:1"
+    assert "127.0.0.1" not in session.client("sts").meta.endpoint_url  # other AWS calls are not redirected
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
 
 
 def test_file_lives_under_xdg(tmp_path):

@@ -113,3 +113,14 @@ def test_a_bare_value_of_a_list_key_is_a_one_item_list():
     assert load_run_config(["--extract.urls", "in/x-{0..3}.tar"]).extract.urls == ["in/x-{0..3}.tar"]
     assert load_run_config(["--data.catalogs=s3://b/c.yaml"]).data.catalogs == ["s3://b/c.yaml"]
     assert load_run_config(["--extract.urls", '["a.tar", "b.tar"]']).extract.urls == ["a.tar", "b.tar"]
+
+
+@pytest.mark.parametrize(
+    "overrides, why",
+    [(["--train.max_steps"], "argument --train.max_steps: expected one argument"), (["stray"], "unrecognized")],
+)
+def test_a_malformed_override_is_one_line_naming_it(overrides, why, capsys):
+    with pytest.raises(ConfigError, match="bad override: ") as err:
+        load_run_config(overrides)
+    assert why in str(err.value) and "--section.key VALUE" in str(err.value)
+    assert "\n" not in str(err.value) and "usage:" not in capsys.readouterr().err  # not argparse's usage page

@@ -122,7 +122,7 @@ def publish(endpoint: str, bucket: str, keys: list[str], image_tag: str | None =
 def submit_env(s3_endpoint, aws_env, aws_hooks, monkeypatch):
     """moto holds the run config's data, the tokenizer and the image; the SDK's own role check is off."""
     monkeypatch.setenv("SAGEMAKER_VALIDATE_ROLE", "false")  # the tests that want it turn it on
-    publish(s3_endpoint, "shards", ["demo/demo-000000.tar", "tok/tokenizer.json"])
+    publish(s3_endpoint, "shards", [*(f"demo/demo-{i:06d}.tar" for i in range(4)), "tok/tokenizer.json"])
     return s3_endpoint
 
 

@@ -6,15 +6,25 @@ import pytest
 import yaml
 
 from launch.instances import GPUS_PER_INSTANCE, LaunchError
-from launch.plan import parse_duration
+from launch.plan import LaunchConfig, make_plan, parse_duration
 from launch.sagemaker import main
-from open_vlm.config.load import ignored_keys
-from tests.launch.conftest import ROLE
+from open_vlm.config.load import config_from_yaml_text, ignored_keys
+from open_vlm.config.validate import check_batch
+from open_vlm.errors import ConfigError
+from tests.conftest import REPO
+from tests.launch.conftest import IMAGE, ROLE
 
 
 def dry_run(capsys, *args: str) -> dict:
     assert main(["--dry-run", *args]) == 0, capsys.readouterr().err
     return json.loads(capsys.readouterr().out)
+
+
+def dry(capsys, *args: str) -> tuple[int, str, str]:
+    """Runs a dry run; returns its exit status, stdout and stderr."""
+    code = main(["--dry-run", *args])
+    out, err = capsys.readouterr()
+    return code, out, err.strip()
 
 
 def refused(capsys, *args: str) -> str:
@@ -194,3 +204,106 @@ def test_parse_duration():
     assert parse_duration("3600", "x") == 3600
     with pytest.raises(LaunchError, match="--max-run: expected a duration"):
         parse_duration("five days", "--max-run")
+
+
+def base(run_config, instance="ml.g5.12xlarge") -> list[str]:
+    return ["--config", str(run_config), "--instance-type", instance, "--role", ROLE]
+
+
+def test_global_batch_is_checked_for_the_jobs_world_size(run_config, aws_env, capsys):
+    """A config the job would refuse at start is refused before submitting: ml.g5.12xlarge runs 4 processes, and a
+    global batch of 24 is not a multiple of 8 x 4."""
+    overrides = ["--data.batch_size", "8", "--train.global_batch_size"]
+    job = dry_run(capsys, *base(run_config), "--", *overrides, "32")  # control: a multiple of 8 x 4
+    check_batch(config_from_yaml_text(json.dumps(job["RunConfig"])), world=4)
+    err = refused(capsys, *base(run_config), "--", *overrides, "24")
+    assert "not a multiple" in err and "(this job runs 4 processes)" in err
+    with pytest.raises(ConfigError, match="not a multiple"):  # what the job itself would say at start
+        check_batch(config_from_yaml_text(json.dumps(job["RunConfig"] | {"train": {"global_batch_size": 24}})), 4)
+
+
+def test_users_s3_endpoint_does_not_redirect_sagemaker(run_config, aws_env, monkeypatch):
+    """The user's s3_endpoint setting (a MinIO, say) is for S3 reads only: loading the run config does not send the
+    launcher's SageMaker (IAM, ECR, STS) clients there."""
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("OPEN_VLM_S3_ENDPOINT", "http://minio.local:9000")
+    from launch.sagemaker import boto_session
+
+    make_plan(LaunchConfig(config=str(run_config), instance_type="ml.g5.12xlarge", role=ROLE), lambda a, r: IMAGE, REPO)
+    endpoint = boto_session("us-east-1").client("sagemaker").meta.endpoint_url
+    assert "minio" not in endpoint, f"SageMaker calls would go to {endpoint}"
+
+
+def test_wandb_online_without_a_key_is_refused(run_config, aws_env, monkeypatch, capsys):
+    """wandb online resolved from the user's settings needs a key in the job (the user's login does not travel)."""
+    monkeypatch.setenv("OPEN_VLM_WANDB_MODE", "online")
+    err = refused(capsys, *base(run_config))
+    assert err.startswith("error: logging.wandb.mode online:") and "--env WANDB_API_KEY=" in err
+    job = dry_run(capsys, *base(run_config), "--env", "WANDB_API_KEY=k")
+    assert job["RunConfig"]["logging"]["wandb"]["mode"] == "online" and job["CreateTrainingJob"]["Environment"]
+
+
+@pytest.mark.parametrize("resume", ["none", "s3://shards/runs/x/checkpoints/step_00000100"])
+def test_spot_with_an_explicit_resume_is_refused(run_config, aws_env, capsys, resume):
+    """With --spot every restart runs the same config: an explicit checkpoint.resume would rewind to it (or start
+    afresh) on every interruption instead of continuing from the job's newest checkpoint, so it is refused."""
+    err = refused(capsys, *base(run_config), "--spot", "--", "--checkpoint.resume", resume)
+    assert f"checkpoint.resume {resume}: with --spot" in err and "leave checkpoint.resume unset" in err
+
+
+def test_spot_keeps_the_default_resume_latest(run_config, aws_env, capsys):
+    """Without --checkpoint.resume a spot job resumes from its own newest checkpoint."""
+    code, out, err = dry(capsys, *base(run_config), "--spot")
+    assert code == 0, err
+    assert json.loads(out)["RunConfig"]["checkpoint"]["resume"] == "latest"
+
+
+def test_channels_named_like_the_sdks_in_another_case_are_refused(aws_env, tmp_path, capsys):
+    """Data channels 'Code' / 'SM_DRIVERS' clash with the SDK's 'code' / 'sm_drivers' in SM_CHANNEL_* (upper case)."""
+    import yaml
+
+    cfg = {
+        "data": {
+            "sources": [
+                {"name": "Code", "urls": ["s3://shards/a/x-{0..3}.tar"]},
+                {"name": "SM_DRIVERS", "urls": ["s3://shards/b/x-{0..3}.tar"]},
+            ]
+        },
+        "model": {"kind": "paligemma", "config": "configs/models/paligemma_tiny.yaml", "tokenizer": "s3://shards/tok"},
+        "train": {"strategy": "ddp"},
+    }
+    path = tmp_path / "chan.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    code, out, err = dry(capsys, *base(path), "--channel", "Code", "--channel", "SM_DRIVERS")
+    names = [c["ChannelName"] for c in json.loads(out)["CreateTrainingJob"]["InputDataConfig"]] if code == 0 else []
+    assert code == 2, f"channels {names} clash in SM_CHANNEL_*"
+
+
+@pytest.mark.slow
+def test_ddp_config_runs_on_a_one_gpu_instance(run_config, aws_env, capsys, demo_dir, tmp_path):
+    """A ddp config is accepted for a 1-GPU instance, and the job runs it: torchrun --nproc_per_node 1 with
+    train.strategy ddp trains (a process group of one)."""
+    import subprocess
+
+    from tests.launch.jobs import job_env, local_config, torchrun_argv
+
+    code, out, err = dry(capsys, *base(run_config, "ml.g5.2xlarge"))
+    assert code == 0 and json.loads(out)["RunConfig"]["train"]["strategy"] == "ddp"  # accepted as is
+    config = local_config(demo_dir, tmp_path, max_steps=2)
+    config.write_text(config.read_text().replace("strategy: fsdp", "strategy: ddp"))
+    job = subprocess.run(
+        torchrun_argv(config),
+        cwd=REPO,
+        env=job_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert job.returncode == 0, [line for line in job.stderr.splitlines() if "ERROR" in line][:2]
+
+
+def test_a_malformed_override_after_the_separator_is_one_line(run_config, aws_env, capsys):
+    err = refused(capsys, *base(run_config), "--", "--train.max_steps")
+    assert err.startswith("error: bad override: argument --train.max_steps: expected one argument")

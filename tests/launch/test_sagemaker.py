@@ -152,7 +152,8 @@ def test_missing_data_stops_before_submitting(submit_env, aws_hooks, s3_bucket, 
     args = ["--config", str(run_config), "--instance-type", "ml.g5.xlarge", "--role", ROLE, "--image", IMAGE]
     overrides = ["--train.strategy", "single", "--model.tokenizer", "s3://shards/no-such-tokenizer"]
     assert main([*args, "--s3-root", f"s3://{s3_bucket}/jobs", "--", *overrides]) == 2
-    assert "model.tokenizer: nothing at s3://shards/no-such-tokenizer" in one_line_error(capsys)
+    err = one_line_error(capsys)
+    assert "model.tokenizer: no tokenizer folder at 's3://shards/no-such-tokenizer'" in err
     assert aws_hooks.sent["CreateTrainingJob"] == []
 
 

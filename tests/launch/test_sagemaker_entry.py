@@ -4,12 +4,14 @@ as PID 1 of a fresh PID namespace, sent SIGTERM as SageMaker does on a spot inte
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,8 @@ from launch.sagemaker import main
 from launch.sagemaker_entry import children, torchrun_command
 from tests.conftest import REPO
 from tests.launch.conftest import IMAGE, ROLE
+from tests.launch.jobs import entry_argv, local_config, ranks, start_container, start_node, wait_for
+from tests.test_lifeline import alive, wait_gone
 from tests.trainer.runs import kill_tree
 
 
@@ -130,3 +134,63 @@ def test_spot_interruption_checkpoints_and_exits_0(submit_env, aws_hooks, s3_buc
     text = log.read_text()
     assert "SIGTERM: passed to 1 training process" in text and "SIGTERM received" in text
     assert "ignores these config keys" not in text  # the job gets only what train reads
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not can_unshare(), reason="needs `unshare --pid --mount` (root) to run a command as PID 1")
+def test_sigterm_while_the_job_starts_stops_it_cleanly(demo_dir, tmp_path):
+    """SIGTERM to PID 1 while the rank is still starting (imports, model build: before Trainer.fit) is kept and
+    passed on once the rank can take it: the job stops with exit 0 and no failure file."""
+    container, opt_ml = start_container(local_config(demo_dir, tmp_path), tmp_path)
+    try:
+        pid1 = wait_for(lambda: (children(container.pid) or [None])[0], 30)
+        torchrun = wait_for(lambda: (children(pid1) or [None])[0], 60)
+        wait_for(lambda: ranks(torchrun), 120)  # the rank exists: it is starting up
+        time.sleep(1.0)
+        os.kill(pid1, signal.SIGTERM)
+        code = container.wait(timeout=120)
+    finally:
+        kill_tree(container.pid)
+    log = (tmp_path / "container.log").read_text()
+    failure = opt_ml / "output/failure"
+    assert (code, failure.exists()) == (0, False), (
+        f"exit {code}; failure file: {failure.read_text() if failure.exists() else None!r}; log: {log[-1500:]}"
+    )
+
+
+def test_stop_time_is_measured_against_sagemakers_grace(monkeypatch, caplog):
+    """On SageMaker the stop is measured against its 120 s before SIGKILL, not torchrun's 30 s: a 40 s stop is
+    fine, and the advice never names torchrun's --shutdown-timeout."""
+    from open_vlm.trainer.loop import Trainer
+
+    monkeypatch.setenv("SM_CURRENT_HOST", "algo-1")  # inside a SageMaker job (sm_train.sh's environment)
+    monkeypatch.delenv("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", raising=False)
+    stop = types.SimpleNamespace(at=time.monotonic() - 40, reason="SIGTERM")
+    with caplog.at_level(logging.WARNING, logger="open_vlm.trainer.loop"):
+        Trainer._report_stop_time(None, stop)
+    assert not [r for r in caplog.records if "shutdown-timeout" in r.getMessage()], caplog.text
+    stop.at = time.monotonic() - 110  # control: close to SageMaker's SIGKILL, a warning
+    with caplog.at_level(logging.WARNING, logger="open_vlm.trainer.loop"):
+        Trainer._report_stop_time(None, stop)
+    assert "of the 120s grace before SIGKILL" in caplog.text
+
+
+@pytest.mark.slow
+def test_torchrun_and_its_ranks_exit_when_the_entry_is_killed(demo_dir, tmp_path):
+    """Outside PID 1 (docker run --init, by hand) kill -9 of the entry ends torchrun (parent-death signal), and its
+    ranks follow."""
+    config = local_config(demo_dir, tmp_path)
+    entry = start_node(entry_argv(config), tmp_path)
+    torchrun, workers = None, []
+    try:
+        torchrun = wait_for(lambda: (children(entry.pid) or [None])[0], 60)
+        workers = wait_for(lambda: ranks(torchrun), 120)
+        os.kill(entry.pid, signal.SIGKILL)
+        entry.wait()
+        wait_gone([torchrun, *workers], 30)
+        survivors = {"torchrun": alive(torchrun), "ranks": [alive(pid) for pid in workers]}
+        assert survivors == {"torchrun": False, "ranks": [False]}, f"alive 30 s after the entry died: {survivors}"
+    finally:
+        for pid in [entry.pid, torchrun, *workers]:
+            if pid:
+                kill_tree(pid)
