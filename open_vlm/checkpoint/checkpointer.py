@@ -261,6 +261,12 @@ class Checkpointer:
         if not is_remote(self.directory):  # leftovers of killed saves
             for entry in Path(self.root).glob(".step_*.partial-*"):
                 shutil.rmtree(entry, ignore_errors=True)
+        else:  # remote saves are written in place: a step folder without its marker is a failed or killed save
+            for entry in self.fs.ls(self.root, detail=False):
+                entry = entry.rstrip("/")
+                if STEP_DIR.match(entry.split("/")[-1]) and not self.fs.exists(f"{entry}/{MARKER}"):
+                    self.fs.rm(entry, recursive=True)
+                    log.info("removed the leftovers of an uncommitted save: %s", self._url(entry.split("/")[-1]))
 
     def _delete(self, url: str) -> None:
         """Uncommit first, so that a kill mid-delete never leaves a COMPLETE checkpoint with files missing."""
@@ -281,10 +287,10 @@ class Checkpointer:
                 continue
             src = f"{self.root}/{step_name(later)}"
             dest = f"{self.root}/{ASIDE}/{step_name(later)}-{time.strftime('%Y%m%d-%H%M%S')}"
-            marker = read_bytes(f"{src}/{MARKER}")
+            marker = read_bytes(f"{self._url(step_name(later))}/{MARKER}")  # a URL: `src` has no scheme
             self.fs.rm(f"{src}/{MARKER}")  # uncommitted first: a half-finished move is never a checkpoint
             if is_remote(self.directory):
-                self.fs.mv(src, dest, recursive=True)
+                self._move_remote(src, dest)
             else:
                 os.makedirs(os.path.dirname(dest), exist_ok=True)
                 os.replace(src, dest)
@@ -300,6 +306,14 @@ class Checkpointer:
                 ASIDE,
             )
         return moved
+
+    def _move_remote(self, src: str, dest: str) -> None:
+        """Copy every object under `src` to `dest`, then delete `src` (object stores have no rename)."""
+        # File by file: s3fs's recursive `mv` also copies the folder placeholders it lists, which S3 refuses.
+        self.fs.invalidate_cache()
+        for path in self.fs.find(src):
+            self.fs.copy(path, f"{dest}/{path[len(src) :].lstrip('/')}")
+        self.fs.rm(src, recursive=True)
 
     # --- loading -------------------------------------------------------------------------------------
     def load(self, ckpt: str, model, optimizer) -> tuple[dict, dict | None, dict]:
