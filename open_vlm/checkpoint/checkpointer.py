@@ -132,7 +132,12 @@ class Checkpointer:
         """Write a checkpoint (collective: every rank calls it). Storage errors are retried by all ranks together."""
         self.wait()
         name = step_name(step)
-        if self.comm.from_rank0(lambda: self.is_committed(step)):
+        committed = {}  # rank 0's answer; the check is a storage access like any other phase: retried
+        self._together(
+            f"checking whether {name} is committed",
+            lambda: committed.update(done=self.comm.rank == 0 and self.is_committed(step)),
+        )
+        if self.comm.broadcast(committed["done"]):
             log.info("step %d is already committed at %s: not writing it again", step, self._url(name))
             return self._url(name)
         if async_save and self.sync_next:
@@ -328,10 +333,14 @@ class Checkpointer:
 
 
 def _attempt(fn: Callable[[], object]) -> BaseException | None:
-    """Run `fn`; the error it raised, or None."""
+    """Run `fn`; the error it raised, or None. An interrupt DCP wrapped (a second Ctrl-C) is raised, not retried."""
     try:
         fn()
     except FAILURES as err:
+        if isinstance(err, CheckpointException):
+            for exc, _ in err.failures.values():
+                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    raise exc from None
         return err
     return None
 

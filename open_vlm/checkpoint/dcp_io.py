@@ -26,7 +26,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from open_vlm.checkpoint.dcp_safe import SafeLoadPlanner, UnsafeCheckpoint, reader_for
 from open_vlm.checkpoint.faults import maybe_fail_write
-from open_vlm.storage import is_remote
+from open_vlm.storage import is_remote, local_path
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class _FsspecWriter(_FaultHook, FsspecWriter):
 def writer_for(url: str):
     if is_remote(url):
         return _FsspecWriter(url, sync_files=False)
-    return _FileSystemWriter(url, sync_files=True)
+    return _FileSystemWriter(local_path(url), sync_files=True)
 
 
 def failure_summary(err: CheckpointException) -> str:

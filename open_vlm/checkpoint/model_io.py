@@ -15,7 +15,6 @@ from open_vlm.checkpoint.dcp_io import load_model_weights
 from open_vlm.checkpoint.files import read_bytes
 from open_vlm.config.load import config_from_yaml_text
 from open_vlm.config.schema import RunConfig
-from open_vlm.storage import is_remote
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +51,7 @@ def load_model_from_checkpoint(path: str):
     cfg = config_from_yaml_text(read_meta(ckpt)["config"])
     spec = json.loads(read_bytes(f"{ckpt}/{SPEC}"))
     model_cfg = dataclasses.replace(cfg.model, freeze=[], unfreeze=[], pretrained=None)
-    folder = local_dir(f"{ckpt}/model") if is_remote(ckpt) else Path(ckpt) / "model"
+    folder = local_dir(f"{ckpt}/model")  # a local path as it is (`file://`, `~` spelled out), a URL downloaded
     if spec.get("config_file"):
         model_cfg.config = str(folder / spec["config_file"])
     elif cfg.model.pretrained:
