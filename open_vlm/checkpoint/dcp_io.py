@@ -90,13 +90,38 @@ def _load(state: dict, reader, group) -> None:
         raise RuntimeError(f"reading checkpoint {reader.path} failed: {failure_summary(err)}") from None
 
 
+class WeightsMismatch(ValueError):
+    """A checkpoint's model weights are not this model's (another architecture): names or shapes differ."""
+
+
+def check_same_weights(url: str, model_sd: dict) -> None:
+    """Raise `WeightsMismatch` unless the checkpoint holds exactly the model's tensors, at the same shapes."""
+    saved = {
+        key[len("model.") :]: tuple(getattr(item, "size", ()))
+        for key, item in reader_for(url).read_metadata().state_dict_metadata.items()
+        if key.startswith("model.")
+    }
+    problems = []
+    missing, unexpected = sorted(set(model_sd) - set(saved)), sorted(set(saved) - set(model_sd))
+    if missing:
+        problems.append(f"{len(missing)} weights missing from the checkpoint (e.g. {missing[:3]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} checkpoint weights this model lacks (e.g. {unexpected[:3]})")
+    reshaped = [k for k in sorted(set(saved) & set(model_sd)) if saved[k] != tuple(model_sd[k].shape)]
+    if reshaped:
+        k = reshaped[0]
+        problems.append(
+            f"{len(reshaped)} weights of another shape (e.g. {k}: {saved[k]} -> {tuple(model_sd[k].shape)})"
+        )
+    if problems:
+        raise WeightsMismatch(f"{url} holds another model: " + "; ".join(problems))
+
+
 def load_model_and_optimizer(url: str, model: nn.Module, optimizer, group=None) -> None:
     """Load model + optimizer state saved by `save_model_and_optimizer` (any world size / strategy)."""
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    missing = sorted(set(model_sd) - saved_model_keys(url))
-    if missing:
-        raise RuntimeError(f"{url}: model weights missing from the checkpoint: {missing[:5]}")
+    check_same_weights(url, model_sd)
     # Optimizer state may lack parameters that never received a gradient (their state is still zero).
     _load(state, reader_for(url), group)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])

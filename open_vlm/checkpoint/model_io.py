@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import fsspec
+import yaml
 
 from open_vlm.checkpoint.checkpointer import read_meta, resolve_checkpoint
 from open_vlm.checkpoint.dcp_io import load_model_weights
@@ -39,6 +40,21 @@ def model_files(cfg: RunConfig, tokenizer) -> dict[str, bytes]:
         spec["tokenizer_dir"] = "tokenizer"
     files[SPEC] = json.dumps(spec, indent=1).encode()
     return files
+
+
+def described_model_config(files: dict[str, bytes]) -> dict | None:
+    """The model config that `model_files` captured (parsed), or None when the model came from elsewhere."""
+    name = json.loads(files[SPEC]).get("config_file") if SPEC in files else None
+    return yaml.safe_load(files[f"model/{name}"]) if name else None
+
+
+def saved_model_config(ckpt: str) -> dict | None:
+    """The model config saved in a checkpoint's `model/` folder (parsed), or None (none saved, an old checkpoint)."""
+    try:
+        name = json.loads(read_bytes(f"{ckpt}/{SPEC}")).get("config_file")
+        return yaml.safe_load(read_bytes(f"{ckpt}/model/{name}")) if name else None
+    except FileNotFoundError:
+        return None
 
 
 def load_model_from_checkpoint(path: str):

@@ -95,7 +95,14 @@ def test_resume_refuses_another_architecture(base_run, tmp_path, demo_dir):
         checkpoint={"dir": str(ckdir)},
     )
     out = run_cli("-m", "open_vlm.train", "--config", str(config), env=ENV)
-    assert out.returncode != 0, "resumed a 2-layer checkpoint into a 1-layer model without a word"
+    assert out.returncode == 2, "resumed a 2-layer checkpoint into a 1-layer model without a word"
+    error = [line for line in out.stderr.splitlines() if "break resume" in line]
+    assert len(error) == 1 and "model.config text.num_hidden_layers: 2 -> 1" in error[0], out.stderr[-1500:]
+    assert "allow_config_change" in error[0] and "Traceback" not in out.stderr
+    # Allowed, the config change passes, the weights do not: another architecture never resumes.
+    out = run_cli("-m", "open_vlm.train", "--config", str(config), "--checkpoint.allow_config_change", "true", env=ENV)
+    assert out.returncode == 2, out.stderr[-1500:]
+    assert "holds another model" in out.stderr and "init_from" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_a_second_ctrl_c_during_a_shard_write_aborts(tmp_path, demo_dir):
