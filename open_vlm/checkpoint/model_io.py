@@ -57,16 +57,26 @@ def saved_model_config(ckpt: str) -> dict | None:
         return None
 
 
-def load_model_from_checkpoint(path: str):
-    """(bundle, tokenizer, run config) of a checkpoint, a checkpoint dir or a run folder (local or URL)."""
-    from open_vlm.models.registry import build_model
+def load_model_from_checkpoint(path: str, module: str | None = None):
+    """(bundle, tokenizer, run config) of a checkpoint, a checkpoint dir or a run folder (local or URL).
+
+    `module`: a user module to import first (its model kinds); the `model.module` a checkpoint records is
+    never imported, since a checkpoint (from a shared bucket, say) must not choose which code runs.
+    """
+    from open_vlm.models.registry import build_model, model_kinds
     from open_vlm.storage import local_dir
     from open_vlm.tokenize.tokenizers import load_tokenizer
 
     ckpt = resolve_checkpoint(path)
     cfg = config_from_yaml_text(read_meta(ckpt)["config"])
     spec = json.loads(read_bytes(f"{ckpt}/{SPEC}"))
-    model_cfg = dataclasses.replace(cfg.model, freeze=[], unfreeze=[], pretrained=None)
+    model_cfg = dataclasses.replace(cfg.model, freeze=[], unfreeze=[], pretrained=None, module=module)
+    if module is None and model_cfg.kind not in model_kinds():
+        raise ValueError(
+            f"{ckpt}: model kind '{model_cfg.kind}' is not registered; the checkpoint names module "
+            f"'{cfg.model.module}', which loading never imports (a checkpoint must not choose the code that runs): "
+            "import it yourself first (Python), or name it (`module=` / model.module of open-vlm eval)"
+        )
     folder = local_dir(f"{ckpt}/model")  # a local path as it is (`file://`, `~` spelled out), a URL downloaded
     if spec.get("config_file"):
         model_cfg.config = str(folder / spec["config_file"])
