@@ -25,6 +25,7 @@ from open_vlm.config.load import dump_config
 from open_vlm.config.schema import RunConfig
 from open_vlm.data.build import batch_to_device, build_model_loader
 from open_vlm.data.version import DataVersionError
+from open_vlm.lifeline import launched_by_torchrun
 from open_vlm.models.freeze import check_frozen_dtype
 from open_vlm.models.losses import build_loss
 from open_vlm.models.registry import build_model
@@ -43,7 +44,7 @@ from open_vlm.trainer.parallel import (
     build_strategy,
     init_distributed,
 )
-from open_vlm.trainer.signals import StopRequest
+from open_vlm.trainer.signals import StopRequest, shutdown_grace
 
 log = logging.getLogger(__name__)
 
@@ -332,12 +333,12 @@ class Trainer:
 
     def _report_stop_time(self, stop: StopRequest) -> None:
         took = time.monotonic() - stop.at
-        grace = float(os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "30"))
+        grace = shutdown_grace(self.cfg.train.shutdown_timeout, launched_by_torchrun())
         log.info("checkpoint committed %.1fs after %s", took, stop.reason)
         if took > 0.8 * grace:
             log.warning(
-                "stopping took %.0fs of torchrun's %.0fs grace before SIGKILL: raise torchrun --shutdown-timeout "
-                "or make steps/saves shorter",
+                "stopping took %.1fs of the %.0fs grace before SIGKILL (train.shutdown_timeout, torchrun "
+                "--shutdown-timeout): raise the grace or make steps/saves shorter",
                 took,
                 grace,
             )

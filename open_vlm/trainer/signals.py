@@ -9,10 +9,12 @@ reaches the rank alone: it decides, checkpoints, and shuts its workers down itse
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+TORCHRUN_DEFAULT_GRACE = 30.0
 
 log = logging.getLogger(__name__)
 
@@ -44,3 +46,31 @@ class StopRequest:
             self.at = time.monotonic()
         self.requested, self.reason = True, name
         log.warning("%s received: finishing this step, then checkpointing and stopping", name)
+
+
+def launcher_grace(pid: int | None = None) -> float | None:
+    """The `--shutdown-timeout` on the command line of process `pid` (default: our parent, torchrun's agent)."""
+    # torchrun passes neither the flag nor its value to the workers: its command line is the one place to read it.
+    try:
+        with open(f"/proc/{os.getppid() if pid is None else pid}/cmdline", "rb") as f:
+            args = f.read().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+    for i, arg in enumerate(args):
+        name, _, value = arg.partition("=")
+        if name in ("--shutdown-timeout", "--shutdown_timeout"):
+            try:
+                return float(value or args[i + 1])
+            except (ValueError, IndexError):
+                return None
+    return None
+
+
+def shutdown_grace(configured: float, under_torchrun: bool) -> float:
+    """Seconds from a stop signal to SIGKILL: `train.shutdown_timeout`, else torchrun's, else the default."""
+    if configured > 0:
+        return configured
+    from_launcher = launcher_grace() if under_torchrun else None
+    if from_launcher is not None:
+        return from_launcher
+    return float(os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", TORCHRUN_DEFAULT_GRACE))
