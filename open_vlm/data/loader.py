@@ -10,6 +10,7 @@ groups and positions per source): the same on every rank, valid at any world siz
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -83,23 +84,45 @@ class LoaderSettings:
         return 8 if self.global_batch % 8 == 0 else self.global_batch
 
 
-def _worker_init(worker_id: int) -> None:
+def _worker_init(worker_id: int, trainer: int | None = None) -> None:
     """Keep DataLoader workers out of the stop signals meant for the trainer, and tie their life to it.
 
     torchrun (and a terminal's Ctrl-C) signal the whole process group: workers would die mid-step and the rank
-    would fail instead of checkpointing. In a group of their own they stop when the trainer shuts the loader down.
-    (Ignoring the signals instead would make them unstoppable by multiprocessing's exit-time terminate().)
+    would fail instead of checkpointing. In a group of their own they stop when the trainer shuts the loader down;
+    signals sent to every pid of the job one by one are ignored unless the trainer sent them (see below).
     Out of the group, a trainer killed outright would leave a worker blocked in a read behind: the kernel's
     parent-death signal ends it (the loader is iterated from the thread that lives as long as the trainer).
     """
     os.setpgrp()
     if sys.platform == "linux":
+        _only_the_trainer_stops_us(trainer or os.getppid())
         import ctypes
 
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() == 1:  # the trainer died before the line above: nobody is left to signal us
             os._exit(1)
+
+
+def _only_the_trainer_stops_us(trainer: int) -> None:
+    """Stop signals from anyone but the trainer (Slurm, systemd, `kill` of every pid of a job) are ignored.
+
+    The trainer decides how to stop (finish the step, checkpoint); its workers must outlive the signal. Yet
+    the DataLoader's last resort (and multiprocessing's at exit) is `terminate()`, a SIGTERM from the trainer:
+    that one must still end the worker. Signals are blocked and read with their sender by a thread.
+    """
+    import threading
+
+    watched = {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
+    signal.pthread_sigmask(signal.SIG_BLOCK, watched)  # every thread started from here on inherits it
+
+    def wait() -> None:
+        while True:
+            info = signal.sigwaitinfo(watched)
+            if info.si_pid == trainer:
+                os._exit(128 + info.si_signo)
+
+    threading.Thread(target=wait, name="stop-signals", daemon=True).start()
 
 
 def _per_source(value, n: int, what: str) -> list:
@@ -229,7 +252,7 @@ class ShardLoader:
             num_workers=s.num_workers,
             prefetch_factor=s.prefetch_steps if s.num_workers > 0 else None,
             timeout=min(WATCH_POLL_S, s.worker_timeout_s) if s.num_workers > 0 else 0,
-            worker_init_fn=_worker_init,
+            worker_init_fn=functools.partial(_worker_init, trainer=os.getpid()),  # the trainer's pid
             # The loader never draws from the global torch RNG (the model's dropout stream stays its own).
             generator=torch.Generator().manual_seed(s.seed),
             multiprocessing_context=s.multiprocessing_context if s.num_workers > 0 else None,
