@@ -12,7 +12,17 @@ import torch
 from open_vlm.checkpoint.checkpointer import Checkpointer
 from open_vlm.config.load import load_run_config
 from tests.conftest import REPO
-from tests.trainer.runs import ENV, folder, metrics, write_config
+from tests.trainer.runs import (
+    ENV,
+    descendants,
+    finish,
+    folder,
+    kill_tree,
+    metrics,
+    start,
+    wait_for_steps,
+    write_config,
+)
 
 
 def test_fp16_overflow_skips_the_step_and_lowers_the_scale(tmp_path, demo_dir):
@@ -87,3 +97,22 @@ def test_evaluation_runs_in_the_training_precision(tmp_path, demo_dir):
     with torch.autocast(device.type, dtype=torch.bfloat16):
         bf16 = trainer.evaluator.evaluate(trainer.model, device)["eval_loss"]
     assert got == bf16 and bf16 != fp32
+
+
+def test_sigterm_to_every_process_of_the_job_with_loader_workers(tmp_path, demo_dir):
+    """Slurm (job end / preemption), systemd and `kill` of every pid signal each process, workers included: they
+    ignore a stop signal unless the trainer sent it, so the rank checkpoints and exits 0 (it used to exit 1)."""
+    config = write_config(tmp_path, demo_dir, "allterm", train={"max_steps": 1000}, data={"num_workers": 2})
+    proc = start(config)
+    try:
+        wait_for_steps(proc, folder(tmp_path, "allterm") / "metrics.jsonl", 3)
+        for pid in [proc.pid, *descendants(proc.pid)]:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        status, err = finish(proc, timeout=120)
+    finally:
+        kill_tree(proc.pid)
+    assert status == 0, err[-2000:]
+    assert Checkpointer(str(folder(tmp_path, "allterm") / "checkpoints")).list_complete()
