@@ -17,7 +17,7 @@ from open_vlm.checkpoint.model_io import load_model_from_checkpoint
 from open_vlm.config.schema import ModelConfig, OptimConfig, RunConfig
 from open_vlm.trainer.optim import lr_factor
 from tests.conftest import REPO, run_cli
-from tests.trainer.runs import ENV, finish, folder, kill_tree, metrics, start, train, write_config
+from tests.trainer.runs import ENV, finish, folder, kill_tree, metrics, start, train, wait_for_log, write_config
 
 
 def steps_of(directory: str) -> list[int]:
@@ -366,12 +366,7 @@ def test_a_second_ctrl_c_during_a_shard_write_aborts(tmp_path, demo_dir):
     config = write_config(tmp_path, demo_dir, "ctrlc", train={"max_steps": 1000}, checkpoint={"every_steps": 2})
     proc = start(config, env={"OPEN_VLM_CHECKPOINT_FAULT": "rank=0,file=.distcp,after=1,delay=25"})
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            proc.stderr_file.seek(0)
-            if "takes 25s" in proc.stderr_file.read():
-                break
-            time.sleep(0.2)
+        wait_for_log(proc, "takes 25s")
         os.kill(proc.pid, signal.SIGINT)
         time.sleep(1.0)
         os.kill(proc.pid, signal.SIGINT)
@@ -380,6 +375,7 @@ def test_a_second_ctrl_c_during_a_shard_write_aborts(tmp_path, demo_dir):
         kill_tree(proc.pid)
     assert "KeyboardInterrupt" not in err or "retry" not in err, err[-2000:]
     assert status == 130, (status, err[-2000:])
+    assert steps_of(str(folder(tmp_path, "ctrlc") / "checkpoints")) == [2]  # the last good one, intact
 
 
 def test_the_saved_model_description_is_the_one_being_trained(tmp_path, demo_dir):
@@ -398,12 +394,7 @@ def test_the_saved_model_description_is_the_one_being_trained(tmp_path, demo_dir
     )
     proc = start(config, env={"OPEN_VLM_CHECKPOINT_FAULT": "rank=0,file=data.json,delay=8"})  # a slow first save
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            proc.stderr_file.seek(0)
-            if "takes 8s" in proc.stderr_file.read():
-                break
-            time.sleep(0.2)
+        wait_for_log(proc, "takes 8s")
         spec["text"]["rope_theta"] = 100.0  # the user edits the file for another run
         model_config.write_text(yaml.safe_dump(spec))
         status, err = finish(proc, timeout=240)
