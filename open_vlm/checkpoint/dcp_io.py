@@ -96,8 +96,8 @@ class WeightsMismatch(ValueError):
 
 def check_same_weights(url: str, model_sd: dict) -> None:
     """Raise `WeightsMismatch` unless the checkpoint holds exactly the model's tensors, at the same shapes."""
-    saved = {
-        key[len("model.") :]: tuple(getattr(item, "size", ()))
+    saved = {  # name -> shape (None for a non-tensor item)
+        key[len("model.") :]: tuple(item.size) if hasattr(item, "size") else None
         for key, item in reader_for(url).read_metadata().state_dict_metadata.items()
         if key.startswith("model.")
     }
@@ -107,7 +107,11 @@ def check_same_weights(url: str, model_sd: dict) -> None:
         problems.append(f"{len(missing)} weights missing from the checkpoint (e.g. {missing[:3]})")
     if unexpected:
         problems.append(f"{len(unexpected)} checkpoint weights this model lacks (e.g. {unexpected[:3]})")
-    reshaped = [k for k in sorted(set(saved) & set(model_sd)) if saved[k] != tuple(model_sd[k].shape)]
+    reshaped = [
+        k
+        for k in sorted(set(saved) & set(model_sd))
+        if saved[k] is not None and hasattr(model_sd[k], "shape") and saved[k] != tuple(model_sd[k].shape)
+    ]
     if reshaped:
         k = reshaped[0]
         problems.append(

@@ -450,3 +450,19 @@ def test_extending_a_run_follows_the_new_schedule_from_the_first_step(base_run, 
     schedule = OptimConfig(lr=3e-3, warmup_steps=2)
     assert records[6] == 3e-3 * lr_factor(5, 8, schedule)  # the new schedule applies from step 6 ...
     assert records[5] == 3e-3 * lr_factor(4, 8, schedule), (records[5], 3e-3 * lr_factor(4, 4, schedule))
+
+
+def test_loading_into_another_architecture_names_the_difference(tmp_path):
+    """Weights of another shape, or checkpoint weights the model lacks, are refused before anything loads."""
+    from open_vlm.checkpoint.dcp_io import WeightsMismatch
+
+    model, optimizer = _tiny()
+    checkpointer = Checkpointer(str(tmp_path / "ck"))
+    checkpointer.save(1, model=model, optimizer=optimizer, extra={}, rng={}, data_state={}, meta={}, files={})
+    ckpt = checkpointer.latest()
+    wider = torch.nn.Linear(2, 3)
+    with pytest.raises(WeightsMismatch, match=r"2 weights of another shape \(e.g. bias: \(2,\) -> \(3,\)\)"):
+        checkpointer.load(ckpt, wider, torch.optim.AdamW(wider.parameters()))
+    smaller = torch.nn.Linear(2, 2, bias=False)
+    with pytest.raises(WeightsMismatch, match=r"1 checkpoint weights this model lacks \(e.g. \['bias'\]\)"):
+        checkpointer.load(ckpt, smaller, torch.optim.AdamW(smaller.parameters()))
