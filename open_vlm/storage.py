@@ -19,10 +19,15 @@ def is_remote(path: str) -> bool:
     return "://" in str(path) and not str(path).startswith("file://")
 
 
+def local_path(url: str) -> str:
+    """The filesystem path of a local spelling (`file://...`, `~/...`, a plain path), as fsspec reads it."""
+    return os.path.expanduser(str(url).removeprefix("file://"))
+
+
 def local_dir(url: str) -> Path:
     """A local directory holding `url`'s files: the path itself, or a cached download of a remote folder."""
     if not is_remote(url):
-        return Path(url.removeprefix("file://"))
+        return Path(local_path(url))
     cache_root = Path(os.environ.get("OPEN_VLM_CACHE", Path(tempfile.gettempdir()) / "open_vlm_cache"))
     target = cache_root / hashlib.sha1(url.rstrip("/").encode()).hexdigest()[:16]
     if not (target / ".complete").exists():
@@ -44,7 +49,7 @@ def write_atomic(url: str, data: bytes) -> None:
         with fsspec.open(url, "wb") as f:
             f.write(data)
         return
-    path = Path(url.removeprefix("file://"))
+    path = Path(local_path(url))
     path.parent.mkdir(parents=True, exist_ok=True)
     # Unique even across machines sharing a filesystem (pids repeat between containers).
     tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}.tmp")

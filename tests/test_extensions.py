@@ -89,11 +89,14 @@ def test_a_user_module_registers_a_model_kind_and_a_loss_that_train(user_module,
     assert [m["step"] for m in lines] == [1, 2, 3, 4]
     assert len(log.read_text().splitlines()) == 4 * 2  # the user's loss ran for every micro-batch
 
-    # The checkpoint rebuilds the user's model too (model.module is part of its config).
+    # The checkpoint rebuilds the user's model too, once the caller names the module (the one the checkpoint
+    # records is never imported by a loader: a checkpoint must not choose the code that runs).
     from open_vlm.checkpoint.model_io import load_model_from_checkpoint
 
     monkeypatch.syspath_prepend(str(user_module))
-    bundle, _, cfg = load_model_from_checkpoint(str(folder(tmp_path, "user")))
+    with pytest.raises(ValueError, match="never imports"):
+        load_model_from_checkpoint(str(folder(tmp_path, "user")))
+    bundle, _, cfg = load_model_from_checkpoint(str(folder(tmp_path, "user")), module="lab_models.captioners")
     assert type(bundle.model).__name__ == "MeanColourCaptioner" and cfg.model.module == "lab_models.captioners"
 
 

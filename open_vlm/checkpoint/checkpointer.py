@@ -20,7 +20,6 @@ import errno
 import json
 import logging
 import os
-import re
 import secrets
 import shutil
 import time
@@ -43,7 +42,7 @@ from open_vlm.checkpoint.files import (
     torch_load,
     write_bytes,
 )
-from open_vlm.checkpoint.retention import Retention, step_name
+from open_vlm.checkpoint.retention import STEP_DIR, Retention, step_name
 from open_vlm.checkpoint.verify import (
     MARKER,
     CheckpointDamaged,
@@ -57,7 +56,6 @@ from open_vlm.storage import is_remote
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-STEP_DIR = re.compile(r"^step_(\d+)$")
 RETRIES = 3
 RETRY_DELAY = 2.0  # seconds before the first retry; doubles each time
 # Any error on one rank is shared with the others (they would otherwise wait for it in the next collective);
@@ -198,7 +196,12 @@ class Checkpointer(Retention):
         """Write a checkpoint (collective: every rank calls it). Storage errors are retried by all ranks together."""
         self.wait()
         name = step_name(step)
-        if self.comm.from_rank0(lambda: self._patiently("looking into", lambda: self.is_committed(step))):
+        committed = {}  # rank 0's answer; the check is a storage access like any other phase: retried
+        self._together(
+            f"checking whether {name} is committed",
+            lambda: committed.update(done=self.comm.rank == 0 and self.is_committed(step)),
+        )
+        if self.comm.broadcast(committed["done"]):
             log.info("step %d is already committed at %s: not writing it again", step, self._url(name))
             return self._url(name)
         if async_save and self.sync_next:
@@ -380,10 +383,14 @@ class Checkpointer(Retention):
 
 
 def _attempt(fn: Callable[[], object]) -> BaseException | None:
-    """Run `fn`; the error it raised, or None."""
+    """Run `fn`; the error it raised, or None. An interrupt DCP wrapped (a second Ctrl-C) is raised, not retried."""
     try:
         fn()
     except FAILURES as err:
+        if isinstance(err, CheckpointException):
+            for exc, _ in err.failures.values():
+                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    raise exc from None
         return err
     return None
 

@@ -32,7 +32,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from open_vlm.checkpoint.dcp_safe import SafeLoadPlanner, UnsafeCheckpoint, reader_for
 from open_vlm.checkpoint.faults import maybe_fail_write
-from open_vlm.storage import is_remote
+from open_vlm.storage import is_remote, local_path
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class _FsspecWriter(_FaultHook, FsspecWriter):
 def writer_for(url: str):
     if is_remote(url):
         return _FsspecWriter(url, sync_files=False)
-    return _FileSystemWriter(url, sync_files=True)
+    return _FileSystemWriter(local_path(url), sync_files=True)
 
 
 def failure_summary(err: CheckpointException) -> str:
@@ -211,13 +211,45 @@ def _shaped_like(loaded: torch.Tensor, held: torch.Tensor) -> torch.Tensor:
     return loaded.reshape(held.shape).to(held.device)
 
 
+class WeightsMismatch(ValueError):
+    """A checkpoint's model weights are not this model's (another architecture): names or shapes differ."""
+
+
+def check_same_weights(url: str, model_sd: dict) -> None:
+    """Raise `WeightsMismatch` unless the checkpoint holds exactly the model's tensors, at the same shapes."""
+    saved = {  # name -> shape (None for a non-tensor item)
+        key[len("model.") :]: tuple(item.size) if hasattr(item, "size") else None
+        for key, item in reader_for(url).read_metadata().state_dict_metadata.items()
+        if key.startswith("model.")
+    }
+    problems = []
+    missing, unexpected = sorted(set(model_sd) - set(saved)), sorted(set(saved) - set(model_sd))
+    if missing:
+        problems.append(f"{len(missing)} weights missing from the checkpoint (e.g. {missing[:3]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} checkpoint weights this model lacks (e.g. {unexpected[:3]})")
+    reshaped = [
+        k
+        for k in sorted(set(saved) & set(model_sd))
+        if saved[k] is not None
+        and hasattr(model_sd[k], "shape")
+        and saved[k] != tuple(model_sd[k].shape)
+        and not saved_as_scalar(saved[k], model_sd[k].shape)  # an old 0-D CLIP logit_scale: it loads
+    ]
+    if reshaped:
+        k = reshaped[0]
+        problems.append(
+            f"{len(reshaped)} weights of another shape (e.g. {k}: {saved[k]} -> {tuple(model_sd[k].shape)})"
+        )
+    if problems:
+        raise WeightsMismatch(f"{url} holds another model: " + "; ".join(problems))
+
+
 def load_model_and_optimizer(url: str, model: nn.Module, optimizer, group=None) -> None:
     """Load model + optimizer state saved by `save_model_and_optimizer` (any world size / strategy)."""
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    missing = sorted(set(model_sd) - saved_model_keys(url))
-    if missing:
-        raise RuntimeError(f"{url}: model weights missing from the checkpoint: {missing[:5]}")
+    check_same_weights(url, model_sd)
     # Optimizer state may lack parameters that never received a gradient (their state is still zero).
     _load(state, reader_for(url), group)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])

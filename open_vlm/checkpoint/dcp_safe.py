@@ -21,7 +21,7 @@ from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader  # DCP'
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
-from open_vlm.storage import is_remote
+from open_vlm.storage import is_remote, local_path
 
 _DCP_METADATA = "torch.distributed.checkpoint.metadata"
 ALLOWED: frozenset[tuple[str, str]] = frozenset(
@@ -112,7 +112,7 @@ class SafeFsspecReader(_SafeMetadata, FsspecReader):
 
 def reader_for(url: str):
     """A DCP storage reader for a local path or any fsspec URL; it never unpickles arbitrary classes."""
-    return SafeFsspecReader(url) if is_remote(url) else SafeFileSystemReader(url)
+    return SafeFsspecReader(url) if is_remote(url) else SafeFileSystemReader(local_path(url))
 
 
 class SafeLoadPlanner(DefaultLoadPlanner):

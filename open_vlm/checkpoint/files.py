@@ -13,7 +13,7 @@ import fsspec
 import torch
 
 from open_vlm.checkpoint.faults import maybe_fail_write
-from open_vlm.storage import is_remote
+from open_vlm.storage import is_remote, local_path
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def write_bytes(url: str, data: bytes) -> None:
         with fs.open(path, "wb") as f:
             f.write(data)
         return
-    path = url.removeprefix("file://")
+    path = local_path(url)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as f:
         f.write(data)

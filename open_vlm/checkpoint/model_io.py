@@ -9,13 +9,13 @@ import tempfile
 from pathlib import Path
 
 import fsspec
+import yaml
 
 from open_vlm.checkpoint.checkpointer import read_meta, resolve_checkpoint
 from open_vlm.checkpoint.dcp_io import load_model_weights
 from open_vlm.checkpoint.files import read_bytes
 from open_vlm.config.load import config_from_yaml_text
 from open_vlm.config.schema import RunConfig
-from open_vlm.storage import is_remote
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,28 @@ def model_files(cfg: RunConfig, tokenizer) -> dict[str, bytes]:
     return files
 
 
-def load_model_from_checkpoint(path: str):
-    """(bundle, tokenizer, run config) of a checkpoint, a checkpoint dir or a run folder (local or URL)."""
-    from open_vlm.models.registry import build_model
+def described_model_config(files: dict[str, bytes]) -> dict | None:
+    """The model config that `model_files` captured (parsed), or None when the model came from elsewhere."""
+    name = json.loads(files[SPEC]).get("config_file") if SPEC in files else None
+    return yaml.safe_load(files[f"model/{name}"]) if name else None
+
+
+def saved_model_config(ckpt: str) -> dict | None:
+    """The model config saved in a checkpoint's `model/` folder (parsed), or None (none saved, an old checkpoint)."""
+    try:
+        name = json.loads(read_bytes(f"{ckpt}/{SPEC}")).get("config_file")
+        return yaml.safe_load(read_bytes(f"{ckpt}/model/{name}")) if name else None
+    except FileNotFoundError:
+        return None
+
+
+def load_model_from_checkpoint(path: str, module: str | None = None):
+    """(bundle, tokenizer, run config) of a checkpoint, a checkpoint dir or a run folder (local or URL).
+
+    `module`: a user module to import first (its model kinds); the `model.module` a checkpoint records is
+    never imported, since a checkpoint (from a shared bucket, say) must not choose which code runs.
+    """
+    from open_vlm.models.registry import build_model, model_kinds
     from open_vlm.storage import local_dir
     from open_vlm.tokenize.tokenizers import load_tokenizer
 
@@ -53,8 +72,16 @@ def load_model_from_checkpoint(path: str):
     spec = json.loads(read_bytes(f"{ckpt}/{SPEC}"))
     # The whole model in fp32, as saved weights of any dtype load into it: `frozen_dtype` would cast the kind's
     # default-frozen parameters (LXMERT's last visual half) again, and an fp32 forward then mixes dtypes.
-    model_cfg = dataclasses.replace(cfg.model, freeze=[], unfreeze=[], pretrained=None, frozen_dtype="fp32")
-    folder = local_dir(f"{ckpt}/model") if is_remote(ckpt) else Path(ckpt) / "model"
+    model_cfg = dataclasses.replace(
+        cfg.model, freeze=[], unfreeze=[], pretrained=None, frozen_dtype="fp32", module=module
+    )
+    if module is None and model_cfg.kind not in model_kinds():
+        raise ValueError(
+            f"{ckpt}: model kind '{model_cfg.kind}' is not registered; the checkpoint names module "
+            f"'{cfg.model.module}', which loading never imports (a checkpoint must not choose the code that runs): "
+            "import it yourself first (Python), or name it (`module=` / model.module of open-vlm eval)"
+        )
+    folder = local_dir(f"{ckpt}/model")  # a local path as it is (`file://`, `~` spelled out), a URL downloaded
     if spec.get("config_file"):
         model_cfg.config = str(folder / spec["config_file"])
     elif cfg.model.pretrained:

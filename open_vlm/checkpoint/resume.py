@@ -20,13 +20,15 @@ class ResumeRefused(ValueError):
     """The run config changed in a way that would not continue the checkpointed run."""
 
 
-def resume_fingerprint(cfg: RunConfig) -> dict:
+def resume_fingerprint(cfg: RunConfig, model_config: dict | None = None) -> dict:
     """The settings the sample order, the batch composition, the numerics and the optimizer depend on.
 
     The optimizer's hyperparameters are here because a resume restores them from the checkpoint: a changed
     value would otherwise be silently ignored. When allowed, the trainer applies the new values.
+    `model_config`: the content of the model config file (the architecture), when there is one.
     """
     return {
+        "model.config": model_config,
         "train.seed": cfg.train.seed,
         "train.global_batch_size": cfg.train.global_batch_size,
         "train.precision": cfg.train.precision,
@@ -49,15 +51,23 @@ def resume_fingerprint(cfg: RunConfig) -> dict:
     }
 
 
-def check_resumable(meta: dict, cfg: RunConfig, allow: bool = False) -> list[str]:
-    """Raise `ResumeRefused` naming each changed setting, unless `allow` (then warn); returns the changed keys."""
-    saved = resume_fingerprint(config_from_yaml_text(meta["config"]))
-    now = resume_fingerprint(cfg)
+def check_resumable(
+    meta: dict, cfg: RunConfig, allow: bool = False, saved_model: dict | None = None, model: dict | None = None
+) -> list[str]:
+    """Raise `ResumeRefused` naming each changed setting, unless `allow` (then warn); returns the changed keys.
+
+    `saved_model` / `model`: the model config contents of the checkpoint and of this run (compared when both
+    exist; the file's path may differ, its content may not).
+    """
+    if saved_model is None or model is None:
+        saved_model = model = None
+    saved = resume_fingerprint(config_from_yaml_text(meta["config"]), saved_model)
+    now = resume_fingerprint(cfg, model)
     changed = [k for k in now if saved.get(k) != now[k]]
     if not changed:
         return []
     message = "config changed since the checkpoint in ways that break resume: " + "; ".join(
-        f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed
+        difference for k in changed for difference in _differences(k, saved.get(k), now[k])
     )
     if not allow:
         raise ResumeRefused(
@@ -65,6 +75,17 @@ def check_resumable(meta: dict, cfg: RunConfig, allow: bool = False) -> list[str
         )
     log.warning("%s (allowed by checkpoint.allow_config_change)", message)
     return changed
+
+
+def _differences(key: str, old, new) -> list[str]:
+    """`key: old -> new`, or per nested key for two mappings (a model config: only what changed)."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return [f"{key}: {old!r} -> {new!r}"]
+    out = []
+    for k in sorted(set(old) | set(new), key=str):
+        if old.get(k) != new.get(k):
+            out += _differences(f"{key} {k}" if key == "model.config" else f"{key}.{k}", old.get(k), new.get(k))
+    return out
 
 
 def check_init_from(meta: dict, report: WeightsReport, cfg: RunConfig, source: str) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from open_vlm.storage import is_remote
 log = logging.getLogger(__name__)
 
 ASIDE = "abandoned"  # where a rollback moves the checkpoints of the timeline it leaves
+STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
 def step_name(step: int) -> str:
@@ -55,6 +57,12 @@ class Retention:
         if not is_remote(self.directory):  # leftovers of killed saves
             for entry in Path(self.root).glob(".step_*.partial-*"):
                 shutil.rmtree(entry, ignore_errors=True)
+        else:  # remote saves are written in place: a step folder without its marker is a failed or killed save
+            for entry in self.fs.ls(self.root, detail=False):
+                entry = entry.rstrip("/")
+                if STEP_DIR.match(entry.split("/")[-1]) and not self.fs.exists(f"{entry}/{MARKER}"):
+                    self.fs.rm(entry, recursive=True)
+                    log.info("removed the leftovers of an uncommitted save: %s", self._url(entry.split("/")[-1]))
 
     def _delete(self, url: str) -> None:
         """Uncommit first, so that a kill mid-delete never leaves a COMPLETE checkpoint with files missing."""
@@ -75,10 +83,10 @@ class Retention:
                 continue
             src = f"{self.root}/{step_name(later)}"
             dest = f"{self.root}/{ASIDE}/{step_name(later)}-{time.strftime('%Y%m%d-%H%M%S')}"
-            marker = read_bytes(f"{src}/{MARKER}")
+            marker = read_bytes(f"{self._url(step_name(later))}/{MARKER}")  # a URL: `src` has no scheme
             self.fs.rm(f"{src}/{MARKER}")  # uncommitted first: a half-finished move is never a checkpoint
             if is_remote(self.directory):
-                self.fs.mv(src, dest, recursive=True)
+                self._move_remote(src, dest)
             else:
                 os.makedirs(os.path.dirname(dest), exist_ok=True)
                 os.replace(src, dest)
@@ -94,3 +102,11 @@ class Retention:
                 ASIDE,
             )
         return moved
+
+    def _move_remote(self, src: str, dest: str) -> None:
+        """Copy every object under `src` to `dest`, then delete `src` (object stores have no rename)."""
+        # File by file: s3fs's recursive `mv` also copies the folder placeholders it lists, which S3 refuses.
+        self.fs.invalidate_cache()
+        for path in self.fs.find(src):
+            self.fs.copy(path, f"{dest}/{path[len(src) :].lstrip('/')}")
+        self.fs.rm(src, recursive=True)

@@ -161,6 +161,9 @@ class TrainConfig:
     activation_checkpointing: bool = False  # recompute each declared unit's activations in backward
     compile: bool = False  # torch.compile the model
     deterministic: bool = False  # deterministic algorithms: bit-identical losses on CPU
+    # Seconds between a stop signal and the SIGKILL that follows it (a warning says when stopping came close);
+    # 0: torchrun's own `--shutdown-timeout` (read from its command line), else TORCH_ELASTIC_SHUTDOWN_TIMEOUT, else 30.
+    shutdown_timeout: float = 0.0
 
 
 @dataclass

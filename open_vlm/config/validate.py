@@ -66,6 +66,7 @@ RANGES: dict[str, Range] = {
     "train.epochs": AT_LEAST_0,
     "train.global_batch_size": AT_LEAST_0,
     "train.accum_steps": AT_LEAST_1,
+    "train.shutdown_timeout": AT_LEAST_0,
     "checkpoint.every_steps": AT_LEAST_0,
     "checkpoint.every_minutes": AT_LEAST_0,
     "checkpoint.keep_last": AT_LEAST_0,

@@ -92,7 +92,7 @@ def run_heldout(cfg: RunConfig, folder: Path) -> dict:
 
     if not cfg.eval.checkpoint:
         raise ValueError("eval.kind loss needs a checkpoint: --checkpoint PATH (a checkpoint or run folder)")
-    bundle, tokenizer, trained = load_model_from_checkpoint(cfg.eval.checkpoint)
+    bundle, tokenizer, trained = load_model_from_checkpoint(cfg.eval.checkpoint, module=cfg.model.module)
     # Tokenization and loss as in training; the shards and batch count as this invocation says.
     trained.eval.sources = cfg.eval.sources or cfg.data.sources or trained.eval.sources
     trained.eval.max_batches = cfg.eval.max_batches

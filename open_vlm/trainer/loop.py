@@ -18,14 +18,15 @@ import torch
 
 from open_vlm.checkpoint.checkpointer import Checkpointer, read_meta, resolve_checkpoint
 from open_vlm.checkpoint.collective import new_checkpoint_group
-from open_vlm.checkpoint.dcp_io import load_model_weights, weights_report
-from open_vlm.checkpoint.model_io import model_files
+from open_vlm.checkpoint.dcp_io import WeightsMismatch, load_model_weights, weights_report
+from open_vlm.checkpoint.model_io import described_model_config, model_files, saved_model_config
 from open_vlm.checkpoint.resume import ResumeRefused, check_init_from, check_resumable
 from open_vlm.checkpoint.rng import rng_state, seed_everything, set_rng_state
 from open_vlm.config.load import dump_config
 from open_vlm.config.schema import RunConfig
 from open_vlm.data.build import batch_to_device, build_model_loader
 from open_vlm.data.version import DataVersionError
+from open_vlm.lifeline import launched_by_torchrun
 from open_vlm.models.freeze import check_frozen_dtype
 from open_vlm.models.losses import build_loss, term_counts
 from open_vlm.models.registry import build_model
@@ -34,7 +35,12 @@ from open_vlm.tracking.base import data_inputs
 from open_vlm.trainer.epochs import log_epoch_steps, steps_for_epochs
 from open_vlm.trainer.metrics import MetricsLogger, ThroughputWindow, peak_memory_gb
 from open_vlm.trainer.mfu import FlopCounter, device_peak_flops
-from open_vlm.trainer.optim import build_optimizer, group_hyperparameters, restore_hyperparameters
+from open_vlm.trainer.optim import (
+    build_optimizer,
+    follow_schedule,
+    group_hyperparameters,
+    restore_hyperparameters,
+)
 from open_vlm.trainer.parallel import (
     all_reduce_sum,
     all_reduce_sums,
@@ -73,6 +79,8 @@ class Trainer:
         seed_everything(cfg.train.seed)
         self.tokenizer = load_tokenizer(cfg.model.tokenizer) if cfg.model.tokenizer else None
         check_frozen_dtype(cfg.model.frozen_dtype, cfg.train.precision)
+        # What checkpoints describe the model with, read once: the files may be edited while the run goes on.
+        self.model_files = model_files(cfg, self.tokenizer)
         self.bundle = build_model(cfg.model, self.tokenizer)
         units = self.bundle.shard_units
         if cfg.train.activation_checkpointing:
@@ -176,12 +184,26 @@ class Trainer:
 
     def load(self, ckpt: str) -> None:
         ck = self.cfg.checkpoint
-        changed = check_resumable(read_meta(ckpt), self.cfg, allow=ck.allow_config_change)
+        changed = check_resumable(
+            read_meta(ckpt),
+            self.cfg,
+            allow=ck.allow_config_change,
+            saved_model=saved_model_config(ckpt),
+            model=described_model_config(self.model_files),
+        )
         configured = group_hyperparameters(self.optimizer)  # this run's, before the checkpoint's replace them
-        extra, rng, data_state = self.checkpointer.load(ckpt, self.model, self.optimizer)
+        try:
+            extra, rng, data_state = self.checkpointer.load(ckpt, self.model, self.optimizer)
+        except WeightsMismatch as err:  # no flag resumes another architecture; init_from starts from its weights
+            raise ResumeRefused(
+                f"checkpoint.resume: {err} (to start this model from its weights, use checkpoint.resume none with "
+                "checkpoint.init_from and checkpoint.allow_partial_init true)"
+            ) from None
         self.scheduler.load_state_dict(extra["scheduler"])
         if any(key.startswith("optim.") for key in changed):  # allowed: the new optimizer settings apply
             restore_hyperparameters(self.optimizer, self.scheduler, configured)
+        else:
+            follow_schedule(self.optimizer, self.scheduler)  # this run's schedule (max_steps may have grown)
         if self.scaler is not None and extra.get("scaler"):
             self.scaler.load_state_dict(extra["scaler"])
         self.step, self.samples_seen, self.tokens_seen = extra["step"], extra["samples_seen"], extra["tokens_seen"]
@@ -236,7 +258,7 @@ class Trainer:
             rng=rng_state(),
             data_state=data_state,
             meta=meta,
-            files=model_files(self.cfg, self.tokenizer) if self.info.is_main else {},
+            files=self.model_files if self.info.is_main else {},
             async_save=self.cfg.checkpoint.async_save and not final,
         )
         self.metrics.checkpoint_saved(url)
@@ -382,7 +404,7 @@ class Trainer:
     def _report_stop_time(self, stop: StopRequest) -> None:
         took = time.monotonic() - stop.at
         log.info("checkpoint committed %.1fs after %s", took, stop.reason)
-        grace, fix = stop_grace()
+        grace, fix = stop_grace(self.cfg.train.shutdown_timeout, launched_by_torchrun())
         if took > 0.8 * grace:
             log.warning("stopping took %.0fs of the %.0fs grace before SIGKILL: %s", took, grace, fix)
 

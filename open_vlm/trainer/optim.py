@@ -91,6 +91,13 @@ def restore_hyperparameters(optimizer: torch.optim.Optimizer, scheduler, configu
     for group, hyper in zip(optimizer.param_groups, configured):
         group.update(hyper)
     scheduler.base_lrs = [hyper["initial_lr"] for hyper in configured]
+    follow_schedule(optimizer, scheduler)
+
+
+def follow_schedule(optimizer: torch.optim.Optimizer, scheduler) -> None:
+    """Set each group's LR to this run's schedule at the scheduler's step (after loading a checkpoint)."""
+    # A loaded optimizer carries the LR the *saved* schedule gave; a changed `train.max_steps` (extending a
+    # run) changes the schedule, and the first resumed step must already follow the new one.
     for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
         group["lr"] = base * factor(scheduler.last_epoch)
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports

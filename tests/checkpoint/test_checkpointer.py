@@ -1,18 +1,23 @@
 """Atomic commits, retention, init_from, reset_data, refused config changes, async save, S3."""
 
 import json
+import os
+import shutil
+import signal
+import time
 
 import fsspec
 import pytest
 import s3fs
 import torch
+import yaml
 
 from open_vlm.checkpoint.checkpointer import MARKER, Checkpointer, read_meta, step_name
 from open_vlm.checkpoint.model_io import load_model_from_checkpoint
 from open_vlm.config.schema import ModelConfig, OptimConfig, RunConfig
 from open_vlm.trainer.optim import lr_factor
 from tests.conftest import REPO, run_cli
-from tests.trainer.runs import ENV, folder, metrics, train, write_config
+from tests.trainer.runs import ENV, finish, folder, kill_tree, metrics, start, train, wait_for_log, write_config
 
 
 def steps_of(directory: str) -> list[int]:
@@ -331,3 +336,166 @@ def test_clip_checkpoint_with_a_0d_logit_scale_loads_and_resumes(tmp_path):
     assert float(resumed.logit_scale.detach()[0]) == saved_scale
     moment = resumed_optimizer.state[resumed.logit_scale]["exp_avg"]
     assert moment.shape == (1,) and float(moment[0]) == saved_moment
+
+
+def _tiny():
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(1, 2)).sum().backward()
+    optimizer.step()
+    return model, optimizer
+
+
+def test_a_file_url_checkpoint_dir_can_be_read_back(tmp_path):
+    """`file://` is a local spelling everywhere, the DCP reader included (it used to get `Path('file:/...')`)."""
+    directory = f"file://{tmp_path}/ck"
+    model, optimizer = _tiny()
+    checkpointer = Checkpointer(directory)
+    checkpointer.save(1, model=model, optimizer=optimizer, extra={}, rng={}, data_state={}, meta={}, files={})
+    latest = checkpointer.latest()
+    assert latest == f"{directory}/step_00000001"
+    other, other_opt = torch.nn.Linear(2, 2), None
+    other_opt = torch.optim.AdamW(other.parameters())
+    checkpointer.load(latest, other, other_opt)
+    assert torch.equal(other.weight, model.weight)
+
+
+@pytest.mark.parametrize("spelling", ["file://{tmp}/ck", "~/ck"])
+def test_a_checkpoint_dir_spelling_resumes_through_the_cli(tmp_path, demo_dir, spelling):
+    """`resume latest` of a checkpoint dir spelled `file://...` or `~/...` reads it back (it used to exit 1,
+    "FileNotFoundError: 'file:/.../.metadata'" or "'~/ck/step_00000002/.metadata'")."""
+    env = {**ENV, "HOME": str(tmp_path)}
+    directory = spelling.format(tmp=tmp_path)
+    config = write_config(tmp_path, demo_dir, "spelled", train={"max_steps": 2}, checkpoint={"dir": directory})
+    assert run_cli("-m", "open_vlm.train", "--config", str(config), env=env).returncode == 0
+    out = run_cli("-m", "open_vlm.train", "--config", str(config), "--train.max_steps", "3", env=env)
+    assert out.returncode == 0, out.stderr[-1500:]
+
+
+def test_a_storage_error_in_the_committed_check_is_retried(tmp_path, monkeypatch):
+    """The first storage access of a save (rank 0's 'is this step already committed', a HEAD on S3) is retried
+    like every other phase: one transient error there does not end the run."""
+    import errno
+
+    model, optimizer = _tiny()
+    checkpointer = Checkpointer(str(tmp_path / "ck"))
+    real, calls = Checkpointer.is_committed, []
+
+    def flaky(self, step):
+        calls.append(step)
+        if len(calls) == 1:
+            raise OSError(errno.EIO, "transient storage error (S3 503 SlowDown)")
+        return real(self, step)
+
+    monkeypatch.setattr(Checkpointer, "is_committed", flaky)
+    monkeypatch.setattr("open_vlm.checkpoint.checkpointer.RETRY_DELAY", 0.01)
+    checkpointer.save(1, model=model, optimizer=optimizer, extra={}, rng={}, data_state={}, meta={}, files={})
+    assert [s for s, _ in checkpointer.list_complete()] == [1]
+
+
+def test_a_second_ctrl_c_during_a_shard_write_aborts(tmp_path, demo_dir):
+    """README: 'a second Ctrl-C aborts', also inside DCP's shard write, where the KeyboardInterrupt arrives wrapped
+    in a CheckpointException: it is raised, not retried as a storage error (exit 130)."""
+    config = write_config(tmp_path, demo_dir, "ctrlc", train={"max_steps": 1000}, checkpoint={"every_steps": 2})
+    proc = start(config, env={"OPEN_VLM_CHECKPOINT_FAULT": "rank=0,file=.distcp,after=1,delay=25"})
+    try:
+        wait_for_log(proc, "takes 25s")
+        os.kill(proc.pid, signal.SIGINT)
+        time.sleep(1.0)
+        os.kill(proc.pid, signal.SIGINT)
+        status, err = finish(proc, timeout=120)
+    finally:
+        kill_tree(proc.pid)
+    assert "KeyboardInterrupt" not in err or "retry" not in err, err[-2000:]
+    assert status == 130, (status, err[-2000:])
+    assert steps_of(str(folder(tmp_path, "ctrlc") / "checkpoints")) == [2]  # the last good one, intact
+
+
+def test_the_saved_model_description_is_the_one_being_trained(tmp_path, demo_dir):
+    """The model description is captured at start: editing `model.config` while the run goes on (say, to prepare
+    the next experiment) does not change later checkpoints (they used to carry the edited rope_theta)."""
+    spec = yaml.safe_load((REPO / "configs/models/paligemma_tiny.yaml").read_text())
+    model_config = tmp_path / "mine.yaml"
+    model_config.write_text(yaml.safe_dump(spec))
+    config = write_config(
+        tmp_path,
+        demo_dir,
+        "edited",
+        train={"max_steps": 4},
+        model={"config": str(model_config)},
+        checkpoint={"every_steps": 2},
+    )
+    proc = start(config, env={"OPEN_VLM_CHECKPOINT_FAULT": "rank=0,file=data.json,delay=8"})  # a slow first save
+    try:
+        wait_for_log(proc, "takes 8s")
+        spec["text"]["rope_theta"] = 100.0  # the user edits the file for another run
+        model_config.write_text(yaml.safe_dump(spec))
+        status, err = finish(proc, timeout=240)
+    finally:
+        kill_tree(proc.pid)
+    assert status == 0, err[-1500:]
+    ckdir = folder(tmp_path, "edited") / "checkpoints"
+    first = yaml.safe_load((ckdir / "step_00000002" / "model" / "model_config.yaml").read_text())
+    last = yaml.safe_load((ckdir / "step_00000004" / "model" / "model_config.yaml").read_text())
+    assert last == first, "step 4 describes a model with rope_theta 100, trained with the default"
+
+
+def test_resume_refuses_another_architecture(base_run, tmp_path, demo_dir):
+    """A model config with half the layers is refused with one line naming the changed key (it used to resume
+    silently, dropping the saved layers); allowed config changes still never load another architecture."""
+    tmp, _ = base_run
+    spec = yaml.safe_load((REPO / "configs/models/paligemma_tiny.yaml").read_text())
+    spec["text"]["num_hidden_layers"] = spec["vision"]["num_hidden_layers"] = 1
+    (tmp_path / "half_layers.yaml").write_text(yaml.safe_dump(spec))
+    ckdir = tmp_path / "ck"
+    shutil.copytree(folder(tmp, "base") / "checkpoints" / "step_00000002", ckdir / "step_00000002")
+    config = write_config(
+        tmp_path,
+        demo_dir,
+        "smaller",
+        train={"max_steps": 3},
+        model={"config": str(tmp_path / "half_layers.yaml")},
+        checkpoint={"dir": str(ckdir)},
+    )
+    out = run_cli("-m", "open_vlm.train", "--config", str(config), env=ENV)
+    assert out.returncode == 2, "resumed a 2-layer checkpoint into a 1-layer model without a word"
+    error = [line for line in out.stderr.splitlines() if "break resume" in line]
+    assert len(error) == 1 and "model.config text.num_hidden_layers: 2 -> 1" in error[0], out.stderr[-1500:]
+    assert "allow_config_change" in error[0] and "Traceback" not in out.stderr
+    # Allowed, the config change passes, the weights do not: another architecture never resumes.
+    out = run_cli("-m", "open_vlm.train", "--config", str(config), "--checkpoint.allow_config_change", "true", env=ENV)
+    assert out.returncode == 2, out.stderr[-1500:]
+    assert "holds another model" in out.stderr and "init_from" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_extending_a_run_follows_the_new_schedule_from_the_first_step(base_run, tmp_path):
+    """Raising train.max_steps (the usual way to extend a run) changes the cosine schedule: the first resumed step
+    already follows the new one (it used to keep the checkpoint's LR, the old schedule's floor)."""
+    from open_vlm.config.schema import OptimConfig
+    from open_vlm.trainer.optim import lr_factor
+    from tests.trainer.runs import metrics
+
+    tmp, config = base_run
+    ckdir = tmp_path / "ck"
+    shutil.copytree(folder(tmp, "base") / "checkpoints" / "step_00000004", ckdir / "step_00000004")
+    train(config, "--train.max_steps", "8", "--checkpoint.dir", str(ckdir), "--run.name", "extended")
+    records = {m["step"]: m["lr"] for m in metrics(tmp, "extended")}
+    schedule = OptimConfig(lr=3e-3, warmup_steps=2)
+    assert records[6] == 3e-3 * lr_factor(5, 8, schedule)  # the new schedule applies from step 6 ...
+    assert records[5] == 3e-3 * lr_factor(4, 8, schedule), (records[5], 3e-3 * lr_factor(4, 4, schedule))
+
+
+def test_loading_into_another_architecture_names_the_difference(tmp_path):
+    """Weights of another shape, or checkpoint weights the model lacks, are refused before anything loads."""
+    from open_vlm.checkpoint.dcp_io import WeightsMismatch
+
+    model, optimizer = _tiny()
+    checkpointer = Checkpointer(str(tmp_path / "ck"))
+    checkpointer.save(1, model=model, optimizer=optimizer, extra={}, rng={}, data_state={}, meta={}, files={})
+    ckpt = checkpointer.latest()
+    wider = torch.nn.Linear(2, 3)
+    with pytest.raises(WeightsMismatch, match=r"2 weights of another shape \(e.g. bias: \(2,\) -> \(3,\)\)"):
+        checkpointer.load(ckpt, wider, torch.optim.AdamW(wider.parameters()))
+    smaller = torch.nn.Linear(2, 2, bias=False)
+    with pytest.raises(WeightsMismatch, match=r"1 checkpoint weights this model lacks \(e.g. \['bias'\]\)"):
+        checkpointer.load(ckpt, smaller, torch.optim.AdamW(smaller.parameters()))

@@ -9,6 +9,7 @@ import pickle
 import shutil
 
 import pytest
+import yaml
 
 from open_vlm.checkpoint.checkpointer import Checkpointer, torch_bytes
 from tests.conftest import REPO, run_cli
@@ -110,3 +111,19 @@ def test_every_torch_load_in_the_package_is_weights_only():
             if isinstance(func, ast.Attribute) and func.attr == "load" and getattr(func.value, "id", "") == "torch":
                 flag = {k.arg: k.value for k in node.keywords}.get("weights_only")
                 assert isinstance(flag, ast.Constant) and flag.value is True, f"{path}:{node.lineno}"
+
+
+def test_a_tampered_meta_json_cannot_import_modules(base_run, tmp_path):
+    """The stored config's `model.module` is never imported by a reader that rebuilds the model (export,
+    from_pretrained, eval --checkpoint, generate, embed, view --attention): a checkpoint must not pick which
+    installed module's top-level code runs. Shown with the stdlib's `this` (prints the Zen of Python)."""
+    tmp, _ = base_run
+    ckpt = tmp_path / "step_00000004"
+    shutil.copytree(folder(tmp, "base") / "checkpoints" / "step_00000004", ckpt)
+    meta = json.loads((ckpt / "meta.json").read_text())
+    cfg = yaml.safe_load(meta["config"])
+    cfg["model"]["module"] = "this"
+    meta["config"] = yaml.safe_dump(cfg)
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+    out = run_cli("-m", "open_vlm.cli", "export", str(ckpt), str(tmp_path / "exported"), env=ENV)
+    assert "The Zen of Python" not in out.stdout, "export imported the module the checkpoint named"

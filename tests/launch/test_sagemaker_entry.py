@@ -165,13 +165,16 @@ def test_stop_time_is_measured_against_sagemakers_grace(monkeypatch, caplog):
 
     monkeypatch.setenv("SM_CURRENT_HOST", "algo-1")  # inside a SageMaker job (sm_train.sh's environment)
     monkeypatch.delenv("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", raising=False)
+    from open_vlm.config.schema import RunConfig
+
+    trainer = types.SimpleNamespace(cfg=RunConfig())  # train.shutdown_timeout unset, as in the job's config
     stop = types.SimpleNamespace(at=time.monotonic() - 40, reason="SIGTERM")
     with caplog.at_level(logging.WARNING, logger="open_vlm.trainer.loop"):
-        Trainer._report_stop_time(None, stop)
+        Trainer._report_stop_time(trainer, stop)
     assert not [r for r in caplog.records if "shutdown-timeout" in r.getMessage()], caplog.text
     stop.at = time.monotonic() - 110  # control: close to SageMaker's SIGKILL, a warning
     with caplog.at_level(logging.WARNING, logger="open_vlm.trainer.loop"):
-        Trainer._report_stop_time(None, stop)
+        Trainer._report_stop_time(trainer, stop)
     assert "of the 120s grace before SIGKILL" in caplog.text
 
 

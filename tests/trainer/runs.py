@@ -158,6 +158,16 @@ def wait_for_steps(proc: subprocess.Popen, metrics_path: Path, steps: int, timeo
         time.sleep(0.02)
 
 
+def wait_for_log(proc: subprocess.Popen, text: str, timeout: float = 240) -> None:
+    """Wait until a started run's stderr contains `text` (or it ended, or `timeout` passed)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        proc.stderr_file.seek(0)
+        if text in proc.stderr_file.read():
+            return
+        time.sleep(0.2)
+
+
 def train_until_killed(config: Path, metrics_path: Path, kill_after: int, *overrides: str, procs: int = 1, env=None):
     """Start training and SIGKILL the whole process group once `kill_after` steps are logged."""
     proc = start(config, *overrides, procs=procs, env=env)

@@ -12,7 +12,18 @@ import torch
 from open_vlm.checkpoint.checkpointer import Checkpointer
 from open_vlm.config.load import load_run_config
 from tests.conftest import REPO
-from tests.trainer.runs import ENV, folder, metrics, write_config, write_lxmert_config
+from tests.trainer.runs import (
+    ENV,
+    descendants,
+    finish,
+    folder,
+    kill_tree,
+    metrics,
+    start,
+    wait_for_steps,
+    write_config,
+    write_lxmert_config,
+)
 
 
 def test_fp16_overflow_skips_the_step_and_lowers_the_scale(tmp_path, demo_dir):
@@ -137,3 +148,22 @@ def test_lxmert_loss_is_normalised_over_the_whole_step(tmp_path, demo_dir):
     with_invalid = trainer.train_step([good, invalid])
     assert with_invalid.loss == pytest.approx(alone.loss, rel=1e-6)
     assert float(with_invalid.grad_norm) == pytest.approx(float(alone.grad_norm), rel=1e-5)
+
+
+def test_sigterm_to_every_process_of_the_job_with_loader_workers(tmp_path, demo_dir):
+    """Slurm (job end / preemption), systemd and `kill` of every pid signal each process, workers included: they
+    ignore a stop signal unless the trainer sent it, so the rank checkpoints and exits 0 (it used to exit 1)."""
+    config = write_config(tmp_path, demo_dir, "allterm", train={"max_steps": 1000}, data={"num_workers": 2})
+    proc = start(config)
+    try:
+        wait_for_steps(proc, folder(tmp_path, "allterm") / "metrics.jsonl", 3)
+        for pid in [proc.pid, *descendants(proc.pid)]:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        status, err = finish(proc, timeout=120)
+    finally:
+        kill_tree(proc.pid)
+    assert status == 0, err[-2000:]
+    assert Checkpointer(str(folder(tmp_path, "allterm") / "checkpoints")).list_complete()
