@@ -276,15 +276,25 @@ def compare(reference: Job, job: Job, steps: range | None = None) -> list[str]:
                 problems.append(f"step {step}: {key} {got[step].get(key)!r} != {ref[step].get(key)!r}")
     ref_ckpts = dict(reference.committed())
     for step, url in job.committed():
-        if step in ref_ckpts and _consumed(url) != _consumed(ref_ckpts[step]):
-            problems.append(f"checkpoint of step {step}: consumed record differs")
+        if step in ref_ckpts:
+            problems += _unreadable(
+                step, lambda u=url, r=ref_ckpts[step]: _consumed(u) != _consumed(r), "consumed record differs"
+            )
     final = reference.max_steps
     mine = dict(job.committed())
     if final not in mine:
         problems.append(f"no checkpoint of the last step {final}")
-    elif final in ref_ckpts and not same_weights(ref_ckpts[final], mine[final]):
-        problems.append(f"checkpoint of step {final}: weights differ")
+    elif final in ref_ckpts:
+        problems += _unreadable(final, lambda: not same_weights(ref_ckpts[final], mine[final]), "weights differ")
     return problems
+
+
+def _unreadable(step: int, differs: Callable[[], bool], what: str) -> list[str]:
+    """`what` when `differs()`; a committed checkpoint the comparison cannot read is a finding too, not a crash."""
+    try:
+        return [f"checkpoint of step {step}: {what}"] if differs() else []
+    except Exception as err:  # a drill on a broken build commits checkpoints that do not load: report them
+        return [f"checkpoint of step {step}: unreadable ({type(err).__name__}: {str(err)[:200]})"]
 
 
 def compare_positions(reference: Job, job: Job) -> list[str]:
@@ -297,9 +307,11 @@ def compare_positions(reference: Job, job: Job) -> list[str]:
     ref_ckpts = dict(reference.committed())
     for step, url in job.committed():
         if step in ref_ckpts:
-            mine, theirs = _consumed(url), _consumed(ref_ckpts[step])
-            if (mine["step"], mine["consumed"]) != (theirs["step"], theirs["consumed"]):
-                problems.append(f"checkpoint of step {step}: data position differs")
+            problems += _unreadable(
+                step,
+                lambda u=url, r=ref_ckpts[step]: _position(_consumed(u)) != _position(_consumed(r)),
+                "data position differs",
+            )
     final = reference.max_steps
     if final in ref_ckpts and final in dict(job.committed()):
         mine, theirs = _consumed(dict(job.committed())[final]), _consumed(ref_ckpts[final])
@@ -310,6 +322,10 @@ def compare_positions(reference: Job, job: Job) -> list[str]:
     else:
         problems.append(f"no checkpoint of the last step {final}")
     return problems
+
+
+def _position(consumed: dict) -> tuple:
+    return consumed["step"], consumed["consumed"]
 
 
 def same_weights(a: str, b: str) -> bool:

@@ -28,8 +28,9 @@ def test_resume_latest_falls_back_past_damaged_checkpoints(reference, copied):
     """Steps 24, 21 and 18 damaged: the resume names each and why, continues from 15, and steps 16-24, the consumed
     records and the final weights equal the reference's; the damaged ones are set aside.
 
-    Shown to fail on a broken build: with `latest_good` returning the newest committed checkpoint unchecked (the
-    size check off), the resume took step 24 and failed reading its shard (exit 1)."""
+    Shown to fail on a broken build (checked 2026-11-23, checkpointer.py edited by hand, then reverted): with
+    `latest_good` taking the newest committed checkpoint unchecked (`problems = []` for its size check), the resume
+    took step 24 and failed reading its cut shard (exit 1, "PytorchStreamReader failed reading zip archive")."""
     ckpts = copied.folder / "checkpoints"
     damaged = {24: "cut distcp", 21: "no data.json", 18: "garbled meta.json"}
     for step, what in damaged.items():
