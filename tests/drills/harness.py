@@ -18,7 +18,7 @@ import random
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -297,13 +297,21 @@ def _unreadable(step: int, differs: Callable[[], bool], what: str) -> list[str]:
         return [f"checkpoint of step {step}: unreadable ({type(err).__name__}: {str(err)[:200]})"]
 
 
-def compare_positions(reference: Job, job: Job) -> list[str]:
-    """For a job whose data was damaged: the data position equals the reference's at every checkpoint both
-    committed, every step is logged once, and every sample it did not train on is counted as bad."""
+def compare_positions(reference: Job, job: Job, damaged: Collection[str]) -> list[str]:
+    """For a job whose shards `damaged` (file names) were cut or deleted: every step is logged once with the
+    reference's row count (no position skipped or repeated), the data position equals the reference's at every
+    checkpoint both committed, and the extra bad samples (a bad sample's row is an invalid copy, counted as a hole)
+    are more than none and at most the positions the job consumed in the damaged shards."""
     problems = []
     steps = [m["step"] for m in job.metrics()]
     if steps != list(range(1, reference.max_steps + 1)):
         problems.append(f"steps logged: {steps}")
+    rows = {m["step"]: m["samples_seen"] for m in reference.metrics()}
+    problems += [
+        f"step {m['step']}: {m['samples_seen']} rows processed, {rows.get(m['step'])} in the reference"
+        for m in job.metrics()
+        if m["samples_seen"] != rows.get(m["step"])
+    ]
     ref_ckpts = dict(reference.committed())
     for step, url in job.committed():
         if step in ref_ckpts:
@@ -315,10 +323,12 @@ def compare_positions(reference: Job, job: Job) -> list[str]:
     final = reference.max_steps
     if final in ref_ckpts and final in dict(job.committed()):
         mine, theirs = _consumed(dict(job.committed())[final]), _consumed(ref_ckpts[final])
-        untrained = theirs["samples_seen"] - mine["samples_seen"]
-        counted = sum(mine["bad_samples"].values()) - sum(theirs["bad_samples"].values())
-        if untrained != counted:
-            problems.append(f"{untrained} samples fewer trained on, but {counted} more counted as bad")
+        extra = sum(mine["bad_samples"].values()) - sum(theirs["bad_samples"].values())
+        positions = sum(
+            c["epochs_complete"] * c["num_samples"] + c["samples_read"] for c in mine["consumed"] if c["url"] in damaged
+        )
+        if not 0 < extra <= positions:
+            problems.append(f"{extra} more samples counted as bad; the damaged shards had {positions} positions read")
     else:
         problems.append(f"no checkpoint of the last step {final}")
     return problems

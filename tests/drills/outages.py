@@ -105,6 +105,9 @@ def cut(path: Path, keep: float) -> None:
         f.truncate(int(size * keep))
 
 
+DAMAGED_SHARDS = ("demo-000000.tar", "demo-000001.tar", "demo-000002.tar")  # what `shard_damage` cuts or deletes
+
+
 def shard_damage(job: Job, rng: random.Random) -> list[Outcome]:
     """Shards cut short or gone after the manifest was written: one cut before the job starts, one cut between a
     kill and the resume, one deleted while the job reads. The job trains on; every lost sample is a counted hole.
