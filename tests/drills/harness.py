@@ -145,18 +145,24 @@ def _random_step(job: Job, rng: random.Random, span: int = 6) -> int:
     return min(now + rng.randint(1, span), max(now + 1, job.max_steps - 2))
 
 
+def kill_when(proc: subprocess.Popen, condition: Callable[[], bool], pause: float = 0.0) -> bool:
+    """kill -9 of the job's whole tree `pause` seconds after `condition` holds; whether it held before the job
+    ended by itself."""
+    try:
+        reached = wait_until(proc, condition)
+        time.sleep(pause)
+        kill_tree(proc.pid)
+    finally:
+        _ended(proc)
+    return reached
+
+
 # --- faults ---------------------------------------------------------------------------------------------
 def kill_job(job: Job, rng: random.Random) -> Outcome:
     """kill -9 of the whole job (torchrun, both ranks, their loader workers) at a random moment."""
     step, pause = _random_step(job, rng), rng.uniform(0.0, 0.4)
     began = time.monotonic()
-    proc = job.start()
-    try:
-        reached = wait_until(proc, lambda: job.last_step() >= step)
-        time.sleep(pause)
-        kill_tree(proc.pid)
-    finally:
-        _ended(proc)
+    reached = kill_when(job.start(), lambda: job.last_step() >= step, pause)
     return Outcome("kill -9 job", reached, f"after step {job.last_step()} (+{pause:.2f}s)", time.monotonic() - began)
 
 
@@ -173,12 +179,7 @@ def kill_in_save(job: Job, rng: random.Random, async_save: bool = False) -> Outc
     proc = job.start(
         f"--checkpoint.async_save={str(async_save).lower()}", env={"OPEN_VLM_CHECKPOINT_FAULT": SLOW_SHARDS}
     )
-    try:
-        reached = wait_until(proc, lambda: job.last_step() >= target)
-        time.sleep(pause)
-        kill_tree(proc.pid)
-    finally:
-        _ended(proc)
+    reached = kill_when(proc, lambda: job.last_step() >= target, pause)
     new = sorted({s for s, _ in job.committed()} - before)
     detail = f"{pause:.2f}s into the {mode} save of step {target}; newly committed {new or 'none'}"
     return Outcome(f"kill -9 job during {mode} save", reached and target not in new, detail, time.monotonic() - began)

@@ -8,7 +8,7 @@ import random
 import time
 from pathlib import Path
 
-from tests.drills.harness import Job, Outcome, _ended, finish_job, wait_until
+from tests.drills.harness import Job, Outcome, _ended, finish_job, kill_when, wait_until
 from tests.drills.setup import MotoServer
 from tests.trainer.runs import kill_tree
 
@@ -115,13 +115,8 @@ def shard_damage(job: Job, rng: random.Random) -> list[Outcome]:
     data = job.data
     began = time.monotonic()
     cut(data / "demo-000002.tar", rng.uniform(0.3, 0.7))  # before the first read
-    proc = job.start()
-    try:
-        step = rng.randint(2, 7)
-        reached = wait_until(proc, lambda: job.last_step() >= step)
-        kill_tree(proc.pid)
-    finally:
-        _ended(proc)
+    step = rng.randint(2, 7)
+    reached = kill_when(job.start(), lambda: job.last_step() >= step)
     outcomes = [Outcome("shard 2 cut before the run; kill -9", reached, f"after step {job.last_step()}", 0.0)]
     cut(data / "demo-000000.tar", rng.uniform(0.4, 0.7))  # between the kill and the resume
     proc = job.start()
