@@ -22,6 +22,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -59,7 +60,7 @@ def fresh(out: Path, name: str) -> Path:
     return folder
 
 
-def kills(out: Path, args) -> list:
+def kills(out: Path, args) -> Iterator:
     from tests.drills.harness import FAULTS, Job, run_faults
 
     steps = max(24, 6 * args.kills)
@@ -68,10 +69,10 @@ def kills(out: Path, args) -> list:
     kinds = [list(FAULTS)[i % len(FAULTS)] for i in range(args.kills)]
     rng.shuffle(kinds)
     job = Job(fresh(out, "kills"), reference.data, "kills", {"train": {"max_steps": steps}})
-    return [run_faults(reference, job, kinds, seed=args.seed)]
+    yield run_faults(reference, job, kinds, seed=args.seed)
 
 
-def s3(out: Path, args) -> list:
+def s3(out: Path, args) -> Iterator:
     import os
 
     import s3fs
@@ -81,7 +82,6 @@ def s3(out: Path, args) -> list:
     from tests.drills.setup import MotoServer, drill_sources
 
     reference = reference_job(out, 24)
-    results = []
     server = MotoServer.start()
     try:
         for i in range(args.repeat):
@@ -96,59 +96,54 @@ def s3(out: Path, args) -> list:
             outcomes = s3_freezes(job, server, plan, args.seconds, rng)
             os.environ.update(server.env)
             s3fs.S3FileSystem.clear_instance_cache()
-            results.append(DrillResult(f"s3-{i}", outcomes, compare(reference, job) + checkpoints_verify(job)))
+            yield DrillResult(f"s3-{i}", outcomes, compare(reference, job) + checkpoints_verify(job))
     finally:
         server.stop()
-    return results
 
 
-def shards(out: Path, args) -> list:
+def shards(out: Path, args) -> Iterator:
     from tests.drills.harness import DrillResult, Job, compare_positions
     from tests.drills.outages import DAMAGED_SHARDS, shard_damage
 
     reference = reference_job(out, 24)
-    results = []
     for i in range(args.repeat):
         folder = fresh(out, f"shards-{i}")
         data = folder / "data"
         shutil.copytree(reference.data, data, ignore=shutil.ignore_patterns("*.index.npz"))
         job = Job(folder, data, "shards")
         outcomes = shard_damage(job, random.Random(args.seed + i))
-        results.append(DrillResult(f"shards-{i}", outcomes, compare_positions(reference, job, DAMAGED_SHARDS)))
-    return results
+        yield DrillResult(f"shards-{i}", outcomes, compare_positions(reference, job, DAMAGED_SHARDS))
 
 
-def damage(out: Path, args) -> list:
+def damage(out: Path, args) -> Iterator:
     from tests.drills.harness import DrillResult, Job, checkpoints_verify, compare
     from tests.drills.outages import damaged_checkpoints
 
     reference = reference_job(out, 24)
-    results = []
     for i in range(args.repeat):
         job = Job(fresh(out, f"damage-{i}"), reference.data, "fallback")
         outcomes = damaged_checkpoints(reference, job, random.Random(args.seed + i))
-        results.append(DrillResult(f"damage-{i}", outcomes, compare(reference, job) + checkpoints_verify(job)))
-    return results
+        yield DrillResult(f"damage-{i}", outcomes, compare(reference, job) + checkpoints_verify(job))
 
 
-def diskfull(out: Path, args) -> list:
+def diskfull(out: Path, args) -> Iterator:
     from tests.drills.harness import DrillResult, Job, checkpoints_verify, compare
     from tests.drills.outages import disk_full, rank_bytes
 
     reference = reference_job(out, 24)
     per_save = max(rank_bytes(reference))
-    results = []
     for i in range(args.repeat):
         rng = random.Random(args.seed + i)
         folder = fresh(out, f"diskfull-{i}")
         job = Job(folder, reference.data, "diskfull", {"checkpoint": {"dir": f"diskfull://{folder}/ckpt"}})
         outcomes = disk_full(job, int(rng.uniform(1.2, 4.8) * per_save))
-        results.append(DrillResult(f"diskfull-{i}", outcomes, compare(reference, job) + checkpoints_verify(job)))
-    return results
+        yield DrillResult(f"diskfull-{i}", outcomes, compare(reference, job) + checkpoints_verify(job))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="drill.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("drill", choices=[*DRILLS, "all"])
     parser.add_argument("--kills", type=int, default=20, help="kills: faults injected into one run (default 20)")
     parser.add_argument("--repeat", type=int, default=3, help="other drills: runs (default 3)")
@@ -164,9 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     passed = True
     for name in DRILLS if args.drill == "all" else [args.drill]:
         began = time.monotonic()
-        for result in runners[name](out, args):
+        for result in runners[name](out, args):  # each drill yields its runs one by one: time each
             print(result.report(), flush=True)
             record = {**result.as_json(), "kind": name, "seed": args.seed, "seconds": time.monotonic() - began}
+            began = time.monotonic()
             with open(out / "results.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
             passed = passed and result.passed
