@@ -3,11 +3,12 @@ cut short between the manifest and the read. Each returns the outcomes of one dr
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from pathlib import Path
 
-from tests.drills.harness import Job, Outcome, _ended, finish_job, wait_until
+from tests.drills.harness import Job, Outcome, _ended, finish_job, kill_when, wait_until
 from tests.drills.setup import MotoServer
 from tests.trainer.runs import kill_tree
 
@@ -89,11 +90,22 @@ def disk_full(job: Job, limit: int) -> list[Outcome]:
     return [outcome, finish_job(job, env={"OPEN_VLM_DISK_FULL_AFTER": str(1 << 50)})]  # space again
 
 
+def rank_bytes(job: Job) -> list[int]:
+    """Bytes each rank writes for one checkpoint (its shard and RNG state; rank 0 also the rest)."""
+    _, url = job.committed()[0]
+    files = json.loads(Path(url, "COMPLETE").read_text())["files"]
+    rank1 = sum(f["size"] for name, f in files.items() if name.startswith("__1_") or name.endswith("rank_00001.pt"))
+    return [sum(f["size"] for f in files.values()) - rank1, rank1]
+
+
 def cut(path: Path, keep: float) -> None:
     """Truncate a file to `keep` of its bytes."""
     size = path.stat().st_size
     with open(path, "r+b") as f:
         f.truncate(int(size * keep))
+
+
+DAMAGED_SHARDS = ("demo-000000.tar", "demo-000001.tar", "demo-000002.tar")  # what `shard_damage` cuts or deletes
 
 
 def shard_damage(job: Job, rng: random.Random) -> list[Outcome]:
@@ -103,13 +115,8 @@ def shard_damage(job: Job, rng: random.Random) -> list[Outcome]:
     data = job.data
     began = time.monotonic()
     cut(data / "demo-000002.tar", rng.uniform(0.3, 0.7))  # before the first read
-    proc = job.start()
-    try:
-        step = rng.randint(2, 7)
-        reached = wait_until(proc, lambda: job.last_step() >= step)
-        kill_tree(proc.pid)
-    finally:
-        _ended(proc)
+    step = rng.randint(2, 7)
+    reached = kill_when(job.start(), lambda: job.last_step() >= step)
     outcomes = [Outcome("shard 2 cut before the run; kill -9", reached, f"after step {job.last_step()}", 0.0)]
     cut(data / "demo-000000.tar", rng.uniform(0.4, 0.7))  # between the kill and the resume
     proc = job.start()
@@ -131,3 +138,50 @@ def shard_damage(job: Job, rng: random.Random) -> list[Outcome]:
         )
     )
     return outcomes
+
+
+DAMAGE_KINDS = ("cut distcp", "no data.json", "garbled meta.json")
+
+
+def damage(ckpts: Path, what: str, step: int) -> str:
+    """Damage the committed checkpoint of `step` one of the ways the drill knows; returns its folder."""
+    folder = ckpts / f"step_{step:08d}"
+    if what == "cut distcp":
+        shard = sorted(folder.glob("*.distcp"))[0]
+        with open(shard, "r+b") as f:
+            f.truncate(shard.stat().st_size // 3)
+    elif what == "no data.json":
+        (folder / "data.json").unlink()
+    elif what == "garbled meta.json":
+        data = (folder / "meta.json").read_bytes()
+        (folder / "meta.json").write_bytes(b"\x00" * 8 + data[8:])  # same size: only a parse (or a checksum) sees it
+    elif what == "bytes changed":
+        shard = sorted(folder.glob("*.distcp"))[-1]
+        data = bytearray(shard.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        shard.write_bytes(bytes(data))
+    else:
+        raise ValueError(what)
+    return str(folder)
+
+
+def damaged_checkpoints(reference: Job, job: Job, rng: random.Random) -> list[Outcome]:
+    """A copy of the reference run with its newest 1-3 checkpoints damaged after commit: `resume latest` names each
+    and why, resumes from the newest good one and runs to the end."""
+    import shutil
+
+    shutil.copytree(reference.folder, job.folder)
+    (job.folder / "config.yaml").unlink()
+    ckpts = job.folder / "checkpoints"
+    steps = [s for s, _ in reference.committed()]
+    bad = steps[-rng.randint(1, 3) :]
+    kinds = {step: rng.choice(DAMAGE_KINDS) for step in bad}
+    for step, what in kinds.items():
+        damage(ckpts, what, step)
+    good = steps[-len(bad) - 1]
+    outcome = finish_job(job)
+    log = "".join(p.read_text() for p in job.folder.glob("*.log"))
+    named = all(f"step_{s:08d} is damaged" in log for s in bad)
+    resumed = f"resuming from {ckpts}/step_{good:08d}, the newest good checkpoint" in log
+    detail = f"damaged {kinds}; each named {named}; resumed from step {good} {resumed}; {outcome.detail}"
+    return [Outcome("damaged checkpoints, fallback", outcome.ok and named and resumed, detail, outcome.seconds)]

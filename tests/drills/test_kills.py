@@ -13,10 +13,12 @@ CI_FAULTS = ["kill", "kill_sync_save", "kill_async_save", "kill_rank", "sigterm"
 def test_kills_sigterm_and_a_dead_rank_lose_nothing(reference, tmp_path, drill_dir):
     """Metrics of every step, the consumed record of every checkpoint and the final weights equal the reference's.
 
-    Shown to fail on broken builds: with the local commit's `os.replace` of the staging folder replaced by writing
-    the step folder in place, the kill during the sync save left a step folder without its shards that resume
-    took as the latest (the finish failed); with `peer_lost` returning None, the dead-rank fault fails (no
-    "lost contact with another rank" line); with the SIGTERM handler not installed, the SIGTERM fault fails
+    Shown to fail on broken builds (checkpointer.py edited by hand, then reverted): with local saves written in place
+    (no `.partial` staging folder, no rename) and `COMPLETE` written when the save starts, the kill during the sync
+    save of step 3 left a committed step_00000003 without rank 1's shard: every resume failed reading it, the fault
+    reported it newly committed and the comparison found it unreadable (checked 2026-11-23, CI faults cut to the
+    save kills). Earlier checks, not repeated since: with `peer_lost` returning None, the dead-rank fault fails
+    (no "lost contact with another rank" line); with the SIGTERM handler not installed, the SIGTERM fault fails
     (no checkpoint at the stop step)."""
     job = Job(tmp_path, drill_dir, "kills")
     result = run_faults(reference, job, CI_FAULTS, seed=15)

@@ -1,15 +1,13 @@
 """Drills: the S3 endpoint frozen mid-run (during shard reads and during a checkpoint save), and a checkpoint disk
 that fills up. Nothing is lost: the runs end as the uninterrupted one did, bit for bit."""
 
-import json
 import random
-from pathlib import Path
 
 import pytest
 import s3fs
 
 from tests.drills.harness import Job, checkpoints_verify, compare
-from tests.drills.outages import disk_full, s3_freezes
+from tests.drills.outages import disk_full, rank_bytes, s3_freezes
 from tests.drills.setup import drill_sources
 
 FREEZE_S = 20.0  # longer than one request (1 s) and than s3fs's own retries (about 15 s at these timeouts)
@@ -50,11 +48,3 @@ def test_a_full_disk_stops_the_run_and_keeps_the_last_checkpoint(reference, tmp_
     outcomes = disk_full(job, int(2.5 * max(rank_bytes(reference))))  # the third save fails
     lost = compare(reference, job) + checkpoints_verify(job)
     assert all(o.ok for o in outcomes) and not lost, [o.line() for o in outcomes] + lost
-
-
-def rank_bytes(job: Job) -> list[int]:
-    """Bytes each rank writes for one checkpoint (its shard and RNG state; rank 0 also the rest)."""
-    _, url = job.committed()[0]
-    files = json.loads(Path(url, "COMPLETE").read_text())["files"]
-    rank1 = sum(f["size"] for name, f in files.items() if name.startswith("__1_") or name.endswith("rank_00001.pt"))
-    return [sum(f["size"] for f in files.values()) - rank1, rank1]
