@@ -30,7 +30,13 @@ import fsspec
 from torch.distributed.checkpoint.api import CheckpointException
 
 from open_vlm.checkpoint.collective import CheckpointComm
-from open_vlm.checkpoint.dcp_io import AsyncSaver, failure_summary, load_model_and_optimizer, save_model_and_optimizer
+from open_vlm.checkpoint.dcp_io import (
+    AsyncSaver,
+    WeightsMismatch,
+    failure_summary,
+    load_model_and_optimizer,
+    save_model_and_optimizer,
+)
 from open_vlm.checkpoint.dcp_safe import UnsafeCheckpoint
 from open_vlm.checkpoint.faults import maybe_crash_before_commit
 from open_vlm.checkpoint.files import (
@@ -372,7 +378,7 @@ class Checkpointer(Retention):
             fs, path = fsspec.core.url_to_fs(rng_url)
             rng = torch_load(rng_url) if fs.exists(path) else None
             data_state = json.loads(read_bytes(f"{ckpt}/data.json"))
-        except UnsafeCheckpoint:
+        except (UnsafeCheckpoint, WeightsMismatch):  # readable, but refused: not damage
             raise
         except (OSError, RuntimeError, ValueError, KeyError, EOFError) as err:
             raise CheckpointDamaged(
