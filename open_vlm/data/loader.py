@@ -10,15 +10,8 @@ groups and positions per source): the same on every rank, valid at any world siz
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import ctypes
 import functools
 import logging
-import multiprocessing
-import os
-import signal
-import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,6 +31,7 @@ from open_vlm.data.stages import StageClock
 from open_vlm.data.stream import HOLE_KINDS, Hole, StreamReader
 from open_vlm.data.version import check_versions, manifest_version
 from open_vlm.data.watchdog import WorkerWatch
+from open_vlm.data.workers import as_is, one_thread, release, release_flag, worker_init
 
 log = logging.getLogger(__name__)
 
@@ -93,62 +87,6 @@ class LoaderSettings:
         if self.mix_group:
             return self.mix_group
         return 8 if self.global_batch % 8 == 0 else self.global_batch
-
-
-_RELEASED: list = []  # every loader's "workers may stop" flag, raised at exit (see `_worker_init`)
-
-
-@atexit.register  # registered after multiprocessing's own exit hook, so it runs first
-def _release_workers_at_exit() -> None:
-    for flag in _RELEASED:
-        flag.value = 1
-
-
-def _worker_init(released, worker_id: int) -> None:
-    """Keep DataLoader workers out of the stop signals meant for the trainer, and tie their life to it.
-
-    A stop signal is the trainer's to act on (finish the step, checkpoint); a worker that died from it would fail
-    the rank instead. torchrun and a terminal's Ctrl-C signal a process group: workers live in a group of their own.
-    Slurm, systemd or `pkill` signal every process: a worker ignores SIGTERM / SIGINT until `released` is raised
-    (the loader is closed, or the trainer is exiting), then any terminate() ends it as usual. A trainer killed
-    outright takes its workers along through the kernel's parent-death signal (even one blocked in a read).
-    """
-    os.setpgrp()
-
-    def on_stop(signum, frame) -> None:
-        if released.value:
-            os._exit(0)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_stop)
-    if sys.platform == "linux":
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() == 1:  # the trainer died before the line above: nobody is left to signal us
-            os._exit(1)
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run the main process's share (merging, collating: copies of a few MB) on one intra-op thread.
-
-    A parallel copy wakes torch's other OpenMP threads, which then spin waiting for more work: measured, that
-    spinning cost 3-4 ms of CPU per sample, taken from the decoding workers (bench/README.md, loader).
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _as_is(chunk: dict) -> dict:
-    """The DataLoader's collate_fn: chunks travel as packed (its default would turn every numpy array into a
-    tensor, each then sent through a shared-memory segment of its own)."""
-    return chunk
 
 
 def _per_source(value, n: int, what: str) -> list:
@@ -257,7 +195,7 @@ class ShardLoader:
         self._bad_urls: list[set[str]] = [set() for _ in sources]  # the shards that run of bad samples touched
         self._spare: dict[int, dict] = {}  # per source: a good processed sample, for all-bad micro-batches
         self._watch: WorkerWatch | None = None
-        self._released = None  # raised when this loader's workers may stop (see `_worker_init`)
+        self._released = None  # raised when this loader's workers may stop (see `workers.worker_init`)
         self.stage_seconds: Counter[str] = Counter()  # with settings.profile: workers' stages summed, and main's
         self._warn_shared_reads()
 
@@ -285,17 +223,16 @@ class ShardLoader:
         self._watch = (
             WorkerWatch(s.num_workers, s.worker_timeout_s, s.multiprocessing_context) if s.num_workers else None
         )
-        self._released = multiprocessing.get_context(s.multiprocessing_context).RawValue(ctypes.c_byte, 0)
-        _RELEASED.append(self._released)
+        self._released = release_flag(s.multiprocessing_context)
         dataset = _RankSteps(self.sources, self.orders, s, self.state, self.processors, self._watch)
         return DataLoader(
             dataset,
             batch_size=None,
-            collate_fn=_as_is,
+            collate_fn=as_is,
             num_workers=s.num_workers,
             prefetch_factor=s.prefetch_steps if s.num_workers > 0 else None,
             timeout=min(WATCH_POLL_S, s.worker_timeout_s) if s.num_workers > 0 else 0,
-            worker_init_fn=functools.partial(_worker_init, self._released),
+            worker_init_fn=functools.partial(worker_init, self._released),
             # The loader never draws from the global torch RNG (the model's dropout stream stays its own).
             generator=torch.Generator().manual_seed(s.seed),
             multiprocessing_context=s.multiprocessing_context if s.num_workers > 0 else None,
@@ -313,14 +250,14 @@ class ShardLoader:
                 clock.start()
                 step_chunks = [self._next_chunk(parts, self.state.step, w) for w in range(workers)]
                 clock.lap("wait")
-                with _one_thread():
+                with one_thread():
                     samples, metas = self._merge(step_chunks)
                 plan = self.planner.next_step(self.state)  # the step's data is all here: advance first
                 self._account(plan, metas)
                 clock.lap("merge")
                 for a in range(self.accum_steps):
                     rows = slice(a * micro, (a + 1) * micro)
-                    with _one_thread():
+                    with one_thread():
                         batch = self._collate(samples[rows], metas[rows])
                         clock.lap("collate")
                         if self.settings.pin_memory:
@@ -330,9 +267,7 @@ class ShardLoader:
                     yield batch
                     clock.start()
         finally:  # the loader is closed (or collected): its workers may now stop on any signal
-            released.value = 1
-            if released in _RELEASED:
-                _RELEASED.remove(released)
+            release(released)
 
     def _next_chunk(self, parts: Iterator[dict], step: int, worker: int) -> dict:
         """Worker `worker`'s chunk of `step`; while waiting, that worker silent past `worker_timeout_s` stops the run.
