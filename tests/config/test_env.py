@@ -34,12 +34,14 @@ def test_s3_endpoint_is_exported_for_s3_only(monkeypatch):
     for key in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(key, raising=False)
     env.set_user_value("s3_endpoint", "http://127.0.0.1:1")
-    load_run_config([])
-    assert os.environ["AWS_ENDPOINT_URL_S3"] == "http://127.0.0.1:1"
-    session = boto3.Session(aws_access_key_id="x", aws_secret_access_key="y", region_name="us-east-1")
-    assert session.client("s3").meta.endpoint_url == "http://127.0.0.1:1"
-    assert "127.0.0.1" not in session.client("sts").meta.endpoint_url  # other AWS calls are not redirected
-    monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
+    try:
+        load_run_config([])
+        assert os.environ["AWS_ENDPOINT_URL_S3"] == "http://127.0.0.1:1"
+        session = boto3.Session(aws_access_key_id="x", aws_secret_access_key="y", region_name="us-east-1")
+        assert session.client("s3").meta.endpoint_url == "http://127.0.0.1:1"
+        assert "127.0.0.1" not in session.client("sts").meta.endpoint_url  # other AWS calls are not redirected
+    finally:  # set by the code under test, not by monkeypatch (whose delenv would restore it: S3 tests after break)
+        os.environ.pop("AWS_ENDPOINT_URL_S3", None)
 
 
 def test_file_lives_under_xdg(tmp_path):
