@@ -12,8 +12,11 @@ from tests.extract.conftest import extract_config
 
 
 def snapshot(folder) -> dict[str, bytes]:
-    """Every output file, but the manifest's index: a cache stamped with the manifest's mtime, rebuilt at will."""
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and ".index." not in p.name}
+    """Every output file, but the manifest's index and sample offsets: caches stamped with the manifest's mtime."""
+    caches = (".index.", ".offsets.")
+    return {
+        p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and not any(c in p.name for c in caches)
+    }
 
 
 def test_crash_and_partial_output_resume_byte_identical(image_shards, detector_weights, tmp_path, monkeypatch):

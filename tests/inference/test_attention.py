@@ -64,7 +64,10 @@ def spot_run(tmp_path_factory, demo_dir) -> Path:
             "tokenizer": str(demo_dir / "tokenizer"),
             "freeze": ["vision"],
         },
-        train={"seed": 0, "max_steps": 250, "global_batch_size": 16},
+        # After 250 steps the tiny model localises the square for most seeds, not all: 6 of 8 tried on 2026-11-23
+        # (seeds 0 and 4 learn the colour without a localised map under data order v2). A build that breaks the maps
+        # (wrong tokens, image grid or layer) fails for every seed.
+        train={"seed": 1, "max_steps": 250, "global_batch_size": 16},
         logging={"every_steps": 50},
     )
     Trainer(load_run_config(["--config", str(config)]), folder(tmp, "spot")).fit()
