@@ -56,12 +56,12 @@ def test_vqa_and_text_sets(mixture_dir):
         assert manifest.shards[0].url.endswith(f"{prefix}-000000.tar")
         for sample in samples:
             if folder == "vqa":
-                assert set(sample) - {"__key__", "__url__"} == {"jpg", "json"}
+                assert set(sample) - {"__key__", "__url__", "__offset__"} == {"jpg", "json"}
                 meta = json.loads(sample["json"])
                 assert meta["answer"][0] == meta[meta["asked"]] and meta["question"].endswith("?")
                 texts = [meta["question"], *meta["answer"]]
             else:
-                assert set(sample) - {"__key__", "__url__"} == {"txt"}
+                assert set(sample) - {"__key__", "__url__", "__offset__"} == {"txt"}
                 texts = [sample["txt"].decode()]
             for text in texts:
                 assert tok.unk_token_id not in tok(text, add_special_tokens=False)["input_ids"], text
