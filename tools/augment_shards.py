@@ -50,6 +50,27 @@ def _settings(args: argparse.Namespace):
         raise ConfigError(f"--augment: {err}") from err
 
 
+def _refuse_the_source_folder(out: str, source) -> None:
+    """The copies' manifest.json must not replace the dataset's own (its counts and version would be lost)."""
+    import posixpath
+
+    from open_vlm.data.shards import expand_urls
+    from open_vlm.errors import ConfigError
+
+    def folder(url: str) -> str:
+        return url.rstrip("/") if "://" in url else os.path.realpath(url)
+
+    first = expand_urls(source.urls)[0]
+    own = {folder(posixpath.dirname(first))}
+    if getattr(source, "manifest", None):
+        own.add(folder(posixpath.dirname(source.manifest)))
+    if folder(out) in own:
+        raise ConfigError(
+            f"--out {out} is where the dataset's own shards and manifest.json are: the copies' manifest would replace "
+            "it; write them to another folder"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", help="a catalog dataset name")
@@ -82,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"{args.dataset}: modality {source.modality} has no images to augment")
     print(f"augmenting {args.dataset} ({args.split}) x{args.copies}: {describe(settings)}", file=sys.stderr)
     out = args.out if "://" in args.out else os.path.abspath(args.out)  # the catalog works from any directory
+    _refuse_the_source_folder(out, source)
     copies = augment_shards(source.urls, settings, out, seed=args.seed, copies=args.copies)
     name = args.name or args.dataset
     entry = augmented_entry(name, source, args.split, copies, settings, args.seed, args.copies)

@@ -132,3 +132,24 @@ def test_offline_copies_are_a_new_version_recording_the_recipe(tmp_path, demo_di
         name = f"demo-000002-aug{c}.tar"
         assert (tmp_path / "aug" / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
     assert json.loads((tmp_path / "aug/manifest.json").read_text())["format"] == "open_vlm.manifest/1"
+
+
+def test_offline_copies_never_replace_the_source_manifest(tmp_path, demo_dir):
+    """`--out` at the dataset's own folder would overwrite its manifest.json with the copies' (a review found it)."""
+    from augment_shards import main
+
+    from open_vlm.data.manifest import write_manifest
+    from open_vlm.errors import ConfigError
+
+    shards = tmp_path / "shapes"
+    shards.mkdir()
+    shutil.copy(demo_dir / "demo-000002.tar", shards)
+    write_manifest([str(shards / "demo-000002.tar")], str(shards / "manifest.json"))
+    before = (shards / "manifest.json").read_bytes()
+    catalog = tmp_path / "cat.yaml"
+    catalog.write_text(yaml.safe_dump({"shapes": {"urls": [str(shards / "demo-000002.tar")]}}))
+    for out in (shards, tmp_path / "." / "shapes"):
+        with pytest.raises(ConfigError, match="the dataset's own shards and manifest.json"):
+            main(["shapes", "--recipe", "light", "--catalog", str(catalog), "--out", str(out)])
+    assert (shards / "manifest.json").read_bytes() == before
+    assert not list(shards.glob("*-aug*.tar"))  # nothing written
