@@ -111,6 +111,16 @@ def _consumed_files(url: str, meta: dict) -> list[dict] | None:
     return consumed_files(orders, sources, state["positions"])
 
 
+def _records_files(url: str) -> bool:
+    """Whether the checkpoint's marker records its files (older markers do not: sizes and checksums are unknown)."""
+    from open_vlm.checkpoint.verify import read_marker
+
+    try:
+        return read_marker(url).get("files") is not None
+    except (OSError, ValueError):
+        return True  # an unreadable marker is reported as a problem already
+
+
 def verify(path: str) -> dict:
     """Every file of a checkpoint (or of every checkpoint of a run folder / checkpoint dir) against its marker."""
     from open_vlm.checkpoint.checkpointer import verify_checkpoint
@@ -124,7 +134,10 @@ def verify(path: str) -> dict:
         if not found:
             raise FileNotFoundError(f"no committed checkpoint at {path}")
         urls = [url for _, url in found]
-    checked = [{"url": url, "problems": verify_checkpoint(url, checksums=True)} for url in urls]
+    checked = [
+        {"url": url, "problems": verify_checkpoint(url, checksums=True), "recorded": _records_files(url)}
+        for url in urls
+    ]
     return {"kind": "verify", "url": path, "checkpoints": checked, "ok": not any(c["problems"] for c in checked)}
 
 
@@ -182,7 +195,13 @@ def render(info: dict) -> str:
             )
     elif kind == "verify":
         for c in info["checkpoints"]:
-            lines.append(f"  {c['url']}: " + ("ok" if not c["problems"] else "DAMAGED"))
+            if c["problems"]:
+                state = "DAMAGED"
+            elif c.get("recorded", True):
+                state = "ok"
+            else:  # an old marker: nothing to compare sizes or contents with
+                state = "not verifiable: its COMPLETE records no file sizes or checksums (only required files checked)"
+            lines.append(f"  {c['url']}: {state}")
             lines += [f"    {p}" for p in c["problems"]]
     elif kind == "run":
         lines += [f"  checkpoint step {c['step']}: {c['url']}" for c in info["checkpoints"]] or ["  no checkpoints"]

@@ -499,3 +499,18 @@ def test_loading_into_another_architecture_names_the_difference(tmp_path):
     smaller = torch.nn.Linear(2, 2, bias=False)
     with pytest.raises(WeightsMismatch, match=r"1 checkpoint weights this model lacks \(e.g. \['bias'\]\)"):
         checkpointer.load(ckpt, smaller, torch.optim.AdamW(smaller.parameters()))
+
+
+def test_verify_says_when_a_marker_records_no_files(tmp_path):
+    """A checkpoint committed before markers recorded sizes and checksums cannot be verified: `view --verify` says so
+    instead of "ok" (a review found it answering "ok" for a truncated shard under such a marker)."""
+    model, optimizer = _tiny()
+    checkpointer = Checkpointer(str(tmp_path / "ck"))
+    checkpointer.save(1, model=model, optimizer=optimizer, extra={}, rng={}, data_state={}, meta={}, files={})
+    ckpt = checkpointer.latest()
+    good = run_cli("-m", "open_vlm.cli", "view", ckpt, "--verify", env=ENV)
+    assert good.returncode == 0 and good.stdout.rstrip().endswith(": ok"), good.stdout + good.stderr
+    marker = tmp_path / "ck" / step_name(1) / "COMPLETE"
+    marker.write_text(json.dumps({k: v for k, v in json.loads(marker.read_text()).items() if k != "files"}))
+    old = run_cli("-m", "open_vlm.cli", "view", ckpt, "--verify", env=ENV)
+    assert old.returncode == 0 and "not verifiable" in old.stdout and ": ok" not in old.stdout, old.stdout
