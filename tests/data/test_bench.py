@@ -7,31 +7,18 @@ import yaml
 
 from open_vlm.data import bench
 from open_vlm.data.stages import MAIN_STAGES, WORKER_STAGES
-from tests.conftest import REPO, run_cli
+from tests.conftest import run_cli
+from tests.trainer.runs import write_config
 
 RATE = re.compile(r"^(\d+(?:\.\d+)?) samples/s, (\d+(?:\.\d+)?) batches/s", re.M)
 
 
 def bench_config(tmp_path, demo_dir, urls: str | None = None, **data) -> str:
-    cfg = {
-        "run": {"project": "b", "name": "bench", "output_dir": str(tmp_path / "runs")},
-        "data": {
-            "sources": [{"name": "shapes", "urls": [urls or str(demo_dir / "demo-{000000..000003}.tar")]}],
-            "batch_size": 4,
-            "max_text_len": 16,
-            "num_streams": 8,
-            **data,
-        },
-        "model": {
-            "kind": "paligemma",
-            "config": str(REPO / "configs/models/paligemma_tiny.yaml"),
-            "tokenizer": str(demo_dir / "tokenizer"),
-        },
-        "train": {"global_batch_size": 8},
-    }
-    path = tmp_path / "bench.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
+    """The trainer tests' tiny PaliGemma run, batch 4 (a source of `urls` instead of the demo shards)."""
+    data = {"batch_size": 4, **data}
+    if urls is not None:
+        data["sources"] = [{"name": "shapes", "urls": [urls]}]
+    return str(write_config(tmp_path, demo_dir, "bench", data=data))
 
 
 def test_demo_config_prints_rates_first_batch_and_stages(tmp_path, demo_dir, capsys):

@@ -12,7 +12,7 @@ from open_vlm.models.registry import build_model, lm_forward
 from open_vlm.tokenize.causal import PackedCausalLMCollator
 from open_vlm.tokenize.padding import IGNORE
 from tests.models.conftest import CONFIGS
-from tests.tokenize.test_causal import tiny_llama
+from tests.tokenize.test_causal import TINY_LM_SHAPE, tiny_llama
 
 VOCAB = 64
 
@@ -84,17 +84,7 @@ def sliding_lm(family: str, attn: str):
     from transformers import Gemma2Config, Gemma2ForCausalLM, MistralConfig, MistralForCausalLM
 
     torch.manual_seed(0)
-    common = dict(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        sliding_window=3,
-        attn_implementation=attn,
-    )
+    common = dict(vocab_size=VOCAB, sliding_window=3, attn_implementation=attn, **TINY_LM_SHAPE)
     if family == "mistral":
         return MistralForCausalLM(MistralConfig(**common)).eval()
     return Gemma2ForCausalLM(Gemma2Config(head_dim=8, **common)).eval()

@@ -85,20 +85,22 @@ def test_packing_property(lengths, row_length):
     assert (batch["labels"][starts] == IGNORE).all()
 
 
+# The layer shapes of every tiny causal LM the packing tests build (Llama here, Mistral and Gemma 2 in test_attention).
+TINY_LM_SHAPE = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+)
+
+
 def tiny_llama(attn: str):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        attn_implementation=attn,
-    )
+    config = LlamaConfig(vocab_size=64, attn_implementation=attn, **TINY_LM_SHAPE)
     return LlamaForCausalLM(config).eval()
 
 
