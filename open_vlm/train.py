@@ -40,7 +40,6 @@ def main(argv: list[str] | None = None) -> int:
 def train(argv: list[str], stop: StopRequest) -> int:
     from open_vlm.config.load import ignored_keys, load_run_config
     from open_vlm.config.validate import check_inputs
-    from open_vlm.data.version import DataVersionError
     from open_vlm.runfolder import run_dir, setup_logging
 
     cfg = load_run_config(argv)
@@ -52,11 +51,22 @@ def train(argv: list[str], stop: StopRequest) -> int:
     if ignored:
         log.warning("train ignores these config keys: %s", ", ".join(ignored))
 
+    from open_vlm.trainer.parallel import shutdown_distributed
+
+    try:
+        return fit(cfg, folder, stop)
+    finally:  # the trainer, and the process groups it holds, out of reach by now
+        shutdown_distributed()
+
+
+def fit(cfg, folder, stop: StopRequest) -> int:
+    """Build the trainer and run it: the exit status, with the errors the trainer explains as one line."""
     from open_vlm.checkpoint.checkpointer import CheckpointDamaged, CheckpointError
     from open_vlm.checkpoint.dcp_safe import UnsafeCheckpoint
     from open_vlm.checkpoint.resume import ResumeRefused
+    from open_vlm.data.version import DataVersionError
     from open_vlm.trainer.loop import Trainer  # heavy imports after the config is known to be good
-    from open_vlm.trainer.parallel import peer_lost, shutdown_distributed
+    from open_vlm.trainer.parallel import peer_lost
 
     try:
         trainer = Trainer(cfg, folder)
@@ -73,8 +83,6 @@ def train(argv: list[str], stop: StopRequest) -> int:
         if lost is None:
             raise
         return failed(RuntimeError(lost), 1)
-    finally:
-        shutdown_distributed()
     log.info("stopped (%s) at step %d, %d samples seen", reason, trainer.step, trainer.samples_seen)
     return 0
 

@@ -30,6 +30,7 @@ from open_vlm.data.shards import expand_urls, iter_tar_samples, open_url
 from open_vlm.extract.registry import Extractor, build_extractor
 from open_vlm.extract.writer import ShardWriter, image_id, output_url, safe_key, sample_members, shard_exists
 from open_vlm.runfolder import run_dir, setup_logging
+from open_vlm.trainer.parallel import shutdown_distributed
 
 log = logging.getLogger("open_vlm.extract")
 
@@ -247,8 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", err)
         return 2
     finally:
-        if world > 1 and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        if world > 1:
+            shutdown_distributed()
     if rank == 0:
         print(f"wrote {len(result.written)} shard(s), {len(result.skipped)} complete already, to {cfg.extract.out}")
         if result.manifest:

@@ -8,9 +8,11 @@ The training loop knows nothing else about distribution.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import re
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -87,10 +89,38 @@ def all_reduce_sums(values: list[float], device: torch.device) -> list[float]:
 
 
 def shutdown_distributed() -> None:
-    """Tear down every process group before exit: a gloo group left to the interpreter's exit can abort the process
-    ("terminate called without an active exception") after a run that succeeded."""
+    """Tear down every process group, its threads joined, while the interpreter is whole.
+
+    A gloo group still alive when the interpreter finalises can abort a run that succeeded ("terminate called
+    without an active exception"): a worker thread finishing the last collective needs the GIL to free its
+    tensors, and a finalising interpreter ends that thread in the middle of C++. Freeing a group joins its threads
+    while the GIL can still be had. `destroy_process_group` drops torch's references only; DDP, FSDP and the
+    checkpointer hold theirs in reference cycles, which a collection frees, and DTensor's caches hold FSDP's mesh.
+    Call this once the trainer is out of reach (`tests/trainer/test_parallel.py` checks that no gloo thread is left).
+    """
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _drop_dtensor_caches()
+    gc.collect()
+
+
+def _drop_dtensor_caches() -> None:
+    """Empty DTensor's sharding caches (FSDP2 fills them, some in C++): what they hold keeps the device mesh, and
+    with it the default group, alive. torch has no public call for this; its private ones are used where they exist."""
+    redistribute = sys.modules.get("torch.distributed.tensor._redistribute")
+    if redistribute is None:  # DTensor never used
+        return
+    from torch.distributed.tensor import _collective_utils as collectives
+    from torch.distributed.tensor import debug
+
+    for clear in (
+        getattr(debug, "_clear_sharding_prop_cache", None),
+        getattr(getattr(redistribute, "_gen_transform_infos", None), "cache_clear", None),
+        getattr(redistribute, "clear_redistribute_planner_cache", None),
+        getattr(getattr(getattr(collectives, "MeshTopoInfo", None), "build_from_mesh", None), "cache_clear", None),
+    ):
+        if clear is not None:
+            clear()
 
 
 def barrier() -> None:

@@ -1,10 +1,15 @@
 """Single vs DDP vs FSDP2 (real torchrun, 2 gloo ranks) and gradient accumulation: the same training."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from open_vlm.checkpoint.model_io import load_model_from_checkpoint
-from tests.trainer.runs import folder, metrics, train, write_config
+from tests.conftest import REPO
+from tests.trainer.runs import ENV, TORCHRUN, folder, metrics, train, write_config
 
 LAYOUTS = {
     # name: (processes, strategy, micro batch) with a global batch of 8
@@ -56,3 +61,39 @@ def test_bf16_under_fsdp2(tmp_path, demo_dir):
     train(config, procs=2)
     losses = [m["loss"] for m in metrics(tmp_path, "bf16")]
     assert len(losses) == 3 and all(0 < x < 20 for x in losses)
+
+
+# What the interpreter's exit meets once `main` returned. gc stays off so that no collection by chance hides what
+# is left: a gloo group still alive then has its threads torn down by the exit, and a gloo thread that needs the
+# GIL then aborts the process ("terminate called without an active exception") after a run that succeeded.
+EXIT_PROBE = """
+import gc, os, sys
+gc.disable()
+from open_vlm.train import main
+status = main(sys.argv[1:])
+threads = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+gloo = [name for name in threads if "gloo" in name]
+print(f"gloo threads left when main returned: {gloo}", file=sys.stderr)
+sys.exit(status or (3 if gloo else 0))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_no_process_group_outlives_main(tmp_path, demo_dir, strategy):
+    """Every process group (the strategy's and the checkpoint group) is gone, its threads joined, when main returns."""
+    config = write_config(
+        tmp_path, demo_dir, strategy, train={"strategy": strategy, "max_steps": 2}, checkpoint={"every_steps": 1}
+    )
+    probe = tmp_path / "probe.py"
+    probe.write_text(EXIT_PROBE)
+    done = subprocess.run(
+        [sys.executable, *TORCHRUN, "--nproc_per_node=2", str(probe), "--config", str(config)],
+        cwd=REPO,
+        env={**os.environ, **ENV},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("gloo threads left when main returned: []") == 2, done.stderr[-3000:]
