@@ -10,13 +10,14 @@ VLM's LM and vision tower, SigLIP/CLIP's text and vision models).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets; the first substring of the
-# device name that matches wins, so more specific names come first.
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets. A key matches whole words of
+# the device name (an "RTX A1000" is no "A100"); the first that matches wins, so more specific names come first.
 PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
     ("GB200", 2500.0),
     ("B200", 2250.0),
@@ -24,6 +25,7 @@ PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
     ("H100 PCIe", 756.0),
     ("H100 NVL", 835.0),
     ("H100", 989.0),  # SXM
+    ("H800 PCIe", 756.0),
     ("H800", 989.0),
     ("GH200", 989.0),
     ("A100", 312.0),
@@ -41,7 +43,7 @@ PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
 def peak_tflops(device_name: str) -> float | None:
     """The bf16 dense peak of a device named like `torch.cuda.get_device_name()`, or None when unknown."""
     for key, tflops in PEAK_BF16_TFLOPS:
-        if key.lower() in device_name.lower():
+        if re.search(rf"(?<![a-z0-9]){re.escape(key.lower())}(?![a-z0-9])", device_name.lower()):
             return tflops
     return None
 

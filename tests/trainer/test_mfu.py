@@ -22,14 +22,20 @@ from tests.models.test_vlm import tiny, with_images
         ("NVIDIA L4", 121.0),
         ("NVIDIA L40S", 362.0),
         ("Tesla V100-SXM2-16GB", 125.0),
+        ("NVIDIA H800 PCIe", 756.0),
+        ("NVIDIA GH200 480GB", 989.0),
+        ("NVIDIA GB200", 2500.0),
+        ("NVIDIA A10", 125.0),
     ],
 )
 def test_device_peak_from_its_name(name, tflops):
     assert peak_tflops(name) == tflops
 
 
-def test_unknown_device_has_no_peak():
-    assert peak_tflops("Some Future Accelerator") is None
+@pytest.mark.parametrize("name", ["Some Future Accelerator", "NVIDIA RTX A1000", "NVIDIA RTX A4000", "NVIDIA L400"])
+def test_unknown_device_has_no_peak(name):
+    """A name only matches whole words of a model: an RTX A1000 is not an A100 (a 30x larger MFU denominator)."""
+    assert peak_tflops(name) is None
 
 
 def test_llama_flops_are_6n_plus_attention_with_n_from_the_config():
