@@ -115,8 +115,8 @@ def cpu_bench(args) -> None:
     bare = BareLoop(trainer)
     batches = iter(trainer.loader)
     steps = [[next(batches) for _ in range(trainer.loader.accum_steps)] for _ in range(args.steps)]
-    ours_loss = [trainer.train_step(steps[i]).loss for i in range(3)]
-    bare_loss = [bare.step(steps[i]) for i in range(3)]
+    ours_loss = [trainer.train_step(micro).loss for micro in steps[:3]]
+    bare_loss = [bare.step(micro) for micro in steps[:3]]
     print(f"first losses: trainer {[round(x, 6) for x in ours_loss]}  bare {[round(x, 6) for x in bare_loss]}")
 
     # Step by step alternation: both loops see the same machine load (this VM is shared and noisy).
@@ -316,14 +316,21 @@ def load_tokenizer_of(cfg):
     return load_tokenizer(cfg.model.tokenizer)
 
 
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--accum", type=int, default=2)
+    parser.add_argument("--steps", type=positive, default=30)
+    parser.add_argument("--repeats", type=positive, default=3)
+    parser.add_argument("--batch", type=positive, default=8)
+    parser.add_argument("--accum", type=positive, default=2)
     parser.add_argument("--gpu", action="store_true", help="our Trainer (FSDP2, bf16) vs a bare loop, one device")
-    parser.add_argument("--gpu-batch", type=int, default=8)
+    parser.add_argument("--gpu-batch", type=positive, default=8)
     parser.add_argument("--gpu-text-len", type=int, default=64, help="data.max_text_len of the GPU bench")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cuda", help="--gpu: cuda, or cpu with --tiny (a smoke run)")

@@ -54,3 +54,22 @@ def test_gpu_bench_runs_trainer_and_bare_loop_on_cpu(tmp_path):
     assert ours and bare and ratio, out.stdout
     assert float(ours[1].replace(",", "")) > 0 and float(bare[1].replace(",", "")) > 0
     assert "MFU n/a" in out.stdout  # no peak for a CPU
+
+
+def test_cpu_bench_runs_with_fewer_steps_than_its_loss_check(tmp_path):
+    """`--steps 1`: the first-losses check compares what there is (it used to index three steps)."""
+    args = ["--steps", "1", "--repeats", "1", "--batch", "2", "--accum", "1"]
+    out = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "trainer.py"), *args], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert re.search(r"first losses: trainer \[[\d.]+\]  bare \[[\d.]+\]", out.stdout), out.stdout
+    assert "ratio (median of repeats)" in out.stdout
+
+
+def test_bench_refuses_zero_steps_in_one_line():
+    out = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "trainer.py"), "--steps", "0"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "--steps: must be at least 1, not 0" in out.stderr, out.stderr
