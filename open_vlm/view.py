@@ -239,6 +239,9 @@ def attention_main(argv: list[str]) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
     args = parser.parse_args(argv)
+    from open_vlm.config import validate
+
+    validate.check_model_inputs(args.checkpoint, args.image)
     from open_vlm.inference.attention import write_attention_pngs
     from open_vlm.inference.generate import GenerationSettings
     from open_vlm.inference.wrapper import OpenVLM

@@ -92,6 +92,11 @@ ROWS = [
     # generate / export / embed
     Row("generate-checkpoint", [*CLI, "generate", "--checkpoint", "$tmp/no-run", "--image", "$image"], 2, "--checkpoint: no complete checkpoint at '$tmp/no-run'"),
     Row("generate-image", [*CLI, "generate", "--checkpoint", "$tmp", "--image", "$tmp/cat.jpg"], 2, "--image: no image file at '$tmp/cat.jpg'"),
+    Row("generate-not-an-image", [*CLI, "generate", "--checkpoint", "$tmp", "--image", "$not_image"], 2, "--image: cannot read '$not_image' as an image (not a format PIL reads)"),
+    Row("generate-image-folder", [*CLI, "generate", "--checkpoint", "$tmp", "--image", "$tmp"], 2, "--image: '$tmp' is a folder; give an image file"),
+    Row("attention-image", [*CLI, "view", "--attention", "--checkpoint", "$tmp", "--image", "$tmp/cat.jpg"], 2, "--image: no image file at '$tmp/cat.jpg'"),
+    Row("attention-not-an-image", [*CLI, "view", "--attention", "--checkpoint", "$tmp", "--image", "$not_image"], 2, "--image: cannot read '$not_image' as an image"),
+    Row("attention-checkpoint", [*CLI, "view", "--attention", "--checkpoint", "$tmp/no-run", "--image", "$image"], 2, "--checkpoint: no complete checkpoint at '$tmp/no-run'"),
     Row("generate-top-p", [*CLI, "generate", "--checkpoint", "$tmp", "--image", "$image", "--top-p", "1.5"], 2, "--top-p: 1.5 is out of range"),
     Row("export-checkpoint", [*CLI, "export", "$tmp/no-run", "$tmp/out"], 2, "CHECKPOINT: no complete checkpoint at '$tmp/no-run'"),
     Row("embed-checkpoint", [*CLI, "embed", "--checkpoint", "$tmp/no-run", "--text", "hi"], 2, "--checkpoint: no complete checkpoint at"),
@@ -145,7 +150,13 @@ def places(tmp_path_factory, demo_dir) -> dict[str, str]:
         "launch_config": str(tmp / "launch.yaml"),
         "png_cls": png_cls_tgz(tmp / "sample.tgz"),
         "image": str(next((demo_dir / "examples").glob("*.jpg"))),
+        "not_image": write_not_an_image(tmp / "photo.jpg"),
     }
+
+
+def write_not_an_image(path) -> str:
+    path.write_bytes(b"<html>403 Forbidden</html>")  # what a failed download saves under the image's name
+    return str(path)
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[row.name for row in ROWS])

@@ -248,7 +248,27 @@ def check_model_inputs(checkpoint: str, images: list[str] | None, key: str = "--
     """`generate` / `embed` / `export`: the checkpoint (or run / exported folder) and each image exist."""
     require_path(key, checkpoint, *CHECKPOINT)
     for image in images or []:
-        require_path("--image", image, *IMAGE)
+        require_image("--image", image)
+
+
+def require_image(key: str, value: str) -> None:
+    """`ConfigError` unless `value` is an image file PIL can read (a remote one: that it exists), checked before
+    a model loads: a folder, or a failed download saved under an image's name, is named with what to give."""
+    require_path(key, value, *IMAGE)
+    if is_remote(value):
+        return
+    if os.path.isdir(value):
+        raise ConfigError(f"{key}: '{value}' is a folder; give {IMAGE[1]}")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(value) as image:
+            image.verify()
+    except UnidentifiedImageError:
+        raise ConfigError(f"{key}: cannot read '{value}' as an image (not a format PIL reads); give {IMAGE[1]}") from None
+    except Exception as err:  # truncated or damaged: PIL raises many types
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0]}" if str(err) else type(err).__name__
+        raise ConfigError(f"{key}: cannot read '{value}' as an image ({reason}); give {IMAGE[1]}") from err
 
 
 def require_bucket(key: str, url: str) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
 TEXT_FIELDS = ("caption", "text", "txt")
@@ -56,6 +56,8 @@ def decode_image(data: bytes, size: int) -> torch.Tensor:
         if image.mode != "RGB":
             image = image.convert("RGB")
         array = np.array(image)  # decodes; writable, owned by the tensor
+    except UnidentifiedImageError:  # its message names only an in-memory buffer
+        raise SampleError("bad_image", "undecodable image: not a format PIL reads") from None
     except Exception as err:  # PIL raises many types for bad data
         raise SampleError("bad_image", f"undecodable image: {err}") from err
     return resize_image(torch.from_numpy(array), size)  # (H, W, 3); normalize_images makes it (3, H, W) float

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from open_vlm.data.decode import decode_image, resize_image
+from open_vlm.data.decode import SampleError, decode_image, resize_image
 from open_vlm.tokenize.padding import pad_left
 
 ImageInput = bytes | str | Path | Image.Image
@@ -53,7 +53,10 @@ def image_tensor(image: ImageInput, size: int) -> torch.Tensor:
     """One image → uint8 (size, size, 3), exactly as the training data path decodes it."""
     if isinstance(image, Image.Image):
         return resize_image(torch.from_numpy(np.array(image.convert("RGB"))), size)
-    return decode_image(image_bytes(image), size)
+    try:
+        return decode_image(image_bytes(image), size)
+    except SampleError as err:  # say which image
+        raise ValueError(f"{'image bytes' if isinstance(image, bytes) else repr(str(image))}: {err}") from None
 
 
 def image_bytes(image: bytes | str | Path) -> bytes:

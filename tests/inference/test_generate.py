@@ -159,3 +159,16 @@ def test_device_and_dtype(trained, examples):
     model = OpenVLM.from_pretrained(trained("paligemma"), dtype="bf16")
     assert model.dtype == torch.bfloat16 and not model.model.training
     assert len(model.generate(examples[:2], max_new_tokens=3)) == 2
+
+
+def test_an_undecodable_image_is_named(tmp_path):
+    """A bad image given by path says which one and why, without PIL's in-memory buffer in the message."""
+    from open_vlm.inference.processor import image_tensor
+
+    bad = tmp_path / "photo.jpg"
+    bad.write_bytes(b"<html>403 Forbidden</html>")
+    with pytest.raises(ValueError) as err:
+        image_tensor(str(bad), 16)
+    assert str(err.value) == f"'{bad}': undecodable image: not a format PIL reads"
+    with pytest.raises(ValueError, match=r"^image bytes: undecodable image"):
+        image_tensor(bad.read_bytes(), 16)
