@@ -265,7 +265,9 @@ def require_image(key: str, value: str) -> None:
         with Image.open(value) as image:
             image.verify()
     except UnidentifiedImageError:
-        raise ConfigError(f"{key}: cannot read '{value}' as an image (not a format PIL reads); give {IMAGE[1]}") from None
+        raise ConfigError(
+            f"{key}: cannot read '{value}' as an image (not a format PIL reads); give {IMAGE[1]}"
+        ) from None
     except Exception as err:  # truncated or damaged: PIL raises many types
         reason = f"{type(err).__name__}: {str(err).splitlines()[0]}" if str(err) else type(err).__name__
         raise ConfigError(f"{key}: cannot read '{value}' as an image ({reason}); give {IMAGE[1]}") from err
