@@ -52,6 +52,9 @@ ROWS = [
     # train: paths
     Row("train-model-config", [*TRAIN, "--model.config", "no/such/model.yaml"], 2, "model.config: no model config file at 'no/such/model.yaml' (no folder 'no/such'"),
     Row("train-model-config-typo", [*TRAIN, "--model.config", f"{REPO}/configs/models/paligema_tiny.yaml"], 2, "did you mean 'paligemma_tiny.yaml'?"),
+    Row("train-source-key", [*TRAIN, "--data.sources", '[{"urls": ["$demo/demo-000000.tar"], "wieght": 2}]'], 2, "unknown config key 'data.sources[0].wieght'; did you mean 'data.sources[0].weight'?"),
+    Row("train-augment-key", [*TRAIN, "--data.augment", '{"lite": {"flipp": true}}'], 2, "unknown config key 'data.augment.lite.flipp'; did you mean 'data.augment.lite.flip'?"),
+    Row("augment-shards-key", [f"{REPO}/tools/augment_shards.py", "shapes", "--out", "$tmp/aug", "--augment", "{flipp: 0.5}"], 2, "--augment: unknown key 'flipp'; did you mean 'flip'?"),
     Row("train-tokenizer", [*TRAIN, "--model.tokenizer", "no/such/tok"], 2, "model.tokenizer: no tokenizer folder at 'no/such/tok'"),
     Row("train-pretrained", [*TRAIN, "--model.pretrained", "$tmp/no-model"], 2, "model.pretrained: no save_pretrained folder"),
     Row("train-init-from", [*TRAIN, "--checkpoint.init_from", "$tmp/no-run"], 2, "checkpoint.init_from: no complete checkpoint at"),

@@ -28,7 +28,7 @@ def _settings(args: argparse.Namespace):
     import draccus
     import yaml
 
-    from open_vlm.config.load import read_yaml
+    from open_vlm.config.load import decoding_error, read_yaml
     from open_vlm.config.schema import AugmentConfig
     from open_vlm.data.augment import resolve
     from open_vlm.errors import ConfigError
@@ -38,7 +38,11 @@ def _settings(args: argparse.Namespace):
     recipes = {}
     if args.config:
         named = (read_yaml(args.config).get("data") or {}).get("augment") or {}
-        recipes = {name: draccus.decode(AugmentConfig, values) for name, values in named.items()}
+        for name, values in named.items():
+            try:
+                recipes[name] = draccus.decode(AugmentConfig, values)
+            except draccus.utils.DecodingError as err:
+                raise decoding_error(err, f"{args.config}: data.augment.{name}") from err
     if args.recipe:
         return resolve(AugmentConfig(recipe=args.recipe), recipes, "--recipe")
     values = yaml.safe_load(args.augment)
@@ -47,7 +51,7 @@ def _settings(args: argparse.Namespace):
     try:
         return resolve(draccus.decode(AugmentConfig, values), recipes, "--augment")
     except draccus.utils.DecodingError as err:
-        raise ConfigError(f"--augment: {err}") from err
+        raise decoding_error(err, "--augment") from err
 
 
 def _refuse_the_source_folder(out: str, source) -> None:

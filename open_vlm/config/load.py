@@ -12,6 +12,7 @@ import difflib
 import io
 import json
 import os
+import re
 import tempfile
 import typing
 from typing import Any
@@ -19,11 +20,13 @@ from typing import Any
 import draccus
 import yaml
 
+from open_vlm.config import schema
 from open_vlm.config.env import EnvConfig, apply_process_env, load_env_config, run_defaults
 from open_vlm.config.schema import CHOICES, RunConfig, SourceConfig, data_task
 from open_vlm.config.validate import check_values, value_at
 from open_vlm.data.catalog import resolve_sources
 from open_vlm.errors import ConfigError
+from open_vlm.names import did_you_mean
 from open_vlm.storage import read_yaml_mapping
 
 
@@ -250,7 +253,7 @@ def _parse(config_path: str, overrides: list[str]) -> RunConfig:
         with contextlib.redirect_stderr(usage):
             return draccus.parse(config_class=RunConfig, config_path=config_path, args=overrides)
     except draccus.utils.DecodingError as err:
-        raise ConfigError(f"{err} (expected type: {_expected_type(str(err))})") from err
+        raise decoding_error(err) from err
     except SystemExit as err:
         if not err.code:  # --help printed the usage (to stdout), as asked
             raise
@@ -278,6 +281,33 @@ def _declared_type(key: str) -> Any:
         tp = _field_types(cls).get(part.split("[")[0])
         cls = _dataclass_of(tp) if tp is not None else None
     return tp
+
+
+_NOT_VALID = re.compile(r"The fields (.+) are not valid for (\w+)")
+
+
+def decoding_error(err: draccus.utils.DecodingError, where: str = "") -> ConfigError:
+    """draccus's decoding error as one line. An unknown key inside a list or mapping (a source's, a recipe's),
+    which the top-level key check cannot see, is named where it is, with the closest valid one."""
+    match = _NOT_VALID.match(err.message)
+    cls = getattr(schema, match[2], None) if match else None
+    if match and dataclasses.is_dataclass(cls):
+        name = re.findall(r"`([^`]+)`", match[1])[0]
+        close = difflib.get_close_matches(name, [f.name for f in dataclasses.fields(cls)], n=1)
+        if where:
+            return ConfigError(f"{where}: unknown key '{name}'{did_you_mean(name, close)}")
+        hint = f"; did you mean '{_key_text([*err.key_path, close[0]])}'?" if close else ""
+        return ConfigError(f"unknown config key '{_key_text([*err.key_path, name])}'{hint}")
+    prefix = f"{where}: " if where else ""
+    return ConfigError(f"{prefix}{err} (expected type: {_expected_type(str(err))})")
+
+
+def _key_text(path) -> str:
+    """('data', 'sources', '0', 'weight') → data.sources[0].weight"""
+    out = ""
+    for part in map(str, path):
+        out += f"[{part}]" if part.isdigit() else (f".{part}" if out else part)
+    return out
 
 
 def _expected_type(message: str) -> str:

@@ -33,6 +33,12 @@ def test_nested_override(tmp_path):
         ({"optim": {"learning_rate": 3}}, "optim.learning_rate", "optim.lr"),
         ({"trian": {"seed": 3}}, "trian", "train"),
         ({"data": {"sources": [{"urls": ["x"], "wieght": 2}]}}, "data.sources[0].wieght", "data.sources[0].weight"),
+        ({"data": {"augment": {"lite": {"flipp": True}}}}, "data.augment.lite.flipp", "data.augment.lite.flip"),
+        (
+            {"data": {"sources": [{"urls": ["x"], "augment": {"colour_jitter": 0.2}}]}},
+            "data.sources[0].augment.colour_jitter",
+            "data.sources[0].augment.color_jitter",
+        ),
     ],
 )
 def test_unknown_key_in_yaml_names_nearest(tmp_path, data, bad, nearest):
