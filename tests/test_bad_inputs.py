@@ -107,6 +107,7 @@ ROWS = [
     # data
     Row("data-add-shards", [*CLI, "data", "add", "x", "$tmp/nope-{0..1}.tar", "--modality", "image_text", "--catalog", "$tmp/c.yaml"], 2, "URLS: 2 of 2 shard(s) match no file"),
     Row("data-add-png-cls", [*CLI, "data", "add", "x", "$png_cls", "--modality", "image_text", "--catalog", "$tmp/c.yaml"], 0, "members seen: cls, png"),
+    Row("data-bench-world", [*CLI, "data", "bench", "--config", "$config", "--world", "0"], 2, "--world: 0 must be at least 1"),
     Row("data-list-user-file", [*CLI, "data", "list"], 2, "unknown key(s) ['bogus']", env=BAD_USER_FILE),
     Row("config-show-user-file", [*CLI, "config", "show"], 2, "unknown key(s) ['bogus']", env=BAD_USER_FILE),
     # the SageMaker launcher: the config is resolved (and checked) by the shared loader

@@ -150,6 +150,8 @@ def main(argv: list[str]) -> int:
     args, overrides = parser().parse_known_args(argv)
     if args.steps < 1:
         raise ConfigError(f"--steps: {args.steps} must be at least 1")
+    if args.world is not None and args.world < 1:
+        raise ConfigError(f"--world: {args.world} must be at least 1")
     world = args.world or int(os.environ.get("WORLD_SIZE", "1"))
     rank = args.rank if args.rank is not None else int(os.environ.get("RANK", "0"))
     if not 0 <= rank < world:
