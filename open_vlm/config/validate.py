@@ -123,7 +123,8 @@ def check_range(key: str, value: float, allowed: Range) -> None:
     """`ConfigError` naming `key` (a config key or a `--flag`) when `value` is outside `allowed`."""
     if not allowed.allows(value):
         where = "" if key.startswith("-") else f" in the config or with --{key}"
-        raise ConfigError(f"{key}: {value!r} is out of range (it must be {allowed.text()}); set it{where}")
+        must = allowed.text() if math.isfinite(value) else f"a finite number {allowed.text()}"
+        raise ConfigError(f"{key}: {value!r} is out of range (it must be {must}); set it{where}")
 
 
 def check_values(cfg: RunConfig) -> None:

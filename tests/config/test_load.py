@@ -130,3 +130,12 @@ def test_a_malformed_override_is_one_line_naming_it(overrides, why, capsys):
         load_run_config(overrides)
     assert why in str(err.value) and "--section.key VALUE" in str(err.value)
     assert "\n" not in str(err.value) and "usage:" not in capsys.readouterr().err  # not argparse's usage page
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e400"])
+def test_a_number_that_is_not_finite_is_said_to_be_so(value):
+    """'inf is out of range (it must be >= 0)' would contradict itself."""
+    with pytest.raises(
+        ConfigError, match=r"train\.epochs: (inf|nan) is out of range \(it must be a finite number >= 0\)"
+    ):
+        load_run_config(["--train.epochs", value])
