@@ -31,6 +31,7 @@ class Row:
     says: str
     env: dict[str, str] = field(default_factory=dict)
     s3: bool = False  # needs the moto S3 endpoint
+    timeout: float = 300  # seconds; a row that must fail fast says how fast
 
 
 TRAIN = ["-m", "open_vlm.train", "--config", "$config"]
@@ -55,6 +56,10 @@ ROWS = [
     Row("train-source-key", [*TRAIN, "--data.sources", '[{"urls": ["$demo/demo-000000.tar"], "wieght": 2}]'], 2, "unknown config key 'data.sources[0].wieght'; did you mean 'data.sources[0].weight'?"),
     Row("train-augment-key", [*TRAIN, "--data.augment", '{"lite": {"flipp": true}}'], 2, "unknown config key 'data.augment.lite.flipp'; did you mean 'data.augment.lite.flip'?"),
     Row("augment-shards-key", [f"{REPO}/tools/augment_shards.py", "shapes", "--out", "$tmp/aug", "--augment", "{flipp: 0.5}"], 2, "--augment: unknown key 'flipp'; did you mean 'flip'?"),
+    # MLflow's client retries a refused connection for ~4 minutes, after the model is built; checked first now
+    Row("train-mlflow-unreachable", [*TRAIN, "--logging.trackers", '["jsonl", "mlflow"]'], 1, "MLFLOW_TRACKING_URI: cannot reach 'http://127.0.0.1:9'", env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, timeout=90),
+    Row("train-mlflow-scheme", [*TRAIN, "--logging.trackers", '["mlflow"]'], 2, "MLFLOW_TRACKING_URI: MLflow cannot use 'mlfow://host'", env={"MLFLOW_TRACKING_URI": "mlfow://host"}),
+    Row("eval-mlflow-unreachable", [*EVAL, "--logging.trackers", '["mlflow"]'], 1, "MLFLOW_TRACKING_URI: cannot reach 'http://127.0.0.1:9'", env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, timeout=90),
     Row("train-tokenizer", [*TRAIN, "--model.tokenizer", "no/such/tok"], 2, "model.tokenizer: no tokenizer folder at 'no/such/tok'"),
     Row("train-pretrained", [*TRAIN, "--model.pretrained", "$tmp/no-model"], 2, "model.pretrained: no save_pretrained folder"),
     Row("train-init-from", [*TRAIN, "--checkpoint.init_from", "$tmp/no-run"], 2, "checkpoint.init_from: no complete checkpoint at"),
@@ -169,7 +174,7 @@ def test_bad_input_is_one_line(row: Row, places, request):
         places = {**places, "bucket": request.getfixturevalue("s3_bucket")}
     argv = [Template(arg).safe_substitute(places) for arg in row.argv]
     env = {k: Template(v).safe_substitute(places) for k, v in row.env.items()}
-    out = run_cli(*argv, env=env, timeout=300)
+    out = run_cli(*argv, env=env, timeout=row.timeout)
     text = out.stdout + out.stderr
     says = Template(row.says).safe_substitute(places)
     assert "Traceback" not in text, text[-3000:]

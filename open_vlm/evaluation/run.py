@@ -19,6 +19,7 @@ from open_vlm.config.validate import check_inputs
 from open_vlm.data.catalog import sources_at_split
 from open_vlm.names import did_you_mean
 from open_vlm.runfolder import run_dir, setup_logging
+from open_vlm.tracking import preflight_trackers
 
 log = logging.getLogger("open_vlm.eval")
 
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: eval.kind: unknown kind '{kind}'{hint} (known: {eval_kinds()})", file=sys.stderr)
         return 2
     check_inputs(cfg, "eval")
+    preflight_trackers(cfg.logging)  # before the evaluation, which the trackers would otherwise hold up at its end
     folder = run_dir(cfg.run.output_dir, cfg.run.project, cfg.run.name)
     setup_logging(folder, cfg.run.project, "eval", cfg.logging.level)
     ignored = ignored_keys(argv, "eval")

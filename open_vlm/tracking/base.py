@@ -63,6 +63,11 @@ class Tracker:
     def __init__(self, run: TrackedRun):
         self.run = run
 
+    @classmethod
+    def preflight(cls) -> None:
+        """Fail fast, before a run builds its model, when the tracker cannot start (a bad or unreachable endpoint):
+        `ConfigError` for a setting to fix, `DataError` for a service that does not answer."""
+
     def log_metrics(self, step: int, record: dict) -> None:
         """One logged step: `record` holds numbers (and `step`)."""
 
@@ -142,6 +147,12 @@ def check_trackers(logging_cfg: LoggingConfig) -> None:
                 f"logging.trackers: {name} needs {', '.join(missing)}, which is not installed: "
                 "pip install 'open_vlm[tracking]', or drop it from logging.trackers"
             )
+
+
+def preflight_trackers(logging_cfg: LoggingConfig) -> None:
+    """Every selected tracker's `preflight` (on the process that will open them)."""
+    for name in selected_trackers(logging_cfg):
+        _TRACKERS[name].preflight()
 
 
 def open_trackers(run: TrackedRun, names: Iterable[str]) -> list[Tracker]:

@@ -17,6 +17,7 @@ import re
 import time
 from pathlib import Path
 
+from open_vlm.errors import ConfigError, DataError
 from open_vlm.tracking.base import DataInput, TrackedRun, Tracker, flatten, numbers, register_tracker
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,20 @@ _BAD_KEY = re.compile(r"[^A-Za-z0-9_\-. /]")  # MLflow allows these in metric an
 def tracking_uri(folder: Path) -> str:
     """`MLFLOW_TRACKING_URI`, or a sqlite store in the run folder."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{folder.resolve()}/mlflow.db"
+
+
+def _answers(uri: str, timeout: float = 10.0) -> None:
+    """`DataError` unless an HTTP server answers at `uri` (any status will do: only a connection counts)."""
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
+    except requests.RequestException as err:
+        reason = type(err).__name__ if not isinstance(err, requests.ConnectionError) else "connection failed"
+        raise DataError(
+            f"MLFLOW_TRACKING_URI: cannot reach '{uri}' ({reason}); start the tracking server, fix the URI, "
+            "or drop mlflow from logging.trackers"
+        ) from None
 
 
 def metric_key(name: str) -> str:
@@ -74,6 +89,25 @@ class MlflowTracker(Tracker):
     """One MLflow run per run folder, continued on resume and by `open-vlm eval`."""
 
     requires = ("mlflow",)
+
+    @classmethod
+    def preflight(cls) -> None:
+        """`MLFLOW_TRACKING_URI` names a store MLflow can use and, over HTTP, a server that answers. MLflow's own
+        client retries a refused connection for about four minutes, at the first call, after the model is built."""
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:
+            return  # our own sqlite store in the run folder
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        try:
+            MlflowClient(uri)
+        except MlflowException as err:
+            known = re.search(r"schemes are: \[([^\]]*)\]", str(err))
+            schemes = f" (it reads {known[1]})" if known else ""
+            raise ConfigError(f"MLFLOW_TRACKING_URI: MLflow cannot use '{uri}'{schemes}; fix it or unset it") from None
+        if uri.startswith(("http://", "https://")):
+            _answers(uri)
 
     def __init__(self, run: TrackedRun):
         super().__init__(run)

@@ -31,6 +31,7 @@ from open_vlm.models.freeze import check_frozen_dtype
 from open_vlm.models.losses import build_loss, term_counts
 from open_vlm.models.registry import build_model
 from open_vlm.tokenize.tokenizers import load_tokenizer
+from open_vlm.tracking import preflight_trackers
 from open_vlm.tracking.base import data_inputs
 from open_vlm.trainer.epochs import log_epoch_steps, steps_for_epochs
 from open_vlm.trainer.metrics import MetricsLogger, ThroughputWindow, peak_memory_gb
@@ -70,6 +71,8 @@ class Trainer:
     def __init__(self, cfg: RunConfig, run_folder: Path):
         self.cfg, self.run_folder = cfg, run_folder
         self.info = init_distributed(cfg.train.device)
+        if self.info.is_main:  # a tracker that cannot start says so now, not after the model is built
+            preflight_trackers(cfg.logging)
         # The checkpointer's own gloo group (made here, by every rank, once): see checkpoint/collective.py.
         checkpoint_group = new_checkpoint_group()
         self.strategy = build_strategy(cfg.train, self.info)
