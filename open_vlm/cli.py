@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from open_vlm.errors import ConfigError, run_main, usage_errors
+from open_vlm.errors import ConfigError, OpenVLMError, run_main, usage_errors
 from open_vlm.names import did_you_mean
 
 
@@ -45,10 +45,24 @@ def _view(argv: list[str]) -> int:
         "--verify", action="store_true", help="checkpoint or run: check every file against its commit record (exit 1)"
     )
     args = parser.parse_args(argv)
+    import fsspec
+
+    from open_vlm.storage import is_remote
     from open_vlm.view import render, verify, view
 
-    with usage_errors(FileNotFoundError, ValueError):  # ValueError: e.g. a checkpoint refused as unsafe
-        info = verify(args.path) if args.verify else view(args.path, boxes_png=args.out, index=args.index)
+    try:
+        with usage_errors(FileNotFoundError, ValueError):  # ValueError: e.g. a checkpoint refused as unsafe
+            if is_remote(args.path):  # the store answers (credentials, endpoint), before any retried read
+                fsspec.core.url_to_fs(args.path)[0].exists(args.path)
+            info = verify(args.path) if args.verify else view(args.path, boxes_png=args.out, index=args.index)
+    except OpenVLMError:
+        raise
+    except Exception as err:  # credentials, endpoint, network: botocore and the stores raise many types
+        if not is_remote(args.path):
+            raise
+        from open_vlm.config.validate import unreachable
+
+        raise unreachable("PATH", args.path, err) from err
     print(json.dumps(info, indent=1) if args.json else render(info))
     return 1 if args.verify and not info["ok"] else 0
 

@@ -34,6 +34,13 @@ class Row:
     timeout: float = 300  # seconds; a row that must fail fast says how fast
 
 
+# An S3 endpoint where nothing listens
+NO_S3 = {
+    "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+    "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9",
+    "AWS_ACCESS_KEY_ID": "x",
+    "AWS_SECRET_ACCESS_KEY": "y",
+}
 TRAIN = ["-m", "open_vlm.train", "--config", "$config"]
 CLI = ["-m", "open_vlm.cli"]
 EVAL = [*CLI, "eval", "--config", "$config", "--run.output_dir", "$tmp/runs"]
@@ -109,6 +116,8 @@ ROWS = [
     Row("export-checkpoint", [*CLI, "export", "$tmp/no-run", "$tmp/out"], 2, "CHECKPOINT: no complete checkpoint at '$tmp/no-run'"),
     Row("embed-checkpoint", [*CLI, "embed", "--checkpoint", "$tmp/no-run", "--text", "hi"], 2, "--checkpoint: no complete checkpoint at"),
     Row("embed-image", [*CLI, "embed", "--checkpoint", "$tmp", "--image", "$tmp/dog.jpg"], 2, "--image: no image file"),
+    Row("view-s3-unreachable", [*CLI, "view", "s3://bucket/run", "--verify"], 1, "PATH: cannot read 's3://bucket/run': EndpointConnectionError", env=NO_S3, timeout=60),
+    Row("view-s3-shard-unreachable", [*CLI, "view", "s3://bucket/x-000000.tar"], 1, "PATH: cannot read 's3://bucket/x-000000.tar': EndpointConnectionError", env=NO_S3, timeout=60),
     # data
     Row("data-add-shards", [*CLI, "data", "add", "x", "$tmp/nope-{0..1}.tar", "--modality", "image_text", "--catalog", "$tmp/c.yaml"], 2, "URLS: 2 of 2 shard(s) match no file"),
     Row("data-add-png-cls", [*CLI, "data", "add", "x", "$png_cls", "--modality", "image_text", "--catalog", "$tmp/c.yaml"], 0, "members seen: cls, png"),

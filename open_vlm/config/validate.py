@@ -171,7 +171,7 @@ def _fs(key: str, url: str):
         raise ConfigError(f"{key}: cannot open '{url}': {one_line(err)}") from err
 
 
-def _unreachable(key: str, url: str, err: Exception) -> DataError:
+def unreachable(key: str, url: str, err: Exception) -> DataError:
     return DataError(
         f"{key}: cannot read '{url}': {one_line(err)}; check the URL, your credentials and the endpoint "
         "(AWS_ENDPOINT_URL, or open-vlm config set s3_endpoint URL)"
@@ -186,7 +186,7 @@ def _names_in(key: str, url: str) -> list[str] | None:
     except FileNotFoundError:
         return None
     except Exception as err:  # credentials, endpoint, network: the storage, not the key, is the problem
-        raise _unreachable(key, url, err) from err
+        raise unreachable(key, url, err) from err
 
 
 def _not_found(key: str, url: str) -> str:
@@ -204,7 +204,7 @@ def _exists(key: str, url: str) -> bool:
     try:
         return fs.exists(path)
     except Exception as err:  # credentials, endpoint, network
-        raise _unreachable(key, url, err) from err
+        raise unreachable(key, url, err) from err
 
 
 def require_path(key: str, value: str, what: str, fix: str) -> None:
@@ -286,7 +286,7 @@ def require_bucket(key: str, url: str) -> None:
     except FileNotFoundError:
         raise ConfigError(f"{key}: no bucket at '{bucket}'; give an existing bucket (create it first)") from None
     except Exception as err:  # credentials, endpoint, network
-        raise _unreachable(key, bucket, err) from err
+        raise unreachable(key, bucket, err) from err
 
 
 def _indexed(section: str, sources: list[SourceConfig]) -> list[tuple[str, SourceConfig]]:
