@@ -146,17 +146,19 @@ class Checkpointer(Retention):
     def is_committed(self, step: int) -> bool:
         return self.fs.exists(f"{self.root}/{step_name(step)}/{MARKER}")
 
-    def latest_good(self, fallback: bool = True) -> str | None:
+    def latest_good(self, fallback: bool = True, unreadable: dict[str, str] | None = None) -> str | None:
         """The newest committed checkpoint whose files match its marker (sizes; JSON files parse); collective.
 
         A damaged one is named with what is wrong; with `fallback` the one before it is tried, else the resume is
-        refused. Raises `CheckpointDamaged` when every committed checkpoint is damaged."""
+        refused. `unreadable`: checkpoints found damaged by loading them (url → why), passed over alike. Raises
+        `CheckpointDamaged` when every committed checkpoint is damaged."""
+        unreadable = unreadable or {}
 
         def find() -> str | None:
             complete = self._patiently("listing", self.list_complete)
             damaged = []
             for _, url in reversed(complete):
-                problems = verify_checkpoint(url)
+                problems = [unreadable[url]] if url in unreadable else verify_checkpoint(url)
                 if not problems:
                     if damaged:
                         log.warning("resuming from %s, the newest good checkpoint (checkpoint.fallback)", url)
@@ -369,8 +371,9 @@ class Checkpointer(Retention):
     def load(self, ckpt: str, model, optimizer) -> tuple[dict, dict | None, dict]:
         """Restore model + optimizer in place; returns (extra, this rank's rng or None, data_state).
 
-        A file that cannot be read is a `CheckpointDamaged` naming the checkpoint (a refused payload stays
-        `UnsafeCheckpoint`)."""
+        A file that cannot be read, on any rank, is a `CheckpointDamaged` naming the checkpoint on every rank, with
+        `reason` (a refused payload stays `UnsafeCheckpoint`)."""
+        damage = None
         try:
             load_model_and_optimizer(ckpt, model, optimizer, group=self.group)
             extra = torch_load(f"{ckpt}/extra.pt")
@@ -381,10 +384,15 @@ class Checkpointer(Retention):
         except (UnsafeCheckpoint, WeightsMismatch):  # readable, but refused: not damage
             raise
         except (OSError, RuntimeError, ValueError, KeyError, EOFError) as err:
-            raise CheckpointDamaged(
-                f"checkpoint {ckpt} cannot be read ({_describe(err)}); `open-vlm view {ckpt} --verify` checks its "
-                "files; resume from an older one with --checkpoint.resume PATH"
-            ) from err
+            damage = err
+        if self.comm.any(damage is not None):  # every rank stops (or falls back) together
+            reason = f"cannot be read ({_describe(damage)})" if damage else "cannot be read on another rank"
+            error = CheckpointDamaged(
+                f"checkpoint {ckpt} {reason}; `open-vlm view {ckpt} --verify` checks its files; resume from an older "
+                "one with --checkpoint.resume PATH (or checkpoint.fallback true)"
+            )
+            error.reason = reason
+            raise error from damage
         return extra, rng, data_state
 
 

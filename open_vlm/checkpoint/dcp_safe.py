@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import pickletools
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from open_vlm.storage import is_remote, local_path
 
 _DCP_METADATA = "torch.distributed.checkpoint.metadata"
+PICKLE_OPCODES = frozenset(op.code.encode("latin-1") for op in pickletools.opcodes)
 ALLOWED: frozenset[tuple[str, str]] = frozenset(
     {
         (_DCP_METADATA, "Metadata"),
@@ -55,6 +57,12 @@ def refusing_pickles(where: str) -> Iterator[None]:
         yield
     except pickle.UnpicklingError as err:
         asked = re.search(r"GLOBAL ([\w.]+)", str(err))
+        operand = re.search(r"Unsupported operand (\d+)", str(err))
+        if asked is None and operand is not None and bytes([int(operand[1]) % 256]) not in PICKLE_OPCODES:
+            raise ValueError(  # garbage, not a payload: damage a resume may fall back past
+                f"{where}: not a readable torch file (byte {int(operand[1])} is no pickle instruction: the file is "
+                "damaged, or not a weights file)"
+            ) from None
         what = f"refers to {asked.group(1)}" if asked else "holds more than plain tensors"
         raise UnsafeCheckpoint(
             f"{where}: a weights file there {what}, which weights never contain; refusing to load it (a pickle payload "

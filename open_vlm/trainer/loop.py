@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from open_vlm.checkpoint.checkpointer import Checkpointer, read_meta, resolve_checkpoint
+from open_vlm.checkpoint.checkpointer import CheckpointDamaged, Checkpointer, read_meta, resolve_checkpoint
 from open_vlm.checkpoint.collective import new_checkpoint_group
 from open_vlm.checkpoint.dcp_io import WeightsMismatch, load_model_weights, weights_report
 from open_vlm.checkpoint.model_io import described_model_config, model_files, saved_model_config
@@ -151,20 +151,36 @@ class Trainer:
     def resume_or_init(self) -> None:
         ck = self.cfg.checkpoint
         ckpt = None
-        if ck.resume == "latest":  # the newest whose files match its marker (see checkpoint/verify.py)
-            ckpt = self.checkpointer.latest_good(fallback=ck.fallback)
+        if ck.resume == "latest":
+            ckpt = self._load_latest_good(ck.fallback)
         elif ck.resume != "none":
             ckpt = self._resolve("resume", ck.resume)
             self.checkpointer.check(ckpt)
-        if ckpt is not None:
             self.load(ckpt)
-        else:
+        if ckpt is None:
             if ck.init_from:
                 self._init_from(self._resolve("init_from", ck.init_from))
             log.info("starting at step 0 (checkpoint.resume=%s)", ck.resume)
             self.metrics.writer.truncate_after(0)  # a fresh run in an old folder starts a fresh metrics file
         # Saves from here on must not meet checkpoints of another timeline (a rollback, a fresh start).
         self.checkpointer.comm.from_rank0(lambda: self.checkpointer.set_aside_newer(self.step, resumed=ckpt))
+
+    def _load_latest_good(self, fallback: bool) -> str | None:
+        """Load the newest checkpoint whose files match its marker (see checkpoint/verify.py) and that loads: with
+        `fallback`, one that fails to load (bytes changed at the same size) is passed over like a damaged one. A
+        partial load is harmless: the next one loaded replaces every tensor and state it touched."""
+        unreadable: dict[str, str] = {}
+        while True:
+            ckpt = self.checkpointer.latest_good(fallback=fallback, unreadable=unreadable)
+            if ckpt is None:
+                return None
+            try:
+                self.load(ckpt)
+                return ckpt
+            except CheckpointDamaged as err:
+                if not fallback:
+                    raise
+                unreadable[ckpt] = getattr(err, "reason", str(err))
 
     def _resolve(self, key: str, path: str) -> str:
         """The checkpoint `checkpoint.<key>` names, found by rank 0 so that every rank gets the same one."""

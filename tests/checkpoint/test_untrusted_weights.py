@@ -6,6 +6,7 @@ Shown to fail on a broken build: with `files.torch_load` using `weights_only=Fal
 and the RNG state ran (and the AST check named the line)."""
 
 import ast
+import random
 import shutil
 
 import pytest
@@ -99,3 +100,38 @@ def test_nothing_in_the_package_unpickles_freely():
             assert keywords.get("weights_only", True) is not False, f"{rel}:{node.lineno}"
             if isinstance(node, ast.ClassDef) and any("Unpickler" in ast.unparse(b) for b in node.bases):
                 assert rel in RESTRICTED_UNPICKLERS, f"{rel}:{node.lineno}: a new unpickler"
+
+
+def garbled(path, how: str) -> None:
+    torch.save({"step": 3, "scaler": {"scale": torch.tensor(1.0)}}, path)
+    data = bytearray(path.read_bytes())
+    if how == "zeroed header":  # same size, the zip header gone: torch reads it as a legacy pickle
+        data[:64] = bytes(64)
+    elif how == "random bytes":
+        data[:] = random.Random(0).randbytes(len(data))
+    elif how == "cut short":
+        data = data[: len(data) // 2]
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["zeroed header", "random bytes", "cut short"])
+def test_a_garbled_torch_file_is_damage_not_a_payload(tmp_path, how):
+    """Bytes that are no pickle at all are a damaged file (a resume may fall back past it), not code refused."""
+    from open_vlm.checkpoint.files import torch_load
+
+    garbled(tmp_path / "extra.pt", how)
+    with pytest.raises(Exception) as err:
+        torch_load(str(tmp_path / "extra.pt"))
+    assert not isinstance(err.value, UnsafeCheckpoint), err.value
+    assert isinstance(err.value, (OSError, RuntimeError, ValueError, EOFError)), repr(err.value)
+
+
+def test_a_payload_in_a_legacy_torch_file_is_still_refused(tmp_path):
+    """The old (non-zip) torch format carries a pickle as well: its payload is refused, as the zip one's."""
+    from open_vlm.checkpoint.files import torch_load
+
+    marker = tmp_path / "payload_ran"
+    torch.save({"x": Payload(marker)}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    with pytest.raises(UnsafeCheckpoint, match="legacy.pt: a weights file there"):
+        torch_load(str(tmp_path / "legacy.pt"))
+    assert not marker.exists(), "the payload ran"

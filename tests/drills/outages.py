@@ -140,7 +140,7 @@ def shard_damage(job: Job, rng: random.Random) -> list[Outcome]:
     return outcomes
 
 
-DAMAGE_KINDS = ("cut distcp", "no data.json", "garbled meta.json")
+DAMAGE_KINDS = ("cut distcp", "no data.json", "garbled meta.json", "garbled extra.pt")
 
 
 def damage(ckpts: Path, what: str, step: int) -> str:
@@ -155,6 +155,9 @@ def damage(ckpts: Path, what: str, step: int) -> str:
     elif what == "garbled meta.json":
         data = (folder / "meta.json").read_bytes()
         (folder / "meta.json").write_bytes(b"\x00" * 8 + data[8:])  # same size: only a parse (or a checksum) sees it
+    elif what == "garbled extra.pt":  # same size, not JSON: only loading it (or a checksum) sees it
+        data = (folder / "extra.pt").read_bytes()
+        (folder / "extra.pt").write_bytes(b"\x00" * 64 + data[64:])
     elif what == "bytes changed":
         shard = sorted(folder.glob("*.distcp"))[-1]
         data = bytearray(shard.read_bytes())

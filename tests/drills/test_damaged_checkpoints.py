@@ -47,6 +47,25 @@ def test_resume_latest_falls_back_past_damaged_checkpoints(reference, copied):
     assert not lost, lost
 
 
+@pytest.mark.slow
+def test_a_checkpoint_that_passes_its_size_check_but_cannot_be_loaded_is_passed_over(reference, copied):
+    """Step 24's extra.pt garbled in place (same size): the cheap check on resume passes it, loading fails. With
+    `checkpoint.fallback` every rank passes it over together, resumes from step 21 and ends as the reference did;
+    without, the resume stops in one line naming it."""
+    ckpts = copied.folder / "checkpoints"
+    damage(ckpts, "garbled extra.pt", 24)
+    refused = finish_job(copied, "--checkpoint.fallback", "false")
+    log = "".join(p.read_text() for p in copied.folder.glob("*.log"))
+    assert not refused.ok and f"checkpoint {ckpts}/step_00000024 cannot be read" in log, refused.line()
+    outcome = finish_job(copied)
+    log = "".join(p.read_text() for p in copied.folder.glob("*.log"))
+    assert outcome.ok, outcome.line() + log[-3000:]
+    assert "step_00000024 is damaged: cannot be read" in log
+    assert f"resuming from {ckpts}/step_00000021, the newest good checkpoint" in log
+    lost = compare(reference, copied) + checkpoints_verify(copied)
+    assert not lost, lost
+
+
 def test_without_fallback_the_damaged_latest_is_refused(reference, copied):
     ckpts = copied.folder / "checkpoints"
     damage(ckpts, "no data.json", 24)
