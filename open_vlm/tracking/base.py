@@ -12,6 +12,7 @@ import dataclasses
 import importlib.util
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -85,6 +86,7 @@ class Tracker:
 
 
 _TRACKERS: dict[str, type[Tracker]] = {}
+PAUSE_S = 300.0  # how long a tracker whose call failed is left alone
 
 
 def register_tracker(name: str) -> Callable[[type[Tracker]], type[Tracker]]:
@@ -155,9 +157,56 @@ def preflight_trackers(logging_cfg: LoggingConfig) -> None:
         _TRACKERS[name].preflight()
 
 
-def open_trackers(run: TrackedRun, names: Iterable[str]) -> list[Tracker]:
-    """Open the named trackers for `run` (call on rank 0 only)."""
-    return [_TRACKERS[name](run) for name in names]
+def open_trackers(run: TrackedRun, names: Iterable[str]) -> list[Guarded]:
+    """Open the named trackers for `run` (call on rank 0 only). One that cannot open stops the invocation; once
+    open, their failures never do (`Guarded`)."""
+    return [Guarded(name, _TRACKERS[name](run)) for name in names]
+
+
+class Guarded:
+    """A tracker whose failures do not stop a run: a call that raises (a tracking server gone, a full disk) is
+    logged once, and the tracker is left alone for `pause_s` seconds, so that a dead server costs the run one
+    call's retries, not some at every step. Then it is tried again. Records it misses are only in metrics.jsonl."""
+
+    def __init__(self, name: str, tracker: Tracker, pause_s: float = PAUSE_S):
+        self.name, self.tracker, self.pause_s = name, tracker, pause_s
+        self.paused_until = 0.0
+        self.missed = 0
+
+    def _call(self, what: str, fn: Callable[..., None], *args) -> None:
+        if time.monotonic() < self.paused_until:
+            self.missed += 1
+            return
+        try:
+            fn(*args)
+        except Exception as err:  # whatever the tracker's client raises
+            self.paused_until = time.monotonic() + self.pause_s
+            self.missed += 1
+            log.warning(
+                "tracker %s: %s failed (%s: %s); the run goes on, and %s is left alone for %.0f s",
+                self.name, what, type(err).__name__, str(err).splitlines()[0][:300] if str(err) else "", self.name,
+                self.pause_s,
+            )  # fmt: skip
+            return
+        if self.missed:
+            log.warning("tracker %s: working again, after %d missed calls", self.name, self.missed)
+            self.missed = 0
+
+    def log_metrics(self, step: int, record: dict) -> None:
+        self._call(f"logging step {step}", self.tracker.log_metrics, step, record)
+
+    def log_file(self, path: Path, folder: str = "") -> None:
+        self._call(f"keeping {path.name}", self.tracker.log_file, path, folder)
+
+    def log_image(self, tag: str, path: Path, step: int) -> None:
+        self._call(f"logging image {tag}", self.tracker.log_image, tag, path, step)
+
+    def set_tag(self, key: str, value: str) -> None:
+        self._call(f"setting tag {key}", self.tracker.set_tag, key, value)
+
+    def close(self, status: str = "FINISHED") -> None:
+        self.paused_until = 0.0  # a last try: the run's status matters
+        self._call(f"ending the run ({status})", self.tracker.close, status)
 
 
 def flatten(value: object, prefix: str = "") -> dict[str, str]:

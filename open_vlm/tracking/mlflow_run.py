@@ -115,6 +115,10 @@ class MlflowTracker(Tracker):
 
         for noisy in ("alembic", "mlflow.store.db.utils"):  # schema migrations of a new sqlite store
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        # MLflow retries a failed request 7 times over about four minutes, holding up the step that logs: fewer,
+        # shorter retries here (a setting of the user's own wins); a call that still fails is skipped (`Guarded`).
+        for key, value in (("MAX_RETRIES", "2"), ("BACKOFF_FACTOR", "1"), ("TIMEOUT", "30")):
+            os.environ.setdefault(f"MLFLOW_HTTP_REQUEST_{key}", value)
         self.uri = tracking_uri(run.folder)
         self.client = MlflowClient(self.uri)
         self.run_id = self._continued() or self._create()

@@ -1,5 +1,6 @@
 """MLflow (a real sqlite store, a real `mlflow server` on loopback) and TensorBoard, read back after training."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ import pytest
 import yaml
 
 from open_vlm.checkpoint.checkpointer import read_meta
-from tests.trainer.runs import folder, metrics, train, write_config
+from tests.trainer.runs import finish, folder, metrics, start, train, wait_for_steps, write_config
 
 
 def catalog_run(tmp_path, demo_dir, name, **logging):
@@ -126,7 +127,14 @@ def free_port() -> int:
 
 @pytest.fixture
 def mlflow_server(tmp_path):
-    """A real `mlflow server` on loopback (sqlite backend, artifacts proxied to a folder); stopped by its PID."""
+    with serve_mlflow(tmp_path) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def serve_mlflow(tmp_path):
+    """A real `mlflow server` on loopback (sqlite backend, artifacts proxied to a folder): (its URL, its process);
+    stopped by its process group."""
     port = free_port()
     log = open(tmp_path / "mlflow-server.log", "w")
     exe = Path(sys.executable).parent / "mlflow"
@@ -152,7 +160,7 @@ def mlflow_server(tmp_path):
                     f"mlflow server did not start: {(tmp_path / 'mlflow-server.log').read_text()[-2000:]}"
                 )
             time.sleep(0.5)
-        yield url
+        yield url, proc
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -181,3 +189,22 @@ def test_mlflow_server_on_loopback_read_back(tmp_path, demo_dir, mlflow_server):
     check_inputs_and_tags(run, run_folder, 3)
     downloaded = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path / "dl"))
     assert Path(downloaded).read_text() == (run_folder / "config.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_a_tracking_server_lost_mid_run_does_not_stop_training(tmp_path, demo_dir):
+    """The MLflow server dies at step 2 of 12: the run warns once, goes on to the end (exit 0, every record in
+    metrics.jsonl) and is not held up for minutes by the client's retries at every step.
+
+    Shown to fail before the guard: the first log call after the kill raised, after ~4 minutes of retries."""
+    config = catalog_run(tmp_path, demo_dir, "lost", trackers=["jsonl", "mlflow"])
+    config.write_text(config.read_text().replace("max_steps: 3", "max_steps: 12"))
+    with serve_mlflow(tmp_path) as (url, server):
+        job = start(config, env={"MLFLOW_TRACKING_URI": url})
+        wait_for_steps(job, folder(tmp_path, "lost") / "metrics.jsonl", 2)
+        os.killpg(server.pid, signal.SIGKILL)
+        status, err = finish(job, timeout=150)
+    assert status == 0, err[-3000:]
+    assert [m["step"] for m in metrics(tmp_path, "lost")] == list(range(1, 13))
+    warnings = [line for line in err.splitlines() if "tracker mlflow:" in line and "failed" in line]
+    assert warnings and "the run goes on" in warnings[0], err[-3000:]
