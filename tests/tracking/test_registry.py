@@ -48,3 +48,32 @@ def test_the_trainer_does_not_import_mlflow_or_tensorboard():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+class Flaky:
+    """A tracker whose server is down for its first `down` calls."""
+
+    def __init__(self, down: int):
+        self.down, self.got = down, []
+
+    def log_metrics(self, step: int, record: dict) -> None:
+        if self.down > 0:
+            self.down -= 1
+            raise ConnectionError("server gone")
+        self.got.append(step)
+
+
+def test_a_failing_tracker_is_left_alone_for_its_pause_then_tried_again(caplog):
+    from open_vlm.tracking.base import Guarded
+
+    flaky = Flaky(down=1)
+    guarded = Guarded("flaky", flaky, pause_s=3600)
+    for step in (1, 2, 3):
+        guarded.log_metrics(step, {"loss": 1.0})  # 1 fails; 2 and 3 fall in the pause: not even tried
+    assert flaky.got == [] and flaky.down == 0
+    guarded.paused_until = 0.0  # the pause is over
+    guarded.log_metrics(4, {"loss": 1.0})
+    assert flaky.got == [4]
+    text = caplog.text
+    assert "tracker flaky: logging step 1 failed (ConnectionError: server gone); the run goes on" in text
+    assert "tracker flaky: working again, after 3 missed calls" in text
