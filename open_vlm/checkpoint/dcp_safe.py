@@ -85,15 +85,16 @@ class _MetadataUnpickler(pickle.Unpickler):
 
 
 def load_metadata(file, where: str) -> Metadata:
-    """Unpickle a DCP `.metadata` stream with the allowlist; raises `UnsafeCheckpoint` on anything else."""
+    """Unpickle a DCP `.metadata` stream with the allowlist: `UnsafeCheckpoint` for a class outside it, ValueError
+    for a damaged file (truncated, garbage, or allowed objects that are no metadata: nothing of it ran)."""
     try:
         metadata = _MetadataUnpickler(file, where).load()
     except UnsafeCheckpoint:
         raise
-    except Exception as err:  # truncated or garbage: not a metadata file
-        raise UnsafeCheckpoint(f"{where}: not a readable DCP metadata file ({type(err).__name__}: {err})") from None
+    except Exception as err:  # truncated or garbage: damage a resume may fall back past
+        raise ValueError(f"{where}: not a readable DCP metadata file ({type(err).__name__}: {err})") from None
     if not isinstance(metadata, Metadata):
-        raise UnsafeCheckpoint(f"{where}: holds a {type(metadata).__name__}, not DCP metadata")
+        raise ValueError(f"{where}: holds a {type(metadata).__name__}, not DCP metadata")
     return metadata
 
 

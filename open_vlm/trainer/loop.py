@@ -102,6 +102,7 @@ class Trainer:
                 cfg, train=dataclasses.replace(cfg.train, max_steps=self._epoch_steps())
             )
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg.optim, cfg.train.max_steps, self.bundle.groups)
+        self.configured = group_hyperparameters(self.optimizer)  # this run's, kept: a resume's loads replace them
         self.scaler = self.strategy.grad_scaler()
         self.loss_fn = build_loss(cfg.train.loss, rank=self.info.rank, world_size=world)
         self.checkpointer = Checkpointer(
@@ -210,7 +211,6 @@ class Trainer:
             saved_model=saved_model_config(ckpt),
             model=described_model_config(self.model_files),
         )
-        configured = group_hyperparameters(self.optimizer)  # this run's, before the checkpoint's replace them
         try:
             extra, rng, data_state = self.checkpointer.load(ckpt, self.model, self.optimizer)
         except WeightsMismatch as err:  # no flag resumes another architecture; init_from starts from its weights
@@ -220,7 +220,7 @@ class Trainer:
             ) from None
         self.scheduler.load_state_dict(extra["scheduler"])
         if any(key.startswith("optim.") for key in changed):  # allowed: the new optimizer settings apply
-            restore_hyperparameters(self.optimizer, self.scheduler, configured)
+            restore_hyperparameters(self.optimizer, self.scheduler, self.configured)
         else:
             follow_schedule(self.optimizer, self.scheduler)  # this run's schedule (max_steps may have grown)
         if self.scaler is not None and extra.get("scaler"):

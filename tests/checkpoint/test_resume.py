@@ -9,7 +9,7 @@ import torch
 
 from open_vlm.checkpoint.checkpointer import Checkpointer
 from open_vlm.checkpoint.model_io import load_model_from_checkpoint
-from tests.trainer.runs import folder, metrics, train, train_until_killed, write_config
+from tests.trainer.runs import finish, folder, metrics, start, train, train_until_killed, write_config
 
 EXACT_KEYS = ("loss", "lr", "grad_norm", "samples_seen", "tokens_seen")
 
@@ -128,3 +128,49 @@ def test_elastic_resume_2_to_1_and_3(tmp_path, demo_dir):
     load_model_weights(saved, model)
     for key, value in model.state_dict().items():
         assert torch.equal(value, reference[key]), key
+
+
+# --- checkpoint.fallback past a checkpoint that passes its size check but does not load ------------------------
+def _four_steps(tmp_path, demo_dir, name):
+    config = write_config(
+        tmp_path,
+        demo_dir,
+        name,
+        train={"seed": 0, "max_steps": 4, "global_batch_size": 8},
+        checkpoint={"every_steps": 2},
+    )
+    train(config)
+    return config, folder(tmp_path, name) / "checkpoints"
+
+
+def _zeroed_head(path, n=64):
+    data = path.read_bytes()
+    path.write_bytes(b"\x00" * n + data[n:])  # same size: the cheap check on resume passes it
+
+
+@pytest.mark.slow
+def test_fallback_resume_applies_this_runs_optimizer_settings(tmp_path, demo_dir):
+    """Resume with a changed optim.lr (allow_config_change) while the newest checkpoint's extra.pt is garbled.
+
+    The failed attempt loads step 4's optimizer (its param groups) before extra.pt fails; the resume from step 2
+    must still apply this run's settings, not those the failed load left (it trained at the old lr 0.003)."""
+    config, ckpts = _four_steps(tmp_path, demo_dir, "lr")
+    _zeroed_head(ckpts / "step_00000004" / "extra.pt")
+    overrides = ("--train.max_steps", "6", "--optim.lr", "1e-3", "--checkpoint.allow_config_change", "true")
+    status, err = finish(start(config, *overrides))
+    assert status == 0, err[-3000:]
+    assert "resuming from" in err and "step_00000002" in err, err[-3000:]
+    step3 = next(m for m in metrics(tmp_path, "lr") if m.get("step") == 3 and "lr" in m)
+    # warmup is over by step 3: an explicit resume from step 2 with the same overrides logs lr 0.001 here
+    assert step3["lr"] == pytest.approx(1e-3), f"fallback resume trained at lr {step3['lr']}, config says 1e-3"
+
+
+@pytest.mark.slow
+def test_a_garbled_metadata_file_is_passed_over_with_fallback(tmp_path, demo_dir):
+    """`.metadata` garbled in place (same size): damage like a garbled extra.pt, passed over for step 2 by
+    checkpoint.fallback (default true). It was refused as an UnsafeCheckpoint (exit 1): garbage is no payload."""
+    config, ckpts = _four_steps(tmp_path, demo_dir, "meta")
+    _zeroed_head(ckpts / "step_00000004" / ".metadata")
+    status, err = finish(start(config, "--train.max_steps", "6"))
+    assert status == 0, err[-2000:]
+    assert "step_00000002" in err
