@@ -15,9 +15,12 @@ import tarfile
 from dataclasses import dataclass, field
 from string import Template
 
+import numpy as np
 import pytest
 from PIL import Image
 
+from open_vlm.config.validate import require_image
+from open_vlm.errors import ConfigError
 from tests.conftest import REPO, run_cli
 from tests.launch.conftest import ROLE
 from tests.trainer import runs
@@ -197,3 +200,21 @@ def test_debug_shows_the_traceback(places):
     debug = run_cli(*out.args[1:], env={"OPEN_VLM_DEBUG": "1"})
     assert debug.returncode == 2 and "Traceback" in debug.stderr
     assert debug.stderr.strip().splitlines()[-1] == out.stderr.strip().splitlines()[-1]
+
+
+def test_a_truncated_jpeg_is_refused_before_the_model_loads(tmp_path):
+    """A JPEG cut in half (a failed download: a valid header) is found before the model loads (PIL's verify() reads
+    no JPEG data: it passed, and generate failed only at decode, after loading the model)."""
+    path = tmp_path / "cut.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ConfigError, match="cut.jpg"):
+        require_image("--image", str(path))
+
+
+def test_a_dangling_symlink_is_not_suggested_as_itself(tmp_path):
+    """A symlink whose target is gone is said to be one (it was 'not found; did you mean 'x.jpg'?': itself)."""
+    (tmp_path / "x.jpg").symlink_to(tmp_path / "gone.jpg")
+    with pytest.raises(ConfigError) as err:
+        require_image("--image", str(tmp_path / "x.jpg"))
+    assert "did you mean 'x.jpg'" not in str(err.value) and "(a broken symlink)" in str(err.value), err.value

@@ -195,8 +195,10 @@ def _not_found(key: str, url: str) -> str:
     names = _names_in(key, url)
     if names is None:
         return f"(no folder '{posixpath.dirname(url.rstrip('/')) or '.'}'{where})"
-    hint = did_you_mean(posixpath.basename(url.rstrip("/")), names)
-    return f"(not found{where}{hint})"
+    name = posixpath.basename(url.rstrip("/"))
+    if name in names:  # listed, yet not there: a symlink whose target is gone
+        return f"(a broken symlink{where})"
+    return f"(not found{where}{did_you_mean(name, names)})"
 
 
 def _exists(key: str, url: str) -> bool:
@@ -264,7 +266,7 @@ def require_image(key: str, value: str) -> None:
 
     try:
         with Image.open(value) as image:
-            image.verify()
+            image.load()  # decodes all of it: a JPEG cut short has a good header (verify() reads no JPEG data)
     except UnidentifiedImageError:
         raise ConfigError(
             f"{key}: cannot read '{value}' as an image (not a format PIL reads); give {IMAGE[1]}"

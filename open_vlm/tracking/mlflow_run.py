@@ -39,6 +39,8 @@ def _answers(uri: str, timeout: float = 10.0) -> None:
 
     try:
         requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
+    except requests.exceptions.SSLError:
+        return  # a server answered; whether its certificate is accepted is MLflow's call (MLFLOW_TRACKING_INSECURE_TLS...)
     except requests.RequestException as err:
         reason = type(err).__name__ if not isinstance(err, requests.ConnectionError) else "connection failed"
         raise DataError(
@@ -106,6 +108,11 @@ class MlflowTracker(Tracker):
             known = re.search(r"schemes are: \[([^\]]*)\]", str(err))
             schemes = f" (it reads {known[1]})" if known else ""
             raise ConfigError(f"MLFLOW_TRACKING_URI: MLflow cannot use '{uri}'{schemes}; fix it or unset it") from None
+        except Exception as err:  # a store whose driver is not installed (postgresql:// without psycopg2), ...
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            raise ConfigError(
+                f"MLFLOW_TRACKING_URI: MLflow cannot use '{uri}' ({reason}); fix it or unset it"
+            ) from None
         if uri.startswith(("http://", "https://")):
             _answers(uri)
 

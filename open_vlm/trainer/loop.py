@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from open_vlm.checkpoint.checkpointer import CheckpointDamaged, Checkpointer, read_meta, resolve_checkpoint
-from open_vlm.checkpoint.collective import new_checkpoint_group
+from open_vlm.checkpoint.collective import CheckpointComm, new_checkpoint_group
 from open_vlm.checkpoint.dcp_io import WeightsMismatch, load_model_weights, weights_report
 from open_vlm.checkpoint.model_io import described_model_config, model_files, saved_model_config
 from open_vlm.checkpoint.resume import ResumeRefused, check_init_from, check_resumable
@@ -71,8 +71,8 @@ class Trainer:
     def __init__(self, cfg: RunConfig, run_folder: Path):
         self.cfg, self.run_folder = cfg, run_folder
         self.info = init_distributed(cfg.train.device)
-        if self.info.is_main:  # a tracker that cannot start says so now, not after the model is built
-            preflight_trackers(cfg.logging)
+        # A tracker that cannot start says so now, not after the model is built; rank 0 checks, every rank stops.
+        CheckpointComm().from_rank0(lambda: preflight_trackers(cfg.logging))
         # The checkpointer's own gloo group (made here, by every rank, once): see checkpoint/collective.py.
         checkpoint_group = new_checkpoint_group()
         self.strategy = build_strategy(cfg.train, self.info)

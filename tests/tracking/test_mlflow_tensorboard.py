@@ -1,13 +1,16 @@
 """MLflow (a real sqlite store, a real `mlflow server` on loopback) and TensorBoard, read back after training."""
 
 import contextlib
+import http.server
 import json
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -17,6 +20,8 @@ import pytest
 import yaml
 
 from open_vlm.checkpoint.checkpointer import read_meta
+from open_vlm.errors import OpenVLMError
+from open_vlm.tracking.mlflow_run import MlflowTracker
 from tests.trainer.runs import finish, folder, metrics, start, train, wait_for_steps, write_config
 
 
@@ -208,3 +213,75 @@ def test_a_tracking_server_lost_mid_run_does_not_stop_training(tmp_path, demo_di
     assert [m["step"] for m in metrics(tmp_path, "lost")] == list(range(1, 13))
     warnings = [line for line in err.splitlines() if "tracker mlflow:" in line and "failed" in line]
     assert warnings and "the run goes on" in warnings[0], err[-3000:]
+
+
+class _Ok(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"OK")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def self_signed_server(tmp_path):
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            key,
+            "-out",
+            cert,
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Ok)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"https://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def test_preflight_honours_mlflow_tracking_insecure_tls(self_signed_server, monkeypatch):
+    """A server with a self-signed certificate, which MLflow reaches with MLFLOW_TRACKING_INSECURE_TLS=true: a TLS
+    handshake is an answer; the certificate is MLflow's business (the check refused the run: 'cannot reach')."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", self_signed_server)
+    monkeypatch.setenv("MLFLOW_TRACKING_INSECURE_TLS", "true")
+    MlflowTracker.preflight()
+
+
+def test_preflight_of_a_database_uri_without_its_driver_is_one_line(monkeypatch):
+    """A postgresql:// store without its driver installed: one line naming the URI (it was a traceback)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://user:pw@127.0.0.1:1/mlflow")
+    with pytest.raises(OpenVLMError, match="MLFLOW_TRACKING_URI: MLflow cannot use 'postgresql://"):
+        MlflowTracker.preflight()
+
+
+@pytest.mark.slow
+def test_an_unreachable_tracker_under_torchrun_ends_the_job_in_seconds(tmp_path, demo_dir):
+    """Rank 0 checks, every rank stops with its answer. (Rank 1 went on into a collective, sat out torchrun's 30 s
+    grace and was SIGKILLed: ~40 s.)"""
+    config = write_config(tmp_path, demo_dir, "mlf", logging={"every_steps": 1, "trackers": ["mlflow"]})
+    began = time.monotonic()
+    status, err = finish(
+        start(config, "--train.strategy", "ddp", procs=2, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:1"}),
+        timeout=120,
+    )
+    took = time.monotonic() - began
+    assert status == 1 and "cannot reach 'http://127.0.0.1:1'" in err, err[-2000:]
+    assert "forcefully exiting via 9" not in err and took < 25, f"{took:.0f} s\n{err[-1500:]}"
