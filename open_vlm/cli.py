@@ -45,15 +45,13 @@ def _view(argv: list[str]) -> int:
         "--verify", action="store_true", help="checkpoint or run: check every file against its commit record (exit 1)"
     )
     args = parser.parse_args(argv)
-    import fsspec
-
-    from open_vlm.storage import is_remote
+    from open_vlm.storage import is_remote, probe
     from open_vlm.view import render, verify, view
 
     try:
         with usage_errors(FileNotFoundError, ValueError):  # ValueError: e.g. a checkpoint refused as unsafe
             if is_remote(args.path):  # the store answers (credentials, endpoint), before any retried read
-                fsspec.core.url_to_fs(args.path)[0].exists(args.path)
+                probe(args.path)
             info = verify(args.path) if args.verify else view(args.path, boxes_png=args.out, index=args.index)
     except OpenVLMError:
         raise

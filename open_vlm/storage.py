@@ -19,6 +19,20 @@ def is_remote(path: str) -> bool:
     return "://" in str(path) and not str(path).startswith("file://")
 
 
+def probe(url: str, connect_s: float = 5, read_s: float = 10) -> None:
+    """Ask a remote URL's store once, with short timeouts and no retries: a store that does not answer (wrong
+    endpoint or credentials, a black-holed network) raises within seconds, where its client's own retries take
+    minutes. Whether the path exists does not matter."""
+    fs, path = fsspec.core.url_to_fs(url)
+    if "s3" in fs.protocol:
+        options = dict(fs.storage_options)
+        timeouts = {"connect_timeout": connect_s, "read_timeout": read_s, "retries": {"max_attempts": 1}}
+        options["config_kwargs"] = {**options.get("config_kwargs", {}), **timeouts}
+        fs = fsspec.filesystem("s3", skip_instance_cache=True, **options)
+        fs.retries = 1  # s3fs's own retry loop, over botocore's
+    fs.exists(path)
+
+
 def local_path(url: str) -> str:
     """The filesystem path of a local spelling (`file://...`, `~/...`, a plain path), as fsspec reads it."""
     return os.path.expanduser(str(url).removeprefix("file://"))

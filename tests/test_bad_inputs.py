@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import socket
+import subprocess
+import sys
 import tarfile
 from dataclasses import dataclass, field
 from string import Template
@@ -218,3 +222,33 @@ def test_a_dangling_symlink_is_not_suggested_as_itself(tmp_path):
     with pytest.raises(ConfigError) as err:
         require_image("--image", str(tmp_path / "x.jpg"))
     assert "did you mean 'x.jpg'" not in str(err.value) and "(a broken symlink)" in str(err.value), err.value
+
+
+@pytest.mark.slow
+def test_view_of_an_endpoint_that_never_answers_ends_in_one_line(tmp_path):
+    """An endpoint that accepts the connection but never answers (a hung proxy, a black-holing firewall): one line
+    naming PATH within seconds (botocore's and s3fs's retries of 60 s reads ran for minutes)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    port = server.getsockname()[1]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "y",
+    }
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "open_vlm.cli", "view", "s3://bucket/ckpt/step_00000002"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("open-vlm view s3://... with a silent endpoint still running after 60 s")
+    finally:
+        server.close()
+    assert done.returncode == 1 and "PATH: cannot read" in done.stderr, done.stderr[-1000:]
