@@ -48,6 +48,7 @@ from open_vlm.checkpoint.files import (
     torch_load,
     write_bytes,
 )
+from open_vlm.checkpoint.load_errors import CheckpointError, agree, describe, failure, kind
 from open_vlm.checkpoint.retention import STEP_DIR, Retention, step_name
 from open_vlm.checkpoint.verify import (
     MARKER,
@@ -67,10 +68,6 @@ RETRY_DELAY = 2.0  # seconds before the first retry; doubles each time
 # Any error on one rank is shared with the others (they would otherwise wait for it in the next collective);
 # DCP's CheckpointException is a BaseException. Storage errors are the expected ones.
 FAILURES = (Exception, CheckpointException)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written, even after retries (raised on every rank)."""
 
 
 def _describe(err: BaseException) -> str:
@@ -99,6 +96,7 @@ class Checkpointer(Retention):
         self.checksums = checksums  # record each file's sha256 in the marker (sizes are always recorded)
         self.group = group
         self.comm = CheckpointComm(group)
+        self._reported: set[str] = set()  # damaged checkpoints named in the log already
         self.fs, self.root = fsspec.core.url_to_fs(self.directory)
         self._pending = None  # an async save waiting to be committed
         self._async = AsyncSaver(key=secrets.token_hex(4))  # staging buffers and save plan, reused across saves
@@ -146,30 +144,33 @@ class Checkpointer(Retention):
     def is_committed(self, step: int) -> bool:
         return self.fs.exists(f"{self.root}/{step_name(step)}/{MARKER}")
 
-    def latest_good(self, fallback: bool = True, unreadable: dict[str, str] | None = None) -> str | None:
+    def latest_good(self, fallback: bool = True, known: dict[str, list[str]] | None = None) -> str | None:
         """The newest committed checkpoint whose files match its marker (sizes; JSON files parse); collective.
 
         A damaged one is named with what is wrong; with `fallback` the one before it is tried, else the resume is
-        refused. `unreadable`: checkpoints found damaged by loading them (url → why), passed over alike. Raises
-        `CheckpointDamaged` when every committed checkpoint is damaged."""
-        unreadable = unreadable or {}
+        refused. `known`: problems found before (url → problems; a load that failed adds its own), not checked
+        or reported again. Raises `CheckpointDamaged` when every committed checkpoint is damaged."""
+        known, reported = ({} if known is None else known), self._reported
 
         def find() -> str | None:
             complete = self._patiently("listing", self.list_complete)
             damaged = []
             for _, url in reversed(complete):
-                problems = [unreadable[url]] if url in unreadable else verify_checkpoint(url)
+                problems = known[url] if url in known else verify_checkpoint(url)
                 if not problems:
                     if damaged:
                         log.warning("resuming from %s, the newest good checkpoint (checkpoint.fallback)", url)
                     return url
+                known[url] = problems
                 line = describe_damage(url, problems)
                 if not fallback:
                     raise CheckpointDamaged(
                         f"{line} (checkpoint.fallback true resumes from the newest good one instead; "
                         "`open-vlm view CKPT --verify` checks a checkpoint)"
                     )
-                log.error("%s: trying the checkpoint before it (checkpoint.fallback)", line)
+                if url not in reported:
+                    reported.add(url)
+                    log.error("%s: trying the checkpoint before it (checkpoint.fallback)", line)
                 damaged.append(url)
             if damaged:
                 raise CheckpointDamaged(f"every committed checkpoint in {self.directory} is damaged ({len(damaged)})")
@@ -371,28 +372,27 @@ class Checkpointer(Retention):
     def load(self, ckpt: str, model, optimizer) -> tuple[dict, dict | None, dict]:
         """Restore model + optimizer in place; returns (extra, this rank's rng or None, data_state).
 
-        A file that cannot be read, on any rank, is a `CheckpointDamaged` naming the checkpoint on every rank, with
-        `reason` (a refused payload stays `UnsafeCheckpoint`)."""
-        damage = None
+        Collective. Every phase ends with the ranks agreeing (`load_errors.agree`), so a read that fails on one
+        rank never leaves the others in a collective: each rank raises the same kind of failure (damage, storage,
+        a refused payload, another model)."""
         try:
-            load_model_and_optimizer(ckpt, model, optimizer, group=self.group)
+            load_model_and_optimizer(
+                ckpt, model, optimizer, group=self.group, agree=lambda e: agree(self.comm, ckpt, e)
+            )
+        except (OSError, RuntimeError, ValueError, KeyError, EOFError) as err:
+            if isinstance(err, (UnsafeCheckpoint, WeightsMismatch, CheckpointDamaged, CheckpointError)):
+                raise
+            raise failure(ckpt, kind(err), describe(err), None) from err  # DCP's: raised on every rank alike
+        error = None
+        try:
             extra = torch_load(f"{ckpt}/extra.pt")
             rng_url = f"{ckpt}/rng/rank_{self.comm.rank:05d}.pt"
             fs, path = fsspec.core.url_to_fs(rng_url)
             rng = torch_load(rng_url) if fs.exists(path) else None
             data_state = json.loads(read_bytes(f"{ckpt}/data.json"))
-        except (UnsafeCheckpoint, WeightsMismatch):  # readable, but refused: not damage
-            raise
-        except (OSError, RuntimeError, ValueError, KeyError, EOFError) as err:
-            damage = err
-        if self.comm.any(damage is not None):  # every rank stops (or falls back) together
-            reason = f"cannot be read ({_describe(damage)})" if damage else "cannot be read on another rank"
-            error = CheckpointDamaged(
-                f"checkpoint {ckpt} {reason}; `open-vlm view {ckpt} --verify` checks its files; resume from an older "
-                "one with --checkpoint.resume PATH (or checkpoint.fallback true)"
-            )
-            error.reason = reason
-            raise error from damage
+        except (OSError, RuntimeError, ValueError, KeyError, EOFError, MemoryError) as err:
+            error = err
+        agree(self.comm, ckpt, error)
         return extra, rng, data_state
 
 

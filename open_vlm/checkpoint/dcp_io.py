@@ -165,13 +165,17 @@ def saved_model_keys(url: str) -> set[str]:
     return {key[len("model.") :] for key in metadata.state_dict_metadata if key.startswith("model.")}
 
 
-def _load(state: dict, reader, group) -> None:
-    swaps = _scalars_as_saved(state, reader.read_metadata())
+def _load(state: dict, reader, group, metadata=None) -> None:
+    swaps = _scalars_as_saved(state, metadata or reader.read_metadata())
     try:
         dcp.load(state, storage_reader=reader, planner=SafeLoadPlanner(allow_partial_load=True), process_group=group)
     except CheckpointException as err:
         _raise_unsafe(err)
-        raise RuntimeError(f"reading checkpoint {reader.path} failed: {failure_summary(err)}") from None
+        failures = [exc for exc, _ in err.failures.values()]
+        summary = f"reading checkpoint {reader.path} failed: {failure_summary(err)}"
+        if failures and all(isinstance(e, OSError) and not isinstance(e, FileNotFoundError) for e in failures):
+            raise OSError(summary) from None  # the storage's errors, not the files'
+        raise RuntimeError(summary) from None
     for node, key, held in swaps:
         node[key] = _shaped_like(node[key], held)
 
@@ -215,11 +219,12 @@ class WeightsMismatch(ValueError):
     """A checkpoint's model weights are not this model's (another architecture): names or shapes differ."""
 
 
-def check_same_weights(url: str, model_sd: dict) -> None:
+def check_same_weights(url: str, model_sd: dict, metadata=None) -> None:
     """Raise `WeightsMismatch` unless the checkpoint holds exactly the model's tensors, at the same shapes."""
+    metadata = metadata or reader_for(url).read_metadata()
     saved = {  # name -> shape (None for a non-tensor item)
         key[len("model.") :]: tuple(item.size) if hasattr(item, "size") else None
-        for key, item in reader_for(url).read_metadata().state_dict_metadata.items()
+        for key, item in metadata.state_dict_metadata.items()
         if key.startswith("model.")
     }
     problems = []
@@ -245,13 +250,25 @@ def check_same_weights(url: str, model_sd: dict) -> None:
         raise WeightsMismatch(f"{url} holds another model: " + "; ".join(problems))
 
 
-def load_model_and_optimizer(url: str, model: nn.Module, optimizer, group=None) -> None:
-    """Load model + optimizer state saved by `save_model_and_optimizer` (any world size / strategy)."""
+def load_model_and_optimizer(url: str, model: nn.Module, optimizer, group=None, agree=None) -> None:
+    """Load model + optimizer state saved by `save_model_and_optimizer` (any world size / strategy).
+
+    `agree(error or None)`: called on every rank after its own reads and before DCP's collective load, so that one
+    rank's failed read stops all of them (`load_errors.agree`); without it, the error is raised here."""
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    check_same_weights(url, model_sd)
+    reader, metadata, error = reader_for(url), None, None
+    try:
+        metadata = reader.read_metadata()
+        check_same_weights(url, model_sd, metadata)
+    except Exception as err:  # judged by `agree`, on every rank alike
+        error = err
+    if agree is not None:
+        agree(error)
+    elif error is not None:
+        raise error
     # Optimizer state may lack parameters that never received a gradient (their state is still zero).
-    _load(state, reader_for(url), group)
+    _load(state, reader, group, metadata)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
 

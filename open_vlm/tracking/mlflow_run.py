@@ -33,18 +33,19 @@ def tracking_uri(folder: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{folder.resolve()}/mlflow.db"
 
 
-def _answers(uri: str, timeout: float = 10.0) -> None:
-    """`DataError` unless an HTTP server answers at `uri` (any status will do: only a connection counts)."""
+def _answers(uri: str, shown: str, timeout: float = 10.0) -> None:
+    """`DataError` unless an HTTP server answers at `uri` (any status will do: only a connection counts); the
+    message names it as `shown`."""
     import requests
 
     try:
         requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
     except requests.exceptions.SSLError:
         return  # a server answered; whether its certificate is accepted is MLflow's call (MLFLOW_TRACKING_INSECURE_TLS...)
-    except requests.RequestException as err:
+    except (requests.RequestException, ValueError) as err:  # ValueError: a URL requests cannot parse
         reason = type(err).__name__ if not isinstance(err, requests.ConnectionError) else "connection failed"
         raise DataError(
-            f"MLFLOW_TRACKING_URI: cannot reach '{uri}' ({reason}); start the tracking server, fix the URI, "
+            f"MLFLOW_TRACKING_URI: cannot reach '{shown}' ({reason}); start the tracking server, fix the URI, "
             "or drop mlflow from logging.trackers"
         ) from None
 
@@ -99,22 +100,21 @@ class MlflowTracker(Tracker):
         uri = os.environ.get("MLFLOW_TRACKING_URI")
         if not uri:
             return  # our own sqlite store in the run folder
+        shown = re.sub(r"//[^/@]*@", "//***@", uri)  # no password in the logs
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
         try:
             MlflowClient(uri)
-        except MlflowException as err:
+        except Exception as err:  # a scheme MLflow lacks, a store whose driver is not installed, a malformed URI
             known = re.search(r"schemes are: \[([^\]]*)\]", str(err))
-            schemes = f" (it reads {known[1]})" if known else ""
-            raise ConfigError(f"MLFLOW_TRACKING_URI: MLflow cannot use '{uri}'{schemes}; fix it or unset it") from None
-        except Exception as err:  # a store whose driver is not installed (postgresql:// without psycopg2), ...
-            reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-            raise ConfigError(
-                f"MLFLOW_TRACKING_URI: MLflow cannot use '{uri}' ({reason}); fix it or unset it"
-            ) from None
+            first = str(err).replace(uri, shown).splitlines()[0].split(". ")[0] if str(err) else ""
+            why = f"it reads {known[1]}" if known else f"{type(err).__name__}: {first}"
+            if isinstance(err, MlflowException) and not known:  # MLflow's own advice (MLFLOW_ALLOW_FILE_STORE...)
+                why = " ".join(str(err).replace(uri, shown).split())
+            raise ConfigError(f"MLFLOW_TRACKING_URI: MLflow cannot use '{shown}' ({why}); fix it or unset it") from None
         if uri.startswith(("http://", "https://")):
-            _answers(uri)
+            _answers(uri, shown)
 
     def __init__(self, run: TrackedRun):
         super().__init__(run)

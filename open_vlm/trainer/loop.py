@@ -170,9 +170,9 @@ class Trainer:
         """Load the newest checkpoint whose files match its marker (see checkpoint/verify.py) and that loads: with
         `fallback`, one that fails to load (bytes changed at the same size) is passed over like a damaged one. A
         partial load is harmless: the next one loaded replaces every tensor and state it touched."""
-        unreadable: dict[str, str] = {}
+        known: dict[str, list[str]] = {}  # damaged checkpoints found so far: checked and reported once
         while True:
-            ckpt = self.checkpointer.latest_good(fallback=fallback, unreadable=unreadable)
+            ckpt = self.checkpointer.latest_good(fallback=fallback, known=known)
             if ckpt is None:
                 return None
             try:
@@ -181,7 +181,7 @@ class Trainer:
             except CheckpointDamaged as err:
                 if not fallback:
                     raise
-                unreadable[ckpt] = getattr(err, "reason", str(err))
+                known[ckpt] = [getattr(err, "reason", str(err))]
 
     def _resolve(self, key: str, path: str) -> str:
         """The checkpoint `checkpoint.<key>` names, found by rank 0 so that every rank gets the same one."""

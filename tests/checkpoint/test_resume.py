@@ -174,3 +174,95 @@ def test_a_garbled_metadata_file_is_passed_over_with_fallback(tmp_path, demo_dir
     status, err = finish(start(config, "--train.max_steps", "6"))
     assert status == 0, err[-2000:]
     assert "step_00000002" in err
+
+
+@pytest.mark.slow
+def test_a_transient_read_error_does_not_roll_the_run_back(tmp_path, demo_dir, monkeypatch):
+    """A storage error while loading (a connection reset, EIO, out of memory: the files intact) stops the resume
+    (a relaunch retries); it is no damage, so checkpoint.fallback must not roll back past a good checkpoint (it set
+    step 4 aside and trained its steps again)."""
+    import open_vlm.checkpoint.checkpointer as checkpointer
+    from open_vlm.train import main
+
+    config, ckpts = _four_steps(tmp_path, demo_dir, "blip")
+    real = checkpointer.torch_load
+    failed = []
+
+    def flaky(url):
+        if "step_00000004/extra.pt" in url and not failed:
+            failed.append(url)
+            raise ConnectionResetError(104, "Connection reset by peer")
+        return real(url)
+
+    monkeypatch.setattr(checkpointer, "torch_load", flaky)
+    status = main(["--config", str(config), "--train.max_steps", "6"])
+    assert failed, "the flaky read was not reached"
+    assert status != 0 or (ckpts / "step_00000004").exists() and not (ckpts / "abandoned").exists(), (
+        f"exit {status}: a one-off read error rolled the run back to step 2 and set step 4 aside: "
+        f"{sorted(p.name for p in (ckpts / 'abandoned').iterdir())}"
+    )
+
+
+ONE_RANK_FAULT = """
+import os, sys
+import open_vlm.checkpoint.dcp_safe as ds
+real = ds._SafeMetadata.read_metadata
+failed = []
+def flaky(self, *a, **k):
+    if os.environ.get("RANK") == "1" and "step_00000004" in str(self.path) and not failed:
+        failed.append(1)
+        raise OSError(5, "Input/output error (injected, rank 1 only)")
+    return real(self, *a, **k)
+ds._SafeMetadata.read_metadata = flaky
+from open_vlm.errors import run_main
+from open_vlm.train import main
+sys.exit(run_main(main))
+"""
+
+
+@pytest.mark.slow
+def test_a_read_error_on_one_rank_before_the_dcp_load_does_not_hang(tmp_path, demo_dir):
+    """Rank 1 alone fails to read step 4's .metadata: every rank stops together, naming it (rank 1 waited for an
+    agreement while rank 0 was in DCP's collective load on the same group: hung until the group's timeout)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    from tests.trainer.runs import ENV, TORCHRUN, kill_tree
+
+    config = write_config(
+        tmp_path,
+        demo_dir,
+        "onerank",
+        train={"seed": 0, "max_steps": 4, "global_batch_size": 8, "strategy": "ddp"},
+        checkpoint={"every_steps": 2},
+    )
+    train(config, procs=2)
+    script = tmp_path / "fault.py"
+    script.write_text(ONE_RANK_FAULT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            *TORCHRUN,
+            "--nproc_per_node=2",
+            str(script),
+            "--config",
+            str(config),
+            "--train.max_steps",
+            "6",
+        ],
+        cwd=REPO,
+        env={**os.environ, **ENV},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _, err = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc.pid)
+        proc.communicate()
+        pytest.fail("the resume hung: rank 1 in comm.any, rank 0 in dcp.load, on the checkpoint group")
+    assert proc.returncode is not None, err[-2000:]

@@ -285,3 +285,19 @@ def test_an_unreachable_tracker_under_torchrun_ends_the_job_in_seconds(tmp_path,
     took = time.monotonic() - began
     assert status == 1 and "cannot reach 'http://127.0.0.1:1'" in err, err[-2000:]
     assert "forcefully exiting via 9" not in err and took < 25, f"{took:.0f} s\n{err[-1500:]}"
+
+
+def test_preflight_error_does_not_echo_a_password_in_the_uri(monkeypatch):
+    """A tracking URI with basic-auth credentials in it: the one-line error (logged, and kept as the job's failure
+    reason) does not repeat the password."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:s3cret-token@127.0.0.1:1")
+    with pytest.raises(OpenVLMError) as err:
+        MlflowTracker.preflight()
+    assert "s3cret-token" not in str(err.value), err.value
+
+
+def test_preflight_of_a_malformed_http_uri_is_one_line(monkeypatch):
+    """'http://[::1' (a typo in an IPv6 host): one line, not a ValueError traceback."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://[::1")
+    with pytest.raises(OpenVLMError):
+        MlflowTracker.preflight()
