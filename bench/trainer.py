@@ -256,13 +256,13 @@ def gpu_bench(args) -> dict:
     """`Trainer.train_step` (FSDP2, bf16) vs the bare autocast loop on the same real-loader batches, one device."""
     import gc
 
-    import torch.distributed as dist
     from common import make_image_shards
 
     from open_vlm.config.load import load_run_config
     from open_vlm.models.registry import build_model
     from open_vlm.trainer.loop import Trainer
     from open_vlm.trainer.mfu import FlopCounter, peak_tflops
+    from open_vlm.trainer.parallel import shutdown_distributed
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--gpu needs CUDA (or --device cpu --tiny for a smoke run of the same code)")
@@ -300,7 +300,7 @@ def gpu_bench(args) -> dict:
         bare = AutocastLoop(build_model(cfg.model, load_tokenizer_of(cfg)).model, device, cfg.optim.grad_clip)
         base = rates(args.steps, timed_steps(bare.step, batches, args.warmup, device), positions, flops, peak)
     finally:
-        dist.destroy_process_group()
+        shutdown_distributed()  # the trainer is gone: its groups freed, their gloo threads joined
     print(f"{name}: {params / 1e9:.2f}B parameters, {len(timed[0])} x {tuple(timed[0][0]['input_ids'].shape)} per step")
     for label, r in (("trainer (FSDP2, bf16)", ours), ("bare loop (autocast)", base)):
         mfu = "n/a (no peak for this device)" if r["mfu"] is None else f"{r['mfu']:.1%}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import sys
 
 import torch
@@ -20,7 +21,7 @@ import torch.distributed as dist
 from open_vlm.config.schema import ModelConfig, TrainConfig
 from open_vlm.models.losses import build_loss
 from open_vlm.models.registry import build_model
-from open_vlm.trainer.parallel import build_strategy, init_distributed
+from open_vlm.trainer.parallel import build_strategy, init_distributed, shutdown_distributed
 
 
 def flat_grads(model) -> torch.Tensor:
@@ -124,8 +125,14 @@ def main(out_path: str) -> None:
     if info.rank == 0:
         with open(out_path, "w") as f:
             json.dump(record, f, indent=1)
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    shutdown_distributed()  # main's models out of reach: the groups freed, their gloo threads joined
+    # A group that this harness's DDP/FSDP objects still hold from C++ (seen after DDP's backward without an
+    # optimizer) would meet a finalising interpreter and could abort the process after it wrote its JSON. The
+    # library's own entry points leave none (tests/trainer/test_parallel.py); this harness needs only its output.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
