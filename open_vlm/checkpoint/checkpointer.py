@@ -33,7 +33,6 @@ from open_vlm.checkpoint.collective import CheckpointComm
 from open_vlm.checkpoint.dcp_io import (
     AsyncSaver,
     WeightsMismatch,
-    failure_summary,
     load_model_and_optimizer,
     save_model_and_optimizer,
 )
@@ -68,12 +67,6 @@ RETRY_DELAY = 2.0  # seconds before the first retry; doubles each time
 # Any error on one rank is shared with the others (they would otherwise wait for it in the next collective);
 # DCP's CheckpointException is a BaseException. Storage errors are the expected ones.
 FAILURES = (Exception, CheckpointException)
-
-
-def _describe(err: BaseException) -> str:
-    if isinstance(err, CheckpointException):
-        return failure_summary(err)
-    return f"{type(err).__name__}: {err}"
 
 
 def _hint(reason: str) -> str:
@@ -132,11 +125,11 @@ class Checkpointer(Retention):
             except Exception as err:  # s3fs lets botocore's own errors through
                 if attempt == RETRIES:
                     raise CheckpointError(
-                        f"checkpoint: {what} {self.directory} failed {RETRIES} times ({_describe(err)})"
+                        f"checkpoint: {what} {self.directory} failed {RETRIES} times ({describe(err)})"
                     ) from err
                 delay = RETRY_DELAY * 2 ** (attempt - 1)
                 log.warning(
-                    "checkpoint: %s %s failed (%s); retrying in %.0fs", what, self.directory, _describe(err), delay
+                    "checkpoint: %s %s failed (%s); retrying in %.0fs", what, self.directory, describe(err), delay
                 )
                 time.sleep(delay)
         raise AssertionError("unreachable")
@@ -254,7 +247,7 @@ class Checkpointer(Retention):
                 "async checkpoint of step %d failed (%s); the previous checkpoint stays the latest and the next "
                 "save is written synchronously",
                 step,
-                _describe(error) if error else "on another rank",
+                describe(error) if error else "on another rank",
             )
             self.sync_next = True
             self._discard(staging)
@@ -272,7 +265,7 @@ class Checkpointer(Retention):
             error = _attempt(fn)
             if not self.comm.any(error is not None):
                 return
-            reason = _describe(error) if error else "failed on another rank"
+            reason = describe(error) if error else "failed on another rank"
             if attempt == RETRIES:
                 raise CheckpointError(
                     f"checkpoint: {what} failed {RETRIES} times ({reason}); the previous checkpoint stays the latest"

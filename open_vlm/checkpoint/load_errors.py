@@ -14,8 +14,10 @@ ranks gather their errors and all raise the same kind, named after the first ran
 
 from __future__ import annotations
 
+from torch.distributed.checkpoint.api import CheckpointException
+
 from open_vlm.checkpoint.collective import CheckpointComm
-from open_vlm.checkpoint.dcp_io import WeightsMismatch
+from open_vlm.checkpoint.dcp_io import WeightsMismatch, failure_summary
 from open_vlm.checkpoint.dcp_safe import UnsafeCheckpoint
 from open_vlm.checkpoint.verify import CheckpointDamaged
 
@@ -38,6 +40,9 @@ def kind(err: BaseException) -> str:
 
 
 def describe(err: BaseException) -> str:
+    """One line for a failed read or write (a DCP exception: one part per failed rank)."""
+    if isinstance(err, CheckpointException):
+        return failure_summary(err)
     return f"{type(err).__name__}: {err}"
 
 
