@@ -32,11 +32,9 @@ from torch.distributed.checkpoint.api import CheckpointException
 from open_vlm.checkpoint.collective import CheckpointComm
 from open_vlm.checkpoint.dcp_io import (
     AsyncSaver,
-    WeightsMismatch,
     load_model_and_optimizer,
     save_model_and_optimizer,
 )
-from open_vlm.checkpoint.dcp_safe import UnsafeCheckpoint
 from open_vlm.checkpoint.faults import maybe_crash_before_commit
 from open_vlm.checkpoint.files import (
     fsync_dir,
@@ -47,7 +45,7 @@ from open_vlm.checkpoint.files import (
     torch_load,
     write_bytes,
 )
-from open_vlm.checkpoint.load_errors import CheckpointError, agree, describe, failure, kind
+from open_vlm.checkpoint.load_errors import CheckpointError, agree, describe
 from open_vlm.checkpoint.retention import STEP_DIR, Retention, step_name
 from open_vlm.checkpoint.verify import (
     MARKER,
@@ -368,14 +366,7 @@ class Checkpointer(Retention):
         Collective. Every phase ends with the ranks agreeing (`load_errors.agree`), so a read that fails on one
         rank never leaves the others in a collective: each rank raises the same kind of failure (damage, storage,
         a refused payload, another model)."""
-        try:
-            load_model_and_optimizer(
-                ckpt, model, optimizer, group=self.group, agree=lambda e: agree(self.comm, ckpt, e)
-            )
-        except (OSError, RuntimeError, ValueError, KeyError, EOFError) as err:
-            if isinstance(err, (UnsafeCheckpoint, WeightsMismatch, CheckpointDamaged, CheckpointError)):
-                raise
-            raise failure(ckpt, kind(err), describe(err), None) from err  # DCP's: raised on every rank alike
+        load_model_and_optimizer(ckpt, model, optimizer, group=self.group, agree=lambda e: agree(self.comm, ckpt, e))
         error = None
         try:
             extra = torch_load(f"{ckpt}/extra.pt")
@@ -383,7 +374,7 @@ class Checkpointer(Retention):
             fs, path = fsspec.core.url_to_fs(rng_url)
             rng = torch_load(rng_url) if fs.exists(path) else None
             data_state = json.loads(read_bytes(f"{ckpt}/data.json"))
-        except (OSError, RuntimeError, ValueError, KeyError, EOFError, MemoryError) as err:
+        except Exception as err:  # a store's client raises its own types (botocore): judged by `agree`
             error = err
         agree(self.comm, ckpt, error)
         return extra, rng, data_state

@@ -173,6 +173,8 @@ def _load(state: dict, reader, group, metadata=None) -> None:
         _raise_unsafe(err)
         failures = [exc for exc, _ in err.failures.values()]
         summary = f"reading checkpoint {reader.path} failed: {failure_summary(err)}"
+        if any(isinstance(e, MemoryError) for e in failures):
+            raise MemoryError(summary) from None
         if failures and all(isinstance(e, OSError) and not isinstance(e, FileNotFoundError) for e in failures):
             raise OSError(summary) from None  # the storage's errors, not the files'
         raise RuntimeError(summary) from None
@@ -255,21 +257,29 @@ def load_model_and_optimizer(url: str, model: nn.Module, optimizer, group=None, 
 
     `agree(error or None)`: called on every rank after its own reads and before DCP's collective load, so that one
     rank's failed read stops all of them (`load_errors.agree`); without it, the error is raised here."""
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    state = {"model": model_sd, "optim": optim_sd}
-    reader, metadata, error = reader_for(url), None, None
+    agree = agree or _raise_if_set
+    error = None
     try:
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        reader = reader_for(url)
         metadata = reader.read_metadata()
         check_same_weights(url, model_sd, metadata)
     except Exception as err:  # judged by `agree`, on every rank alike
         error = err
-    if agree is not None:
-        agree(error)
-    elif error is not None:
+    agree(error)
+    try:  # DCP's collective load (its errors reach every rank), then this rank's own steps
+        # Optimizer state may lack parameters that never received a gradient (their state is still zero).
+        _load(state, reader, group, metadata)
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    except Exception as err:
+        error = err
+    agree(error)
+
+
+def _raise_if_set(error: BaseException | None) -> None:
+    if error is not None:
         raise error
-    # Optimizer state may lack parameters that never received a gradient (their state is still zero).
-    _load(state, reader, group, metadata)
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
 
 @dataclass

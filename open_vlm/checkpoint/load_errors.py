@@ -21,6 +21,9 @@ from open_vlm.checkpoint.dcp_io import WeightsMismatch, failure_summary
 from open_vlm.checkpoint.dcp_safe import UnsafeCheckpoint
 from open_vlm.checkpoint.verify import CheckpointDamaged
 
+# Packages whose exceptions are the storage's (a remote store's client), never a file's content.
+STORAGE_CLIENTS = ("botocore", "aiobotocore", "aiohttp", "urllib3", "requests", "google", "gcsfs", "adlfs", "azure")
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written (every retry failed) or read (the storage failed, not the files)."""
@@ -35,6 +38,8 @@ def kind(err: BaseException) -> str:
     if isinstance(err, MemoryError) or "out of memory" in str(err):
         return "storage"
     if isinstance(err, OSError) and not isinstance(err, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+        return "storage"
+    if type(err).__module__.split(".")[0] in STORAGE_CLIENTS:  # botocore's endpoint or throttling errors, ...
         return "storage"
     return "damage"
 

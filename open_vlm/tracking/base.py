@@ -160,7 +160,15 @@ def preflight_trackers(logging_cfg: LoggingConfig) -> None:
 def open_trackers(run: TrackedRun, names: Iterable[str]) -> list[Guarded]:
     """Open the named trackers for `run` (call on rank 0 only). One that cannot open stops the invocation; once
     open, their failures never do (`Guarded`)."""
-    return [Guarded(name, _TRACKERS[name](run)) for name in names]
+    opened: list[Guarded] = []
+    try:
+        for name in names:
+            opened.append(Guarded(name, _TRACKERS[name](run)))
+    except Exception:  # the ones already open end as failed, not left running on their server
+        for tracker in opened:
+            tracker.close("FAILED")
+        raise
+    return opened
 
 
 class Guarded:
