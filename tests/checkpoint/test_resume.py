@@ -266,3 +266,68 @@ def test_a_read_error_on_one_rank_before_the_dcp_load_does_not_hang(tmp_path, de
         proc.communicate()
         pytest.fail("the resume hung: rank 1 in comm.any, rank 0 in dcp.load, on the checkpoint group")
     assert proc.returncode is not None, err[-2000:]
+
+
+# Faults on rank 1 only, at the other steps of a load: after DCP's collective load, and from a store's own client.
+LATE_FAULTS = {
+    "set_state_dict": """
+import open_vlm.checkpoint.dcp_io as target
+real = target.set_state_dict
+def fault(*a, **k):
+    raise RuntimeError("CUDA out of memory (injected, rank 1 only)")
+target.set_state_dict = fault
+""",
+    "client_error": """
+import botocore.exceptions
+import open_vlm.checkpoint.checkpointer as target
+real = target.torch_load
+def fault(url):
+    if url.endswith("extra.pt"):
+        raise botocore.exceptions.EndpointConnectionError(endpoint_url="http://store (injected, rank 1 only)")
+    return real(url)
+target.torch_load = fault
+""",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", sorted(LATE_FAULTS))
+def test_a_storage_fault_on_one_rank_stops_every_rank_naming_it(tmp_path, demo_dir, where):
+    """Rank 1 alone fails after DCP's load (an OOM) or in its store client (botocore): rank 0 stops too, with the
+    same storage error naming rank 1, and neither falls back past the good checkpoint. (Rank 0 waited in the next
+    agreement until rank 1 died, then took the lost peer for damage, or another error altogether.)"""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    from tests.trainer.runs import ENV, TORCHRUN
+
+    config = write_config(
+        tmp_path,
+        demo_dir,
+        "late",
+        train={"seed": 0, "max_steps": 4, "global_batch_size": 8, "strategy": "ddp"},
+        checkpoint={"every_steps": 2},
+    )
+    train(config, procs=2)
+    script = tmp_path / "fault.py"
+    script.write_text(
+        "import os, sys\nif os.environ.get('RANK') == '1':\n"
+        + "".join(f"    {line}\n" for line in LATE_FAULTS[where].strip().splitlines())
+        + "from open_vlm.errors import run_main\nfrom open_vlm.train import main\nsys.exit(run_main(main))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, *TORCHRUN, "--nproc_per_node=2", str(script), "--config", str(config)]
+        + ["--train.max_steps", "6"],
+        cwd=REPO,
+        env={**os.environ, **ENV},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    err = done.stderr
+    assert done.returncode != 0, err[-2000:]
+    rank0 = [line for line in err.splitlines() if "[rank0]" in line and "reading it failed on rank 1" in line]
+    assert rank0, err[-3000:]
+    assert "resuming from" not in err and (folder(tmp_path, "late") / "checkpoints" / "step_00000004").exists()
